@@ -1,0 +1,199 @@
+"""``Grounder``: the public API. Owns a backend, a config and a segmenter; runs the stages."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import maps
+from .backends import Backend, Capture, load_backend
+from .config import GroundingConfig
+from .images import open_image
+from .prompts import box_of, prompts_from_map
+from .result import GroundingResult
+from .segmenter import combined_score, make_segmenter
+from .tokens import KIND_NAMES, PromptTokens, align
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+@dataclass
+class AttentionMaps:
+    """Maps of one (image, expression). Token-grid maps are ``[h, w]``; ``heatmap`` is ``[H, W]``."""
+
+    expression: str
+    prompt: str  # expression + appended magnets, as the model saw it
+    words: list[str]
+    word_kinds: list[str]  # "content" | "stop" | "punct" | "magnet"
+    head_word: int | None
+    word_maps: np.ndarray  # float32 [n_words, h, w], each summing to 1 (zeros for words with no token)
+    referent: np.ndarray  # float32 [h, w] referent map, sums to 1
+    heatmap: np.ndarray  # float32 [H, W] in [0, 1] at the image's size
+    grid: tuple[int, int]
+    block_names: list[str]
+    timesteps: tuple[float, ...]
+    warnings: list[str]
+    # Detail (``detail=True``): cleaned attention [L, V, H, N, C], its columns' kinds and positions,
+    # and the sink mask [L, V, H, N].
+    attention: torch.Tensor | None = None
+    column_kinds: list[str] | None = None
+    columns: np.ndarray | None = None
+    sinks: torch.Tensor | None = None
+
+
+class Grounder:
+    """Referring segmentation read out of a diffusion transformer's attention.
+
+    >>> g = Grounder.from_pretrained("black-forest-labs/FLUX.1-schnell", segmenter="sam_vit_h.pth")
+    >>> r = g.segment(image, "the dog on the left of the bench")
+    """
+
+    def __init__(self, backend: Backend, config: GroundingConfig | None = None, segmenter=None, model_id: str = ""):
+        self.backend = backend
+        self.config = config or GroundingConfig()
+        self.segmenter = make_segmenter(segmenter, str(backend.device))
+        self.model_id = model_id
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        segmenter=None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        config: GroundingConfig | None = None,
+        **overrides,
+    ) -> "Grounder":
+        """Load a FLUX / SD3 pipeline (hub id or folder) and its ``grounding.json`` if it has one.
+
+        ``segmenter``: a SAM checkpoint path (type from the file name: vit_h / vit_l / vit_b), a
+        segmenter object, or None for map-threshold masks. ``overrides`` change config fields
+        (``sinks__mode="suppress"``).
+        """
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        backend = load_backend(model, device, resolve_dtype(dtype, device))
+        if config is None:
+            config = _config_for(model)
+        if overrides:
+            config = config.replace(**overrides)
+        return cls(backend, config, segmenter, model_id=str(model))
+
+    # --- stages ----------------------------------------------------------------------------------
+    def _cfg(self, overrides: dict) -> GroundingConfig:
+        return self.config.replace(**overrides) if overrides else self.config
+
+    def _max_len(self, cfg: GroundingConfig) -> int:
+        return cfg.max_sequence_length or self.backend.default_max_sequence_length()
+
+    def tokens(self, expression: str, cfg: GroundingConfig | None = None) -> PromptTokens:
+        """Expression (+ magnets) → token layout; raises ``ValueError`` for nothing to ground."""
+        cfg = cfg or self.config
+        return align(expression, self.backend.streams(self._max_len(cfg)), cfg.magnets)
+
+    def capture(self, images: list[Image.Image], tokens: list[PromptTokens], cfg: GroundingConfig) -> list[tuple[Capture, int]]:
+        """Run the transformer over (image, prompt) pairs, batched by input size.
+
+        Returns, per pair, its ``Capture`` and its index inside it.
+        """
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            groups[self.backend.input_size(*im.size, cfg.resolution)].append(i)
+        out: list[tuple[Capture, int] | None] = [None] * len(images)
+        for size, idx in groups.items():
+            cap = self.backend.capture(
+                [images[i] for i in idx], [tokens[i] for i in idx], size, cfg.timesteps, cfg.seed,
+                self._max_len(cfg), cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None,
+            )
+            for j, i in enumerate(idx):
+                out[i] = (cap, j)
+        return out  # type: ignore[return-value]
+
+    # --- public API ------------------------------------------------------------------------------
+    def attention_maps(self, image, expression: str, detail: bool = False, **overrides) -> AttentionMaps:
+        """Per-word maps, the referent map and the heatmap of one (image, expression)."""
+        cfg = self._cfg(overrides)
+        im = open_image(image, cfg.max_image_pixels)
+        tok = self.tokens(expression, cfg)
+        cap, b = self.capture([im], [tok], cfg)[0]
+        A, _ = cap.sample(b)
+        ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+        bw, hw = maps.weights_for(cap.block_names, A.shape[2], cfg)
+        word_maps = np.zeros((len(tok.words), *cap.grid), dtype=np.float32)
+        for w in range(len(tok.words)):
+            sel = torch.from_numpy((tok.word_index[cap.columns] == w).astype(np.float32))
+            if sel.sum() > 0:
+                m = maps.aggregate(maps.normalise(maps.token_map(cleaned.A, sel)), bw, hw)
+                word_maps[w] = maps.normalise(m).reshape(cap.grid).numpy()
+        return AttentionMaps(
+            expression=tok.expression, prompt=tok.prompt, words=[w.text for w in tok.words],
+            word_kinds=[KIND_NAMES[w.kind] for w in tok.words], head_word=tok.head_word, word_maps=word_maps,
+            referent=maps.normalise(ref).reshape(cap.grid).numpy(), heatmap=maps.to_image(ref, cap.grid, im.size),
+            grid=cap.grid, block_names=cap.block_names, timesteps=cap.timesteps, warnings=tok.warnings,
+            attention=cleaned.A if detail else None,
+            column_kinds=[KIND_NAMES[k] for k in cleaned.kinds] if detail else None,
+            columns=cap.columns if detail else None, sinks=cleaned.sinks if detail else None,
+        )
+
+    def segment(self, image, expression: str, **overrides) -> GroundingResult:
+        """Mask, box, score and heatmap of the referent of ``expression`` in ``image``."""
+        return self.segment_batch([(image, expression)], **overrides)[0]
+
+    def segment_batch(self, pairs: list[tuple[object, str]], **overrides) -> list[GroundingResult]:
+        """Several (image, expression) pairs; same-size inputs share one transformer forward."""
+        cfg = self._cfg(overrides)
+        t0 = time.perf_counter()
+        images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
+        tokens = [self.tokens(expr, cfg) for _, expr in pairs]
+        t1 = time.perf_counter()
+        caps = self.capture(images, tokens, cfg)
+        t2 = time.perf_counter()
+        per_item = (t2 - t1) * 1000 / len(pairs)
+        results = []
+        for im, tok, (cap, b) in zip(images, tokens, caps):
+            s0 = time.perf_counter()
+            A, _ = cap.sample(b)
+            ref, _ = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+            heatmap = maps.to_image(ref, cap.grid, im.size)
+            prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points)
+            s1 = time.perf_counter()
+            seg = self.segmenter(np.asarray(im), heatmap, prompts)
+            s2 = time.perf_counter()
+            mask = seg.mask
+            results.append(GroundingResult(
+                expression=tok.expression, mask=mask, box=box_of(mask), score=combined_score(heatmap, seg),
+                heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
+                segmenter=self.segmenter.name, warnings=list(tok.warnings),
+                timings_ms={"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": per_item,
+                            "maps": (s1 - s0) * 1000, "segmenter": (s2 - s1) * 1000},
+            ))
+        return results
+
+
+def _config_for(model: str | Path) -> GroundingConfig:
+    """``grounding.json`` from a model folder or hub repo; defaults when it has none."""
+    path = Path(model)
+    if path.is_dir():
+        return GroundingConfig.from_pretrained(path)
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return GroundingConfig.from_pretrained(Path(hf_hub_download(str(model), "grounding.json")).parent)
+    except Exception:
+        return GroundingConfig()

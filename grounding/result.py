@@ -1,0 +1,80 @@
+"""What a user gets back: mask, box, score, heatmap, prompts, and their serialisations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+@dataclass
+class GroundingResult:
+    expression: str
+    mask: np.ndarray  # bool [H, W] at the input image's size
+    box: tuple[float, float, float, float]  # (x0, y0, x1, y1) pixels, x1/y1 exclusive
+    score: float  # [0, 1]
+    heatmap: np.ndarray  # float32 [H, W] in [0, 1]
+    points: np.ndarray  # float32 [K, 2] (x, y) given to the segmenter
+    point_labels: np.ndarray  # int32 [K]: 1 positive, 0 negative
+    segmenter: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        """JSON-ready dict; the mask as COCO RLE (``{"size": [h, w], "counts": str}``)."""
+        return {
+            "expression": self.expression,
+            "box": [round(float(v), 2) for v in self.box],
+            "box_format": "xyxy",
+            "score": round(float(self.score), 6),
+            "segmentation": mask_to_rle(self.mask),
+            "points": [[round(float(x), 2), round(float(y), 2)] for x, y in self.points],
+            "point_labels": [int(v) for v in self.point_labels],
+            "segmenter": self.segmenter,
+            "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
+            "warnings": list(self.warnings),
+        }
+
+
+def mask_to_rle(mask: np.ndarray) -> dict:
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def rle_to_mask(rle: dict) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    counts = rle["counts"]
+    r = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    return mask_utils.decode(r).astype(bool)
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """float [H, W] in [0, 1] → uint8 [H, W, 3], a blue→cyan→yellow→red ramp."""
+    stops = np.array([[0, 0, 128], [0, 160, 255], [60, 255, 190], [255, 230, 0], [220, 20, 0]], dtype=np.float32)
+    x = np.clip(heatmap, 0, 1) * (len(stops) - 1)
+    i = np.minimum(x.astype(int), len(stops) - 2)
+    f = (x - i)[..., None]
+    return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
+
+
+def overlay(image: Image.Image, result: GroundingResult, heat_alpha: float = 0.35, mask_alpha: float = 0.45) -> Image.Image:
+    """The image with the heatmap blended in, the mask tinted, the box and the points drawn."""
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    out = base * (1 - heat_alpha) + colorize(result.heatmap).astype(np.float32) * heat_alpha
+    tint = np.array([30, 255, 60], dtype=np.float32)
+    out[result.mask] = out[result.mask] * (1 - mask_alpha) + tint * mask_alpha
+    im = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    w = max(1, round(max(im.size) / 300))
+    if result.mask.any():
+        x0, y0, x1, y1 = result.box
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40), width=w)
+    r = 2 * w + 1
+    for (x, y), lab in zip(result.points, result.point_labels):
+        colour = (255, 255, 0) if lab == 1 else (255, 0, 255)
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0))
+    return im

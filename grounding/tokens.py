@@ -1,0 +1,214 @@
+"""Words of an expression ↔ token positions in every text stream of the transformer."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import STOP_WORDS, MagnetConfig
+
+_WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
+
+# Words after which a noun phrase ends; the head noun is the last content word before them.
+_PHRASE_BREAKS = frozenset(
+    """on in at to for from by with without of near next beside behind under over above below
+    between left right top bottom front back that which who whose where while holding wearing
+    sitting standing""".split()
+)
+
+# Kinds of text position, in the order used by `PromptTokens.kinds`.
+PAD, SPECIAL, PUNCT, STOP, MAGNET, CONTENT = range(6)
+KIND_NAMES = ("pad", "special", "punct", "stop", "magnet", "content")
+
+
+@dataclass
+class Word:
+    text: str
+    start: int  # character span in the prompt
+    end: int
+    kind: int  # PUNCT | STOP | MAGNET | CONTENT
+
+
+@dataclass
+class TextStream:
+    """One tokenizer's slice of the joint text sequence."""
+
+    name: str
+    tokenizer: object
+    offset: int  # first position of this stream in the text sequence
+    length: int  # positions this stream occupies (padding included)
+
+
+@dataclass
+class PromptTokens:
+    """Token layout of one prompt (expression + magnets) over all streams.
+
+    ``kinds[t]`` and ``word_index[t]`` describe text position ``t`` of the joint text sequence
+    (all streams concatenated, length ``T``); ``word_index`` is -1 for positions of no word.
+    """
+
+    expression: str
+    prompt: str
+    words: list[Word]
+    kinds: np.ndarray  # int8 [T]
+    word_index: np.ndarray  # int32 [T]
+    head_word: int | None
+    input_ids: dict[str, list[int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def positions(self, word: int) -> list[int]:
+        """Text positions of word ``word`` in every stream."""
+        return np.flatnonzero(self.word_index == word).tolist()
+
+    @property
+    def used_length(self) -> int:
+        """1 + last non-padding position."""
+        nz = np.flatnonzero(self.kinds != PAD)
+        return int(nz[-1]) + 1 if len(nz) else 0
+
+    def token_weights(self, head_noun_weight: float) -> np.ndarray:
+        """float32 [T]: 1 for content tokens, ``head_noun_weight`` for the head noun, else 0."""
+        w = (self.kinds == CONTENT).astype(np.float32)
+        if self.head_word is not None:
+            w[self.word_index == self.head_word] *= head_noun_weight
+        return w
+
+
+def split_words(text: str) -> list[tuple[str, int, int]]:
+    """Words and punctuation marks with their character spans."""
+    return [(m.group(0), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
+
+
+def _word_kind(word: str) -> int:
+    if not any(ch.isalnum() for ch in word):
+        return PUNCT
+    return STOP if word.lower() in STOP_WORDS else CONTENT
+
+
+def head_noun(words: list[Word]) -> int | None:
+    """Index of the head noun: the last content word before the first phrase break
+    ("on", "left", "which", ...) that has one before it; else the last content word.
+    Spatial words ("left", "top") are never the head unless nothing else is there."""
+    content = [i for i, w in enumerate(words) if w.kind == CONTENT]
+    if not content:
+        return None
+    cands = [i for i in content if words[i].text.lower() not in _PHRASE_BREAKS] or content
+    for i, w in enumerate(words):
+        if w.text.lower() in _PHRASE_BREAKS:
+            before = [j for j in cands if j < i]
+            if before:
+                return before[-1]
+    return cands[-1]
+
+
+def validate_expression(expression: str) -> str:
+    """Strip and check an expression; raise ``ValueError`` when there is nothing to ground."""
+    if not isinstance(expression, str):
+        raise ValueError(f"expression must be a string, got {type(expression).__name__}")
+    text = " ".join(expression.split())
+    if not text:
+        raise ValueError("expression is empty")
+    kinds = [_word_kind(w) for w, _, _ in split_words(text)]
+    if CONTENT not in kinds:
+        raise ValueError(f"expression {expression!r} has no content words (only stop words or punctuation)")
+    return text
+
+
+def build_prompt(expression: str, magnets: MagnetConfig) -> tuple[str, list[Word]]:
+    """Expression + appended magnet words, with the kind of every word."""
+    prompt = expression
+    extra = list(magnets.words) if magnets.enabled else []
+    if magnets.enabled and magnets.colour_word:
+        extra.append(magnets.colour_word)
+    n_expr = len(split_words(expression))
+    if extra:
+        prompt = expression + " " + " ".join(extra)
+    words = []
+    for i, (w, s, e) in enumerate(split_words(prompt)):
+        words.append(Word(w, s, e, MAGNET if i >= n_expr else _word_kind(w)))
+    return prompt, words
+
+
+def _tokenize(tokenizer, text: str, length: int) -> dict:
+    return tokenizer(
+        text,
+        padding="max_length",
+        max_length=length,
+        truncation=True,
+        return_offsets_mapping=True,
+        return_attention_mask=True,
+    )
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
+
+
+def _fit_expression(expression: str, magnets: MagnetConfig, streams: list[TextStream]) -> tuple[str, list[str]]:
+    """Drop trailing expression words until expression + magnets fit in every stream that has room."""
+    notes = []
+    words = split_words(expression)
+    for stream in streams:
+        while len(words) > 1:
+            text = expression[: words[-1][2]]
+            prompt, _ = build_prompt(text, magnets)
+            if _n_tokens(stream.tokenizer, prompt) <= stream.length:
+                break
+            words = words[:-1]
+        cut = expression[: words[-1][2]]
+        if cut != expression:
+            msg = (f"expression truncated to {len(words)} words to fit the {stream.name} stream "
+                   f"({stream.length} tokens): {cut!r}")
+            warnings.warn(msg, stacklevel=3)
+            notes.append(msg)
+            expression = cut
+    return expression, notes
+
+
+def align(expression: str, streams: list[TextStream], magnets: MagnetConfig) -> PromptTokens:
+    """Tokenize expression + magnets in every stream and map each word to its positions.
+
+    Expressions too long for a stream are cut at a word boundary, with a warning.
+    """
+    expression = validate_expression(expression)
+    expression, notes = _fit_expression(expression, magnets, streams)
+    prompt, words = build_prompt(expression, magnets)
+    total = sum(s.length for s in streams)
+    kinds = np.full(total, PAD, dtype=np.int8)
+    word_index = np.full(total, -1, dtype=np.int32)
+    ids: dict[str, list[int]] = {}
+    spans = [(w.start, w.end) for w in words]
+    for stream in streams:
+        enc = _tokenize(stream.tokenizer, prompt, stream.length)
+        ids[stream.name] = list(enc["input_ids"])
+        special = set(stream.tokenizer.all_special_ids)
+        for i, (tok, (s, e), m) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], enc["attention_mask"])):
+            pos = stream.offset + i
+            if not m:
+                continue  # padding
+            if tok in special and e <= s:
+                kinds[pos] = SPECIAL
+                continue
+            w = _word_at(spans, s, e)
+            if w is None:
+                kinds[pos] = SPECIAL
+                continue
+            kinds[pos] = words[w].kind
+            word_index[pos] = w
+    return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), ids, notes)
+
+
+def _word_at(spans: list[tuple[int, int]], s: int, e: int) -> int | None:
+    """The word a token's character span [s, e) belongs to (a bare space piece → next word)."""
+    if e <= s:
+        return None
+    for i, (ws, we) in enumerate(spans):
+        if s < we and e > ws:
+            return i
+    for i, (ws, _) in enumerate(spans):
+        if ws >= e:
+            return i
+    return None
