@@ -92,12 +92,12 @@ def normalise(M: torch.Tensor) -> torch.Tensor:
 
 
 def aggregate(M: torch.Tensor, block_w: torch.Tensor, head_w: torch.Tensor) -> torch.Tensor:
-    """``[L, V, H, N] → [N]``: weighted mean over heads within a block (``head_w`` ``[L, H]``),
-    then over blocks (``block_w`` ``[L]``), plain mean over noise levels."""
+    """``[..., L, V, H, N] → [..., N]``: weighted mean over heads within a block (``head_w``
+    ``[L, H]``), then over blocks (``block_w`` ``[L]``), plain mean over noise levels."""
     hw = head_w / head_w.sum(dim=-1, keepdim=True).clamp_min(_EPS)
-    per_block = (M * hw[:, None, :, None]).sum(dim=2)  # [L, V, N]
+    per_block = (M * hw[:, None, :, None]).sum(dim=-2)  # [..., L, V, N]
     bw = block_w / block_w.sum().clamp_min(_EPS)
-    return (per_block * bw[:, None, None]).sum(dim=0).mean(dim=0)
+    return (per_block * bw[:, None, None]).sum(dim=-3).mean(dim=-2)
 
 
 def to_image(m: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Evaluation: dataset loaders in their official formats, the community's metrics, runners."""
