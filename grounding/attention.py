@@ -101,13 +101,21 @@ def _attend(store: AttentionStore, block: str, q: torch.Tensor, k: torch.Tensor,
     return out
 
 
-class FluxCaptureAttnProcessor:
-    """Drop-in for diffusers' ``FluxAttnProcessor`` (dual- and single-stream blocks) that also
-    records image→text probabilities into ``store`` under the name ``block``."""
+class CaptureProcessorBase:
+    """Holds the store and block name; ``attend`` is the one place attention is computed."""
 
     def __init__(self, store: AttentionStore, block: str):
         self.store = store
         self.block = block
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention output ``[B, H, S, D]``; records this block's image→text probabilities."""
+        return _attend(self.store, self.block, q, k, v)
+
+
+class FluxCaptureAttnProcessor(CaptureProcessorBase):
+    """Drop-in for diffusers' ``FluxAttnProcessor`` (dual- and single-stream blocks) that also
+    records image→text probabilities into ``store`` under the name ``block``."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
         from diffusers.models.embeddings import apply_rotary_emb
@@ -134,7 +142,7 @@ class FluxCaptureAttnProcessor:
 
         # [B, S, H, D] → [B, H, S, D] views, exactly as diffusers' native backend passes them.
         q, k, v = (x.permute(0, 2, 1, 3) for x in (query, key, value))
-        hidden_states = _attend(self.store, self.block, q, k, v).permute(0, 2, 1, 3)
+        hidden_states = self.attend(q, k, v).permute(0, 2, 1, 3)
         hidden_states = hidden_states.flatten(2, 3).to(query.dtype)
 
         if encoder_hidden_states is not None:
@@ -148,13 +156,9 @@ class FluxCaptureAttnProcessor:
         return hidden_states
 
 
-class SD3CaptureAttnProcessor:
+class SD3CaptureAttnProcessor(CaptureProcessorBase):
     """Drop-in for diffusers' ``JointAttnProcessor2_0`` (SD3 / SD3.5 joint blocks) that also
     records image→text probabilities into ``store`` under the name ``block``."""
-
-    def __init__(self, store: AttentionStore, block: str):
-        self.store = store
-        self.block = block
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         if attention_mask is not None:
@@ -182,7 +186,7 @@ class SD3CaptureAttnProcessor:
             key = torch.cat([key, ek], dim=2)
             value = torch.cat([value, ev], dim=2)
 
-        hidden_states = _attend(self.store, self.block, query, key, value)
+        hidden_states = self.attend(query, key, value)
         hidden_states = hidden_states.transpose(1, 2).reshape(b, -1, query.shape[1] * query.shape[-1])
         hidden_states = hidden_states.to(query.dtype)
         if encoder_hidden_states is not None:

@@ -119,7 +119,7 @@ class Backend:
         try:
             yield store
         finally:
-            self.transformer.set_attn_processor(original)
+            self.transformer.set_attn_processor(dict(original))
 
     @torch.no_grad()
     def capture(

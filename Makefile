@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make serve` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: venv test test-slow serve bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+serve: $(STAMP)
+	$(BIN)/bentoml serve service:Grounding --host $${HOST:-127.0.0.1} --port $${PORT:-3000}
+
+bench: $(STAMP)
+	$(BIN)/python bench/attention_capture.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,129 @@
+"""Benchmark: attention capture cost on a medium FLUX-architecture transformer (CPU).
+
+Plain forward (stock processors) vs. our capture (fused SDPA + log-sum-exp, image→text slice
+only) vs. a naive capture that materialises softmax(QKᵀ) for every block. Prints a table and a
+final JSON line with ``capture_overhead`` (time ratio ours / plain) and ``map_memory_ratio``
+(bytes of our stored maps / bytes of the naive per-block attention matrices).
+
+    python bench/attention_capture.py [--reps 3] [--image-side 64] [--text 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from grounding.attention import AttentionStore, FluxCaptureAttnProcessor  # noqa: E402
+
+
+class NaiveCaptureProcessor(FluxCaptureAttnProcessor):
+    """The obvious way: build P = softmax(QKᵀ/√d) [B, H, S, S], output P·V, keep the full P."""
+
+    def attend(self, q, k, v):
+        p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1)
+        self.store.maps.setdefault(self.block, []).append(p)
+        return torch.matmul(p, v)
+
+
+def build(width: int, heads: int, dual: int, single: int, joint_dim: int = 256, pooled_dim: int = 128):
+    """A randomly initialised FluxTransformer2DModel (in the current default device and dtype)."""
+    from diffusers import FluxTransformer2DModel
+
+    torch.manual_seed(0)
+    head_dim = width // heads
+    axes = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16) if head_dim == 128 else \
+        (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=dual, num_single_layers=single, attention_head_dim=head_dim,
+        num_attention_heads=heads, joint_attention_dim=joint_dim, pooled_projection_dim=pooled_dim,
+        guidance_embeds=False, axes_dims_rope=axes,
+    ).eval()
+
+
+def inputs(side: int, text: int, joint_dim: int = 256, pooled_dim: int = 128, device="cpu", dtype=torch.float32):
+    """Random transformer inputs for ``side × side`` image tokens and ``text`` text tokens."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.zeros(side, side, 3)
+    ids[..., 1] = torch.arange(side)[:, None]
+    ids[..., 2] = torch.arange(side)[None, :]
+    kw = dict(
+        hidden_states=torch.randn(1, side * side, 64, generator=g),
+        encoder_hidden_states=torch.randn(1, text, joint_dim, generator=g),
+        pooled_projections=torch.randn(1, pooled_dim, generator=g),
+        timestep=torch.tensor([0.3]),
+        img_ids=ids.reshape(-1, 3),
+        txt_ids=torch.zeros(text, 3),
+    )
+    kw = {k: v.to(device, dtype if k not in ("img_ids", "txt_ids") else v.dtype) for k, v in kw.items()}
+    return dict(kw, return_dict=False)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--image-side", type=int, default=64, help="image tokens per side (64 → 4096)")
+    ap.add_argument("--text", type=int, default=128)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build(args.width, args.heads, 4, 4)
+    kw = inputs(args.image_side, args.text)
+    stock = dict(model.attn_processors)
+    names = [k.removesuffix(".attn.processor") for k in stock]
+    columns = torch.arange(args.text)
+
+    def run(variant: str) -> tuple[float, int, torch.Tensor]:
+        store = AttentionStore(text_len=args.text, columns=columns)
+        if variant != "plain":
+            cls = FluxCaptureAttnProcessor if variant == "ours" else NaiveCaptureProcessor
+            model.set_attn_processor({f"{n}.attn.processor": cls(store, n) for n in names})
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model(**kw)[0]
+        dt = time.perf_counter() - t
+        model.set_attn_processor(dict(stock))  # diffusers pops from the dict it is given
+        nbytes = sum(x.numel() * x.element_size() for v in store.maps.values() for x in v)
+        return dt, nbytes, out
+
+    variants = ["plain", "ours", "naive"]
+    run("plain")  # warm-up
+    times = {v: [] for v in variants}
+    mem, outs = {}, {}
+    for _ in range(args.reps):  # interleaved so drift hits every variant alike
+        for v in variants:
+            dt, nbytes, out = run(v)
+            times[v].append(dt)
+            mem[v], outs[v] = nbytes, out
+    med = {v: statistics.median(times[v]) for v in variants}
+    same = torch.equal(outs["plain"], outs["ours"])
+
+    n_img = args.image_side ** 2
+    print(f"medium FLUX: 4 dual + 4 single blocks, width {args.width} ({args.heads} heads), "
+          f"{n_img} image + {args.text} text tokens, threads={torch.get_num_threads()}, reps={args.reps}")
+    print(f"{'variant':<8} {'median s':>9} {'× plain':>8} {'maps MB':>9}")
+    for v in variants:
+        print(f"{v:<8} {med[v]:>9.3f} {med[v] / med['plain']:>8.3f} {mem[v] / 2**20:>9.1f}")
+    print(f"output identical to stock: {same}")
+    print(json.dumps({
+        "bench": "attention_capture", "capture_overhead": round(med["ours"] / med["plain"], 4),
+        "naive_overhead": round(med["naive"] / med["plain"], 4),
+        "map_memory_ratio": round(mem["ours"] / mem["naive"], 4), "ours_map_bytes": mem["ours"],
+        "naive_map_bytes": mem["naive"], "plain_s": round(med["plain"], 4), "output_identical": same,
+        "image_tokens": n_img, "text_tokens": args.text, "reps": args.reps,
+    }))
+
+
+if __name__ == "__main__":
+    main()
