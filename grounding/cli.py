@@ -25,8 +25,11 @@ def _overrides(pairs: list[str]) -> dict:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=os.environ.get("GROUNDING_MODEL"),
-                   help="diffusers FLUX/SD3 pipeline: hub id or local folder (default: $GROUNDING_MODEL)")
+    from .zoo import default_model
+
+    p.add_argument("--model", default=default_model(),
+                   help="diffusers FLUX/SD3 pipeline: hub id, local folder or a zoo name such as tiny-flux "
+                        "(default: $GROUNDING_MODEL, else the offline default)")
     p.add_argument("--segmenter", default=os.environ.get("GROUNDING_SEGMENTER") or None,
                    help="SAM checkpoint (.pth/.safetensors, type from the name: vit_h/vit_l/vit_b); "
                         "omit for map-threshold masks")
@@ -39,8 +42,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _grounder(args):
     from .grounder import Grounder
 
-    if not args.model:
-        raise SystemExit("no model: pass --model or set GROUNDING_MODEL")
     return Grounder.from_pretrained(args.model, segmenter=args.segmenter, device=args.device, dtype=args.dtype,
                                     **_overrides(args.set))
 
@@ -83,15 +84,17 @@ def cmd_calibrate(args) -> int:
     from eval.refcoco import RefDataset
 
     from .calibrate import collect, fit
+    from .zoo import resolve
 
+    out = Path(args.out or resolve(args.model))
+    if not args.out and not (out / "model_index.json").is_file():
+        raise ValueError("--out is needed when --model is not a local pipeline folder")
     g = _grounder(args)
     ds = RefDataset(args.data, args.dataset, args.split_by, args.split, args.image_root)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
-    samples = ((ds[i].image_path, ds[i].sentence, ds[i].mask) for i in range(n))
+    samples = [(s.image_path, s.sentence, s.mask) for s in (ds[i] for i in range(n))]
     levels = tuple(sorted(set(args.timesteps) | set(g.config.timesteps)))
-    c = collect(g, list(samples), levels)
-    fitted, report = fit(c, g.config)
-    out = Path(args.out or args.model)
+    fitted, report = fit(collect(g, samples, levels), g.config)
     out.mkdir(parents=True, exist_ok=True)
     fitted.save_pretrained(out)
     report["written"] = str(out / "grounding.json")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import maps
+from . import maps, zoo
 from .backends import Backend, Capture, load_backend
 from .config import GroundingConfig
 from .images import open_image
@@ -88,6 +88,7 @@ class Grounder:
         (``sinks__mode="suppress"``).
         """
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = zoo.resolve(model)
         backend = load_backend(model, device, resolve_dtype(dtype, device))
         if config is None:
             config = _config_for(model)
