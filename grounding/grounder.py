@@ -17,9 +17,10 @@ from .config import GroundingConfig
 from .images import open_image
 from .prompts import box_of, prompts_from_map
 from .result import GroundingResult
-from .segmenter import combined_score, make_segmenter
+from .segmenter import MapSegmenter, combined_score, make_segmenter
 from .tokens import KIND_NAMES, PromptTokens, align
 
+_MAP_SEGMENTER = MapSegmenter()
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 
@@ -156,8 +157,12 @@ class Grounder:
         """Mask, box, score and heatmap of the referent of ``expression`` in ``image``."""
         return self.segment_batch([(image, expression)], **overrides)[0]
 
-    def segment_batch(self, pairs: list[tuple[object, str]], **overrides) -> list[GroundingResult]:
-        """Several (image, expression) pairs; same-size inputs share one transformer forward."""
+    def segment_batch(self, pairs: list[tuple[object, str]], use_segmenter: bool = True,
+                      **overrides) -> list[GroundingResult]:
+        """Several (image, expression) pairs; same-size inputs share one transformer forward.
+
+        ``use_segmenter=False`` skips SAM: the mask is the thresholded map region.
+        """
         cfg = self._cfg(overrides)
         t0 = time.perf_counter()
         images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
@@ -174,13 +179,14 @@ class Grounder:
             heatmap = maps.to_image(ref, cap.grid, im.size)
             prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points)
             s1 = time.perf_counter()
-            seg = self.segmenter(np.asarray(im), heatmap, prompts)
+            segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
+            seg = segmenter(np.asarray(im), heatmap, prompts)
             s2 = time.perf_counter()
             mask = seg.mask
             results.append(GroundingResult(
                 expression=tok.expression, mask=mask, box=box_of(mask), score=combined_score(heatmap, seg),
                 heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
-                segmenter=self.segmenter.name, warnings=list(tok.warnings),
+                segmenter=segmenter.name, warnings=list(tok.warnings),
                 timings_ms={"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": per_item,
                             "maps": (s1 - s0) * 1000, "segmenter": (s2 - s1) * 1000},
             ))

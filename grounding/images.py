@@ -31,8 +31,10 @@ def open_image(src, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
             raise ValueError("image is empty (0 bytes)")
         try:
             im = Image.open(io.BytesIO(data))
-        except Exception as e:  # PIL raises several types for unreadable data
-            raise ValueError(f"cannot read image: {e}") from None
+        except Image.DecompressionBombError as e:
+            raise ImageTooLarge(str(e)) from None
+        except Exception:  # PIL raises several types for unreadable data
+            raise ValueError("cannot read image: unknown format or corrupt data") from None
     w, h = im.size
     if w * h > max_pixels:
         raise ImageTooLarge(f"image is {w}×{h} = {w * h} pixels, over the limit of {max_pixels}")

@@ -1,0 +1,88 @@
+"""gRPC endpoint over the same ``Engine`` as the REST service (same process), with the standard
+health service and server reflection."""
+
+from __future__ import annotations
+
+import time
+from concurrent import futures
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from .proto import grounding_pb2 as pb
+from .proto import grounding_pb2_grpc as pb_grpc
+from .serving import (Engine, RequestError, heatmap_u8, jobs_for, merged_timings, png_bytes, prepare,
+                      raise_first_error, result_doc)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Grounding"].full_name
+
+
+def _options(msg: pb.Options) -> dict:
+    values = {"return_heatmap": msg.return_heatmap, "return_mask_png": msg.return_mask_png,
+              "mask_format": msg.mask_format or None}
+    for name in ("threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed"):
+        if msg.HasField(name):
+            values[name] = getattr(msg, name)
+    return values
+
+
+class GroundingServicer(pb_grpc.GroundingServicer):
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def _run(self, request, context, use_segmenter: bool):
+        t0 = time.perf_counter()
+        try:
+            image, opts, exprs = prepare(self.engine.settings, request.image, list(request.expressions) or None,
+                                         _options(request.options))
+            results = raise_first_error(self.engine.run(jobs_for(image, exprs, opts, use_segmenter)))
+        except RequestError as e:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        return image, opts, results, merged_timings(results, t0)
+
+    def Segment(self, request, context):
+        image, opts, results, timings = self._run(request, context, True)
+        out = []
+        for r in results:
+            d = result_doc(r, opts, binary=True)
+            seg = d["segmentation"]
+            segmentation = pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
+                                           polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])],
+                                           png=seg.get("png", b""))
+            out.append(pb.Result(
+                expression=d["expression"], box=d["box"], box_format=d["box_format"], score=d["score"],
+                segmentation=segmentation, present=d["present"], warnings=d["warnings"],
+                points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
+                mask_png=d.get("mask_png", b""), heatmap_png=d.get("heatmap_png", b""),
+            ))
+        return pb.SegmentResponse(image=pb.ImageInfo(width=image.width, height=image.height), results=out,
+                                  timings_ms=timings)
+
+    def Ground(self, request, context):
+        image, opts, results, timings = self._run(request, context, False)
+        heatmaps = [pb.Heatmap(expression=r.expression, size=list(r.heatmap.shape), png=png_bytes(heatmap_u8(r)),
+                               peak=r.points[0].tolist() if len(r.points) else [], warnings=r.warnings)
+                    for r in results]
+        return pb.GroundResponse(image=pb.ImageInfo(width=image.width, height=image.height), heatmaps=heatmaps,
+                                 timings_ms=timings)
+
+
+def start_grpc_server(engine: Engine, port: int, host: str = "0.0.0.0", workers: int = 4) -> tuple[grpc.Server, int]:
+    """Start serving; returns the server and the bound port (``port=0`` is not "off" here: it
+    binds a free port — callers decide whether to start at all)."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                         options=[("grpc.max_receive_message_length", 64 * 2**20),
+                                  ("grpc.max_send_message_length", 64 * 2**20)])
+    pb_grpc.add_GroundingServicer_to_server(GroundingServicer(engine), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise RuntimeError(f"cannot bind gRPC port {host}:{port}")
+    server.start()
+    return server, bound

@@ -1,0 +1,145 @@
+"""BentoML service: thin IO over ``grounding.serving``.
+
+Two services, the BentoYolo pattern: ``Grounding`` (public REST API: parses and validates
+requests, answers 4xx without touching the model) calls ``GroundingEngine`` (owns the model; its
+batchable API merges jobs from concurrent requests into one transformer forward). The gRPC server
+runs inside the engine's worker over the same loaded model. Settings: ``grounding/settings.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import typing as t
+from dataclasses import asdict
+from http import HTTPStatus
+from pathlib import Path
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from PIL import Image as PILImage
+
+from grounding import serving
+from grounding.settings import load_settings
+
+SETTINGS = load_settings()
+logger = logging.getLogger("bentoml.grounding")
+_BATCHING = (
+    {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
+    if SETTINGS.max_batch_size > 1 else {}
+)
+
+
+@bentoml.service(name="grounding-engine", workers=1, traffic={"timeout": 600})
+class GroundingEngine:
+    """The loaded model. ``run`` is batchable: a list of jobs in, a list of results out."""
+
+    def __init__(self) -> None:
+        self.engine = serving.Engine.from_settings(SETTINGS)
+        self.grpc_server = None
+        grpc_port = 0
+        if SETTINGS.grpc_port:
+            from grounding.grpc_server import start_grpc_server
+
+            self.grpc_server, grpc_port = start_grpc_server(self.engine, SETTINGS.grpc_port)
+        logger.info("grounding engine ready: %s; gRPC %s", self.engine.info(),
+                    f"on port {grpc_port}" if grpc_port else "off")
+
+    @bentoml.api(**_BATCHING)
+    def run(self, jobs: list[t.Any]) -> list[t.Any]:
+        """Job dicts (``serving.Job`` fields) → result dicts (``GroundingResult`` fields or an error)."""
+        return self.engine.run_payload(jobs)
+
+    @bentoml.api
+    def info(self) -> dict:
+        return self.engine.info()
+
+    @bentoml.on_shutdown
+    def stop_grpc(self) -> None:
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2)
+
+
+def _http_error(e: serving.RequestError) -> BentoMLException:
+    return BentoMLException(str(e), error_code=HTTPStatus(e.status))
+
+
+@bentoml.service(name="grounding", traffic={"timeout": 600, "max_concurrency": 256})
+class Grounding:
+    """Public REST API: POST /segment, /ground, /render, /info; BentoML's /healthz, /readyz."""
+
+    engine = bentoml.depends(GroundingEngine)
+
+    async def _ground(self, image: Path | None, image_base64: str | None, expression, options: dict,
+                      use_segmenter: bool):
+        t0 = time.perf_counter()
+        try:
+            data = image.read_bytes() if image is not None else (
+                serving.decode_base64(image_base64) if image_base64 else None)
+            img, opts, exprs = serving.prepare(SETTINGS, data, expression, options)
+            results = serving.raise_first_error(
+                await self.engine.to_async.run([asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter)]))
+        except serving.RequestError as e:
+            raise _http_error(e) from None
+        return img, opts, results, t0
+
+    @bentoml.api(route="/segment")
+    async def segment(
+        self,
+        image: Path = None,  # type: ignore[assignment]  (BentoML cannot build Optional[Path])
+        image_base64: t.Optional[str] = None,
+        expression: t.Union[str, t.List[str], None] = None,
+        return_heatmap: bool = False,
+        return_mask_png: bool = False,
+        mask_format: str = "rle",
+        threshold: t.Optional[float] = None,
+        magnets: t.Optional[bool] = None,
+        sinks: t.Optional[bool] = None,
+        sinks_mode: t.Optional[str] = None,
+        redistribution: t.Optional[bool] = None,
+        seed: t.Optional[int] = None,
+    ) -> dict:
+        """Mask (COCO RLE / polygons / PNG), box, score, points and ``present`` per expression."""
+        options = dict(return_heatmap=return_heatmap, return_mask_png=return_mask_png, mask_format=mask_format,
+                       threshold=threshold, magnets=magnets, sinks=sinks, sinks_mode=sinks_mode,
+                       redistribution=redistribution, seed=seed)
+        img, opts, results, t0 = await self._ground(image, image_base64, expression, options, True)
+        return serving.response(img, [serving.result_doc(r, opts) for r in results], results, t0)
+
+    @bentoml.api(route="/ground")
+    async def ground(
+        self,
+        image: Path = None,  # type: ignore[assignment]  (BentoML cannot build Optional[Path])
+        image_base64: t.Optional[str] = None,
+        expression: t.Union[str, t.List[str], None] = None,
+        heatmap_format: str = "png",
+        magnets: t.Optional[bool] = None,
+        sinks: t.Optional[bool] = None,
+        sinks_mode: t.Optional[str] = None,
+        redistribution: t.Optional[bool] = None,
+        seed: t.Optional[int] = None,
+    ) -> dict:
+        """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
+        options = dict(heatmap_format=heatmap_format, magnets=magnets, sinks=sinks, sinks_mode=sinks_mode,
+                       redistribution=redistribution, seed=seed)
+        img, opts, results, t0 = await self._ground(image, image_base64, expression, options, False)
+        return serving.response(img, [serving.heatmap_doc(r, opts) for r in results], results, t0)
+
+    @bentoml.api(route="/render")
+    async def render(
+        self,
+        image: Path = None,  # type: ignore[assignment]  (BentoML cannot build Optional[Path])
+        image_base64: t.Optional[str] = None,
+        expression: t.Optional[str] = None,
+        threshold: t.Optional[float] = None,
+        seed: t.Optional[int] = None,
+    ) -> PILImage.Image:
+        """The overlay PNG: image with mask, box, points and heatmap drawn (first expression)."""
+        img, _, results, _ = await self._ground(image, image_base64, expression,
+                                                dict(threshold=threshold, seed=seed), True)
+        return serving.overlay(img, results[0])
+
+    @bentoml.api(route="/info")
+    async def info(self) -> dict:
+        """Which model, segmenter, device and dtype the engine loaded (answers once it is ready)."""
+        return await self.engine.to_async.info()

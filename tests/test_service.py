@@ -1,0 +1,243 @@
+"""The real `bentoml serve` on 127.0.0.1 (REST) and its in-process gRPC server."""
+
+import base64
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import scene
+from grounding.result import rle_to_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_PIXELS = 4_000_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_flux_dir, tmp_path_factory):
+    port, grpc_port = free_port(), free_port()
+    env = dict(os.environ, GROUNDING_MODEL=str(tiny_flux_dir), GROUNDING_GRPC_PORT=str(grpc_port),
+               GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), GROUNDING_DEVICE="cpu", HF_HUB_OFFLINE="1",
+               BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
+    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            log.seek(0)
+            pytest.fail(f"bentoml serve exited:\n{log.read()[-4000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    else:
+        log.seek(0)
+        pytest.fail(f"server not ready in time:\n{log.read()[-4000:]}")
+    yield {"url": url, "grpc": f"127.0.0.1:{grpc_port}", "model": str(tiny_flux_dir)}
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def post(server, route, files=None, data=None, json=None):
+    return httpx.post(server["url"] + route, files=files, data=data, json=json, timeout=120)
+
+
+def segment(server, content: bytes, expression="red circle", ctype="image/png", name="img.png", **fields):
+    return post(server, "/segment", files={"image": (name, content, ctype)}, data={"expression": expression, **fields})
+
+
+def test_ready_and_info(server):
+    assert httpx.get(server["url"] + "/readyz").status_code == 200
+    info = post(server, "/info", json={}).json()
+    assert info["model"] == server["model"] and info["segmenter"] == "map-threshold" and info["device"] == "cpu"
+
+
+def test_segment_multipart_rle_decodes_to_image_size(server):
+    r = segment(server, encode(scene(80, 60)))
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["image"] == {"width": 80, "height": 60}
+    (res,) = doc["results"]
+    assert res["box_format"] == "xyxy" and len(res["box"]) == 4 and 0 <= res["score"] <= 1
+    mask = rle_to_mask(res["segmentation"])
+    assert mask.shape == (60, 80) and res["present"] == bool(mask.any())
+    assert "transformer" in doc["timings_ms"] and "total" in doc["timings_ms"]
+
+
+def test_segment_json_base64_several_expressions(server):
+    b64 = base64.b64encode(encode(scene(), "JPEG")).decode()
+    r = post(server, "/segment", json={"image_base64": b64, "expression": ["red circle", "the blue square"],
+                                       "mask_format": "polygon", "return_heatmap": True, "return_mask_png": True})
+    assert r.status_code == 200, r.text
+    res = r.json()["results"]
+    assert [x["expression"] for x in res] == ["red circle", "the blue square"]
+    for x in res:
+        assert x["segmentation"]["size"] == [48, 64] and x["segmentation"]["polygons"]
+        heat = Image.open(io.BytesIO(base64.b64decode(x["heatmap_png"])))
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(x["mask_png"])))) > 0
+        assert heat.size == (64, 48) and mask.shape == (48, 64)
+
+
+def test_mask_png_format_and_switches(server):
+    r = segment(server, encode(scene()), mask_format="png", sinks="false", magnets="false", threshold="0.3")
+    assert r.status_code == 200, r.text
+    seg = r.json()["results"][0]["segmentation"]
+    assert np.asarray(Image.open(io.BytesIO(base64.b64decode(seg["png"])))).shape == (48, 64)
+
+
+def test_ground_and_render(server):
+    r = post(server, "/ground", files={"image": ("a.png", encode(scene()), "image/png")},
+             data={"expression": "blue square", "heatmap_format": "array"})
+    assert r.status_code == 200, r.text
+    heat = np.array(r.json()["results"][0]["heatmap"]["data"])
+    assert heat.shape == (48, 64) and heat.max() == 1.0
+    r = post(server, "/render", files={"image": ("a.png", encode(scene()), "image/png")}, data={"expression": "blue square"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/png")
+    assert Image.open(io.BytesIO(r.content)).size == (64, 48)
+
+
+def test_bentoml_sync_client(server, tmp_path):
+    import bentoml
+
+    path = tmp_path / "scene.png"
+    scene().save(path)
+    with bentoml.SyncHTTPClient(server["url"]) as client:
+        doc = client.segment(image=path, expression="red circle")
+    assert rle_to_mask(doc["results"][0]["segmentation"]).shape == (48, 64)
+
+
+BOMB = encode(Image.new("L", (3000, 3000)))  # 9 MP of zeros: a few KB on the wire, over the 4 MP limit
+
+
+@pytest.mark.parametrize("content,ctype,status,message", [
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 400, "cannot read image"),
+    (b"", "image/png", 400, "empty"),
+    (b"hello, I am text", "text/plain", 415, "not an image"),
+    (b"%PDF-1.4 not really", "application/octet-stream", 415, "not an image"),
+    (BOMB, "image/png", 413, "over the limit"),
+])
+def test_bad_images_are_4xx_and_server_survives(server, content, ctype, status, message):
+    r = segment(server, content, ctype=ctype)
+    assert r.status_code == status, r.text
+    assert message in r.text
+    assert segment(server, encode(scene())).status_code == 200
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"expression": ""}, "empty"),
+    ({"expression": "   "}, "empty"),
+    ({"expression": "the of and"}, "no content words"),
+    ({"expression": "red " * 600}, "over the limit"),
+    ({"expression": '["a red circle"' + ', "blue"' * 20 + "]"}, "over the limit"),
+    ({"mask_format": "bmp"}, "mask_format"),
+    ({"sinks_mode": "nope"}, "sinks_mode"),
+    ({"threshold": "2"}, "threshold"),
+])
+def test_bad_fields_are_400(server, fields, message):
+    data = {"expression": "red circle", **fields}
+    r = post(server, "/segment", files={"image": ("a.png", encode(scene()), "image/png")}, data=data)
+    assert r.status_code == 400, r.text
+    assert message in r.text
+
+
+def test_missing_fields_are_400(server):
+    r = post(server, "/segment", data={"expression": "red circle"}, files={"other": ("x", b"y", "text/plain")})
+    assert r.status_code == 400 and "image" in r.text
+    r = post(server, "/segment", files={"image": ("a.png", encode(scene()), "image/png")})
+    assert r.status_code == 400 and "expression" in r.text
+    r = post(server, "/segment", json={"expression": "red circle", "image_base64": "%%%"})
+    assert r.status_code == 400 and "base64" in r.text
+
+
+def _exif_rotated() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(scene(), "JPEG", exif=exif)
+
+
+@pytest.mark.parametrize("name,content,ctype,size", [
+    ("cmyk.jpg", encode(scene().convert("CMYK"), "JPEG"), "image/jpeg", (48, 64)),
+    ("gray.jpg", encode(scene().convert("L"), "JPEG"), "image/jpeg", (48, 64)),
+    ("pal.png", encode(scene().convert("P")), "image/png", (48, 64)),
+    ("rgba.png", encode(scene().convert("RGBA")), "image/png", (48, 64)),
+    ("i16.png", encode(Image.fromarray(np.asarray(scene().convert("L")).astype(np.uint16) * 257)), "image/png", (48, 64)),
+    ("exif.jpg", _exif_rotated(), "image/jpeg", (64, 48)),
+    ("noext", encode(scene()), "application/octet-stream", (48, 64)),
+])
+def test_image_kinds_served(server, name, content, ctype, size):
+    r = segment(server, content, ctype=ctype, name=name)
+    assert r.status_code == 200, r.text
+    assert rle_to_mask(r.json()["results"][0]["segmentation"]).shape == size
+
+
+def test_non_ascii_and_overlong_expressions(server):
+    r = segment(server, encode(scene()), expression="красный круг ☕ à gauche")
+    assert r.status_code == 200, r.text
+    r = segment(server, encode(scene()), expression=" ".join(["the red circle left of the blue square"] * 8))
+    assert r.status_code == 200, r.text
+    assert any("truncated" in w for w in r.json()["results"][0]["warnings"])
+
+
+def test_grpc_segment_ground_health_reflection(server):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from grounding.proto import grounding_pb2 as pb
+    from grounding.proto import grounding_pb2_grpc as pb_grpc
+
+    with grpc.insecure_channel(server["grpc"]) as ch:
+        stub = pb_grpc.GroundingStub(ch)
+        r = stub.Segment(pb.SegmentRequest(image=encode(scene(80, 60)), expressions=["red circle", "blue square"],
+                                           options=pb.Options(return_heatmap=True)), timeout=60)
+        assert (r.image.width, r.image.height) == (80, 60) and len(r.results) == 2
+        for res in r.results:
+            mask = rle_to_mask({"size": list(res.segmentation.size), "counts": res.segmentation.counts})
+            assert mask.shape == (60, 80) and len(res.box) == 4
+            assert Image.open(io.BytesIO(res.heatmap_png)).size == (80, 60)
+        g = stub.Ground(pb.GroundRequest(image=encode(scene()), expressions=["red circle"]), timeout=60)
+        assert list(g.heatmaps[0].size) == [48, 64] and len(g.heatmaps[0].peak) == 2
+        for req, msg in [(pb.SegmentRequest(image=b"junk", expressions=["red circle"]), "not an image"),
+                         (pb.SegmentRequest(image=encode(scene()), expressions=["the of"]), "no content words"),
+                         (pb.SegmentRequest(image=encode(scene())), "expression"),
+                         (pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
+                                            options=pb.Options(mask_format="bmp")), "mask_format")]:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Segment(req, timeout=60)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in err.value.details()
+        health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="grounding.v1.Grounding"))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        refl = reflection_pb2_grpc.ServerReflectionStub(ch)
+        (resp,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        names = {s.name for s in resp.list_services_response.service}
+        assert "grounding.v1.Grounding" in names and "grpc.health.v1.Health" in names
