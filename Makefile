@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM ?= false
 
 .PHONY: venv test test-slow serve bench clean proto
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

@@ -77,11 +77,25 @@ class Grounding:
             data = image.read_bytes() if image is not None else (
                 serving.decode_base64(image_base64) if image_base64 else None)
             img, opts, exprs = serving.prepare(SETTINGS, data, expression, options)
-            results = serving.raise_first_error(
-                await self.engine.to_async.run([asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter)]))
+            jobs = [asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter)]
+            results = serving.raise_first_error(await self._run(jobs))
         except serving.RequestError as e:
             raise _http_error(e) from None
         return img, opts, results, t0
+
+    async def _run(self, jobs: list[dict], attempts: int = 3) -> list[dict]:
+        """Engine call; retried when a pooled keep-alive connection was closed under it (the
+        engine never saw the request, and jobs are pure, so a retry is safe)."""
+        import aiohttp
+
+        for attempt in range(attempts):
+            try:
+                return await self.engine.to_async.run(jobs)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == attempts - 1:
+                    raise BentoMLException("grounding engine unavailable", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
+                logger.warning("engine connection dropped; retrying (%d/%d)", attempt + 1, attempts - 1)
+        raise AssertionError("unreachable")
 
     @bentoml.api(route="/segment")
     async def segment(

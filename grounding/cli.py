@@ -75,7 +75,7 @@ def cmd_segment(args) -> int:
 def cmd_tiny_model(args) -> int:
     from .tiny import save_tiny_model
 
-    path = save_tiny_model(args.dir, args.arch, args.seed)
+    path = save_tiny_model(args.dir, args.arch, args.seed, args.size)
     print(f"wrote a tiny random {args.arch} pipeline to {path} (its attention maps are meaningless)")
     return 0
 
@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
                                           "its attention maps are meaningless")
     p.add_argument("--arch", choices=["flux", "sd3"], default="flux")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["tiny", "medium"], default="tiny",
+                   help="medium: 4 dual + 4 single blocks of width 512 (flux only; for CPU benchmarks)")
     p.add_argument("dir")
     p.set_defaults(func=cmd_tiny_model)
 

@@ -94,16 +94,25 @@ def _vae(latent_channels: int):
     ).eval()
 
 
-def build_tiny_flux(seed: int = 0):
-    """A FluxPipeline with 2 dual + 2 single blocks, 2 heads × 16, VAE ×2, ~256 image tokens at 64 px."""
+# Transformer shapes: "tiny" for tests, "medium" (4 dual + 4 single, width 512) for CPU benchmarks.
+FLUX_SIZES = {
+    "tiny": dict(num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+                 axes_dims_rope=(4, 6, 6)),
+    "medium": dict(num_layers=4, num_single_layers=4, attention_head_dim=128, num_attention_heads=4,
+                   axes_dims_rope=(16, 56, 56)),
+}
+
+
+def build_tiny_flux(seed: int = 0, size: str = "tiny"):
+    """A FluxPipeline with 2 dual + 2 single blocks, 2 heads × 16 ("tiny") or 4 + 4 blocks of width
+    512 ("medium"); VAE ×2, so 64 px → 16 × 16 image tokens."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
     t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=False, axes_dims_rope=(4, 6, 6),
+        patch_size=1, in_channels=16, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=False,
+        **FLUX_SIZES[size],
     ).eval()
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
@@ -140,13 +149,14 @@ def build_tiny_sd3(seed: int = 0):
     )
 
 
-def save_tiny_model(folder: str | Path, arch: str = "flux", seed: int = 0) -> Path:
+def save_tiny_model(folder: str | Path, arch: str = "flux", seed: int = 0, size: str = "tiny") -> Path:
     """Write a tiny pipeline folder (+ a ``grounding.json`` sized for it); its maps are meaningless."""
-    builders = {"flux": build_tiny_flux, "sd3": build_tiny_sd3}
-    if arch not in builders:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(builders)}")
+    if arch not in ("flux", "sd3"):
+        raise ValueError(f"unknown arch {arch!r}; choose flux or sd3")
+    if size not in FLUX_SIZES or (arch == "sd3" and size != "tiny"):
+        raise ValueError(f"size {size!r} not available for {arch}")
     folder = Path(folder)
-    pipe = builders[arch](seed)
+    pipe = build_tiny_flux(seed, size) if arch == "flux" else build_tiny_sd3(seed)
     pipe.save_pretrained(folder, safe_serialization=True)
     GroundingConfig(resolution=64, max_sequence_length=32, guidance_scale=1.0).save_pretrained(folder)
     return folder

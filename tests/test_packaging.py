@@ -1,0 +1,25 @@
+"""`bentoml build` works offline and its Dockerfile serves REST and gRPC on a CUDA base."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bentoml_build_offline_and_dockerfile(tmp_path):
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "bentoml", "build", "."], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    (bento,) = [d for d in (tmp_path / "bentos" / "dit-grounding").iterdir() if d.name != "latest"]
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    assert "FROM nvidia/cuda:" in dockerfile
+    assert "EXPOSE 3000" in dockerfile and "EXPOSE 50051" in dockerfile
+    assert "GROUNDING_GRPC_PORT=50051" in dockerfile.replace('"', "")
+    src = bento / "src"
+    for f in ("service.py", "grounding/proto/grounding_pb2.py", "grounding/proto/grounding.proto", "grounding/maps.py"):
+        assert (src / f).is_file(), f
+    reqs = (bento / "env" / "python" / "requirements.txt").read_text()
+    assert "torch==2.14.1" in reqs and "bentoml==1.4.40" in reqs
