@@ -60,3 +60,98 @@ def write_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "u
     (root / dataset / "instances.json").write_text(json.dumps(
         {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]}))
     return root
+
+
+DAVIS_PALETTE = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 0] * 253
+
+
+def moving_video(n_frames: int = 3, w: int = 64, h: int = 48):
+    """Frames of a red disc moving right over a light background, and their 2-object label maps
+    (1 = disc, 2 = a static blue square, 255 = a void strip at the bottom)."""
+    frames, labels = [], []
+    yy, xx = np.mgrid[:h, :w]
+    for t in range(n_frames):
+        arr = np.full((h, w, 3), 225, dtype=np.uint8)
+        lab = np.zeros((h, w), dtype=np.uint8)
+        cx = 14 + 8 * t
+        disc = (xx - cx) ** 2 + (yy - 20) ** 2 < 64
+        square = (abs(xx - 50) < 6) & (abs(yy - 30) < 6)
+        arr[disc] = (220, 30, 30)
+        arr[square] = (30, 40, 220)
+        lab[disc], lab[square] = 1, 2
+        lab[-2:, :] = 255
+        frames.append(Image.fromarray(arr))
+        labels.append(lab)
+    return frames, labels
+
+
+def _palette_png(lab: np.ndarray, path: Path) -> None:
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette(DAVIS_PALETTE)
+    im.save(path)
+
+
+def write_davis_fixture(root: Path, n_frames: int = 3) -> Path:
+    """Ref-DAVIS17 layout: davis_text_annotations (annot2 in latin-1) + DAVIS 2017 480p folders."""
+    davis = root / "DAVIS"
+    video = "red-disc"
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text(f"{video}\n")
+    (davis / "ImageSets" / "2017" / "train.txt").write_text("other\n")
+    jpg, ann = davis / "JPEGImages" / "480p" / video, davis / "Annotations" / "480p" / video
+    jpg.mkdir(parents=True)
+    ann.mkdir(parents=True)
+    frames, labels = moving_video(n_frames)
+    for t, (im, lab) in enumerate(zip(frames, labels)):
+        im.save(jpg / f"{t:05d}.jpg", quality=95)
+        _palette_png(lab, ann / f"{t:05d}.png")
+    text = root / "davis_text_annotations"
+    text.mkdir()
+    (text / "Davis17_annot1.txt").write_text(f'{video} 1 "a red disc"\n{video} 2 "the blue square"\nother 1 "x"\n')
+    (text / "Davis17_annot1_full_video.txt").write_text(f'{video} 1 "red disc moving right"\n')
+    (text / "Davis17_annot2.txt").write_bytes(f'{video} 1 "the red disc, caf\u00e9 colour"\n'.encode("latin-1"))
+    (text / "Davis17_annot2_full_video.txt").write_bytes(f'{video} 2 "blue square na\u00efve"\n'.encode("latin-1"))
+    return root
+
+
+def write_ytvos_fixture(root: Path, split: str = "valid", with_gt: bool = False) -> Path:
+    video = "vid0001"
+    jpg = root / split / "JPEGImages" / video
+    jpg.mkdir(parents=True)
+    frames, labels = moving_video(3)
+    names = [f"{5 * t:05d}" for t in range(3)]
+    for im, lab, n in zip(frames, labels, names):
+        im.save(jpg / f"{n}.jpg", quality=95)
+        if with_gt:
+            (root / split / "Annotations" / video).mkdir(parents=True, exist_ok=True)
+            _palette_png(np.where(lab == 255, 0, lab).astype(np.uint8), root / split / "Annotations" / video / f"{n}.png")
+    meta = {"videos": {video: {"expressions": {"0": {"exp": "a red disc", "obj_id": "1"},
+                                               "1": {"exp": "the blue square", "obj_id": "2"}},
+                               "frames": names}}}
+    (root / "meta_expressions" / split).mkdir(parents=True)
+    (root / "meta_expressions" / split / "meta_expressions.json").write_text(json.dumps(meta))
+    return root
+
+
+def write_mevis_fixture(root: Path, split: str = "valid_u") -> Path:
+    from pycocotools import mask as mask_utils
+
+    video = "m0001"
+    jpg = root / split / "JPEGImages" / video
+    jpg.mkdir(parents=True)
+    frames, labels = moving_video(3)
+    names = [f"{t:05d}" for t in range(3)]
+    tracks = {"0": [], "1": []}
+    for im, lab, n in zip(frames, labels, names):
+        im.save(jpg / f"{n}.jpg", quality=95)
+        for anno, obj in (("0", 1), ("1", 2)):
+            rle = mask_utils.encode(np.asfortranarray((lab == obj).astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            tracks[anno].append(rle)
+    tracks["1"][0] = None  # the square is missing in the first frame
+    meta = {"videos": {video: {"expressions": {"0": {"exp": "the red disc", "obj_id": [1], "anno_id": [0]},
+                                               "1": {"exp": "both shapes", "obj_id": [1, 2], "anno_id": [0, 1]}},
+                               "frames": names}}}
+    (root / split / "meta_expressions.json").write_text(json.dumps(meta))
+    (root / split / "mask_dict.json").write_text(json.dumps(tracks))
+    return root

@@ -1,0 +1,75 @@
+"""``python -m eval``: refcoco, davis, ytvos, mevis runs; merge shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .runner import RunConfig, merge, parse_shard, run_refcoco, run_video
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from grounding.zoo import default_model
+
+    p.add_argument("--data-root", required=True)
+    p.add_argument("--split", default=None)
+    p.add_argument("--model", default=default_model(), help="hub id, pipeline folder or zoo name")
+    p.add_argument("--segmenter", default=os.environ.get("GROUNDING_SEGMENTER", ""),
+                   help="SAM checkpoint; empty = map-threshold masks")
+    p.add_argument("--device", default=os.environ.get("GROUNDING_DEVICE"))
+    p.add_argument("--dtype", default=os.environ.get("GROUNDING_DTYPE"))
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: every n-th sample from i")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="grounding config override")
+    p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from grounding.cli import _overrides
+
+    ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("refcoco", help="RefCOCO / RefCOCO+ / RefCOCOg (refer layout)")
+    _common(p)
+    p.add_argument("--dataset", default="refcoco")
+    p.add_argument("--split-by", default=None)
+    p.add_argument("--image-root", default=None,
+                   help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
+    p.add_argument("--save-overlays", type=int, default=0, metavar="K", help="overlays of K best, worst, random")
+    for name, default_split, what in (("davis", "val", "Ref-DAVIS17"), ("ytvos", "valid", "Ref-YouTube-VOS"),
+                                      ("mevis", "valid_u", "MeViS")):
+        p = sub.add_parser(name, help=what)
+        _common(p)
+        p.set_defaults(default_split=default_split)
+    p = sub.add_parser("merge", help="merge shard run directories")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+
+    try:
+        if args.cmd == "merge":
+            print(json.dumps(merge([Path(r) for r in args.runs], Path(args.out))))
+            return 0
+        from grounding import Grounder
+
+        overrides = _overrides(args.set)
+        split = args.split or ("val" if args.cmd == "refcoco" else args.default_split)
+        cfg = RunConfig(
+            task=args.cmd, data_root=str(args.data_root), dataset=getattr(args, "dataset", args.cmd), split=split,
+            model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
+            image_root=getattr(args, "image_root", None), limit=args.limit, shard=args.shard, overrides=overrides,
+        )
+        g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device,
+                                     dtype=args.dtype)
+        if args.cmd == "refcoco":
+            summary = run_refcoco(cfg, g, Path(args.out), args.save_overlays)
+        else:
+            summary = run_video(cfg, g, Path(args.out))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0

@@ -1,0 +1,291 @@
+"""Resumable, shardable evaluation runs.
+
+A run directory holds ``run.json`` (what is being evaluated), ``results.jsonl`` (one line per
+finished sample, flushed and fsynced as it is written), and, at the end, ``summary.json`` +
+``summary.md``. A killed run resumes where it stopped: finished samples are skipped, a torn last
+line is discarded, nothing is counted twice. ``--shard i/n`` takes every n-th sample from i;
+``merge`` joins shard directories and recomputes the summary from their lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from . import metrics
+
+RESULTS = "results.jsonl"
+
+
+@dataclass
+class RunConfig:
+    task: str  # refcoco | davis | ytvos | mevis
+    data_root: str
+    dataset: str
+    split: str
+    model: str
+    segmenter: str = ""
+    split_by: str | None = None
+    image_root: str | None = None
+    limit: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    overrides: dict = field(default_factory=dict)
+
+    def identity(self) -> dict:
+        """Fields that must match for a run directory to be resumed."""
+        d = asdict(self)
+        d["shard"] = list(self.shard)
+        return d
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard expects i/n, got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard {text}: need 0 ≤ i < n")
+    return i, n
+
+
+def select(n_total: int, limit: int | None, shard: tuple[int, int]) -> list[int]:
+    """Sample indices of this shard: the first ``limit`` samples, every n-th from i."""
+    n = n_total if limit is None else min(limit, n_total)
+    i, k = shard
+    return list(range(i, n, k))
+
+
+class ResultsLog:
+    """Append-only ``results.jsonl``; reading it back drops a torn final line."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / RESULTS
+        self.records: list[dict] = read_results(self.path, repair=True)
+        self.done = {r["id"] for r in self.records}
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def append(self, record: dict) -> None:
+        if record["id"] in self.done:
+            raise ValueError(f"sample {record['id']} is already in {self.path}")
+        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self.records.append(record)
+        self.done.add(record["id"])
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def read_results(path: Path, repair: bool = False) -> list[dict]:
+    """Records of a results file. A last line without its newline (a killed write) is dropped,
+    and with ``repair`` cut from the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    if good_end < len(data) and repair:
+        with open(path, "r+b") as f:
+            f.truncate(good_end)
+    return [json.loads(line) for line in data[:good_end].decode("utf-8").splitlines() if line.strip()]
+
+
+def open_run(run_dir: Path, cfg: RunConfig) -> ResultsLog:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_json = run_dir / "run.json"
+    if run_json.is_file():
+        old = json.loads(run_json.read_text())
+        if old.get("config") != cfg.identity():
+            raise ValueError(f"{run_dir} holds a different run ({run_json}); use another --out")
+    else:
+        run_json.write_text(json.dumps({"config": cfg.identity()}, indent=2) + "\n")
+    return ResultsLog(run_dir)
+
+
+# --- image runs ----------------------------------------------------------------------------------
+def run_refcoco(cfg: RunConfig, grounder, run_dir: Path, save_overlays: int = 0) -> dict:
+    from .refcoco import RefDataset
+
+    ds = RefDataset(cfg.data_root, cfg.dataset, cfg.split_by, cfg.split, cfg.image_root)
+    log = open_run(run_dir, cfg)
+    todo = [i for i in select(len(ds), cfg.limit, cfg.shard) if ds.sample_id(i) not in log.done]
+    scores = image_scores(log.records)
+    bar = tqdm(todo, desc=f"{cfg.dataset} {cfg.split}", initial=len(log.records),
+               total=len(log.records) + len(todo), dynamic_ncols=True)
+    try:
+        for i in bar:
+            s = ds[i]
+            t = time.perf_counter()
+            r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
+            inter, union = metrics.intersection_union(r.mask, s.mask)
+            hit = metrics.pointing_hit(r.heatmap, s.mask)
+            rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
+                   "sentence": s.sentence, "inter": inter, "union": union, "iou": inter / union if union else 0.0,
+                   "pointing": hit, "score": r.score, "box": list(r.box), "pred_pixels": int(r.mask.sum()),
+                   "gt_pixels": int(s.mask.sum()), "ms": (time.perf_counter() - t) * 1000}
+            log.append(rec)
+            scores.add(inter, union, hit)
+            summ = scores.summary()
+            bar.set_postfix(mIoU=f"{summ['miou']:.3f}", oIoU=f"{summ['oiou']:.3f}")
+    finally:
+        log.close()
+    summary = write_summary(run_dir)
+    if save_overlays:
+        write_overlays(ds, grounder, cfg, run_dir, save_overlays)
+    return summary
+
+
+def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
+    s = metrics.ImageScores()
+    for r in records:
+        s.add(r["inter"], r["union"], r.get("pointing"))
+    return s
+
+
+def write_overlays(ds, grounder, cfg: RunConfig, run_dir: Path, k: int) -> list[Path]:
+    """Overlay PNGs of the k best, k worst and k random samples (seed 0) of the run."""
+    from grounding.result import overlay
+
+    records = read_results(run_dir / RESULTS)
+    by_iou = sorted(records, key=lambda r: (-r["iou"], r["id"]))
+    rng = random.Random(0)
+    picks = {"best": by_iou[:k], "worst": by_iou[::-1][:k], "random": rng.sample(records, min(k, len(records)))}
+    index = {ds.sample_id(i): i for i in range(len(ds))}
+    out_dir = run_dir / "overlays"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for kind, recs in picks.items():
+        for rank, rec in enumerate(recs):
+            s = ds[index[rec["id"]]]
+            r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
+            with Image.open(s.image_path) as im:
+                path = out_dir / f"{kind}_{rank:02d}_{rec['id'].replace(':', '-')}_iou{rec['iou']:.2f}.png"
+                overlay(im.convert("RGB"), r).save(path)
+            written.append(path)
+    return written
+
+
+# --- video runs ----------------------------------------------------------------------------------
+def run_video(cfg: RunConfig, grounder, run_dir: Path, frame_batch: int = 4) -> dict:
+    from .rvos import VIDEO_DATASETS
+
+    ds = VIDEO_DATASETS[cfg.task](cfg.data_root, cfg.split)
+    samples = ds.samples
+    log = open_run(run_dir, cfg)
+    todo = [i for i in select(len(samples), cfg.limit, cfg.shard) if samples[i].id not in log.done]
+    drop = cfg.task == "davis"  # the DAVIS semi-supervised protocol leaves out first and last frame
+    bar = tqdm(todo, desc=f"{cfg.task} {cfg.split}", initial=len(log.records), total=len(log.records) + len(todo),
+               dynamic_ncols=True)
+    jf = [r["J&F"] for r in log.records if r.get("J&F") is not None]
+    try:
+        for i in bar:
+            s = samples[i]
+            t = time.perf_counter()
+            out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            js, fs = [], []
+            frames = s.frames()
+            for start in range(0, len(s.frame_paths), frame_batch):
+                chunk = [next(frames) for _ in range(min(frame_batch, len(s.frame_paths) - start))]
+                results = grounder.segment_batch([(im, s.expression) for im in chunk], **cfg.overrides)
+                for j, r in enumerate(results):
+                    fi = start + j
+                    Image.fromarray(r.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[fi]}.png")
+                    if s.has_gt:
+                        gt, void = s.gt(fi)
+                        js.append(metrics.region_similarity(r.mask, gt, void))
+                        fs.append(metrics.contour_accuracy(r.mask, gt, void))
+            rec = {"id": s.id, "video": s.video, "exp_id": s.exp_id, "group": s.group, "expression": s.expression,
+                   "frames": len(s.frame_paths), "ms": (time.perf_counter() - t) * 1000}
+            if s.has_gt:
+                keep = slice(1, -1) if drop and len(js) > 2 else slice(None)
+                j_m, j_r, _ = metrics.statistics(js[keep])
+                f_m, f_r, _ = metrics.statistics(fs[keep])
+                rec.update({"J": j_m, "F": f_m, "J&F": (j_m + f_m) / 2, "J_recall": j_r, "F_recall": f_r})
+                jf.append(rec["J&F"])
+                bar.set_postfix({"J&F": f"{np.mean(jf):.3f}"})
+            log.append(rec)
+    finally:
+        log.close()
+    if cfg.task in ("ytvos", "mevis"):
+        make_submission_zip(run_dir)
+    return write_summary(run_dir)
+
+
+def make_submission_zip(run_dir: Path) -> Path:
+    """``submission.zip`` of ``Annotations/<video>/<exp_id>/<frame>.png``, as the servers expect."""
+    path = run_dir / "submission.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for png in sorted((run_dir / "Annotations").rglob("*.png")):
+            z.write(png, png.relative_to(run_dir).as_posix())
+    return path
+
+
+# --- summaries -----------------------------------------------------------------------------------
+def summarise(task: str, records: list[dict]) -> dict:
+    """Flat metric dict of a list of result records."""
+    if task == "refcoco":
+        out = image_scores(records).summary()
+    else:
+        scored = [r for r in records if r.get("J") is not None]
+        out = {"n": len(records), "scored": len(scored)}
+        if scored:
+            for key in ("J", "F", "J&F", "J_recall", "F_recall"):
+                out[key] = float(np.mean([r[key] for r in scored]))
+            for group in sorted({r.get("group", "") for r in scored} - {""}):
+                rows = [r for r in scored if r.get("group") == group]
+                out[f"J&F/{group}"] = float(np.mean([r["J&F"] for r in rows]))
+    ms = [r["ms"] for r in records if "ms" in r]
+    if ms:
+        out["mean_ms"] = float(np.mean(ms))
+    return out
+
+
+def write_summary(run_dir: Path, records: list[dict] | None = None, config: dict | None = None) -> dict:
+    config = config or json.loads((run_dir / "run.json").read_text())["config"]
+    records = read_results(run_dir / RESULTS) if records is None else records
+    summary = summarise(config["task"], records)
+    doc = {**summary, "config": config}
+    (run_dir / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
+    lines = [f"# {config['task']} · {config['dataset']} · {config['split']}", "",
+             "| metric | value |", "|---|---|"]
+    for k, v in summary.items():
+        lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    lines += ["", f"model: `{config['model']}`  segmenter: `{config.get('segmenter') or 'map-threshold'}`",
+              f"shard: {config['shard'][0]}/{config['shard'][1]}  limit: {config.get('limit')}  "
+              f"overrides: `{json.dumps(config.get('overrides', {}))}`", ""]
+    (run_dir / "summary.md").write_text("\n".join(lines))
+    return doc
+
+
+def merge(run_dirs: list[Path], out: Path) -> dict:
+    """Join shard runs of one evaluation into ``out`` and summarise them together."""
+    configs = [json.loads((d / "run.json").read_text())["config"] for d in run_dirs]
+    base = {k: v for k, v in configs[0].items() if k != "shard"}
+    for c in configs[1:]:
+        if {k: v for k, v in c.items() if k != "shard"} != base:
+            raise ValueError("runs differ in more than their shard; refusing to merge")
+    seen: dict[str, dict] = {}
+    for d in run_dirs:
+        for r in read_results(d / RESULTS):
+            if r["id"] in seen:
+                raise ValueError(f"sample {r['id']} appears in more than one run")
+            seen[r["id"]] = r
+    out.mkdir(parents=True, exist_ok=True)
+    records = sorted(seen.values(), key=lambda r: r["id"])
+    with open(out / RESULTS, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    config = dict(base, shard=[0, 1], merged_from=[str(d) for d in run_dirs])
+    (out / "run.json").write_text(json.dumps({"config": config}, indent=2) + "\n")
+    return write_summary(out, records, config)
