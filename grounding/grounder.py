@@ -190,6 +190,9 @@ class Grounder:
                 timings_ms={"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": per_item,
                             "maps": (s1 - s0) * 1000, "segmenter": (s2 - s1) * 1000},
             ))
+            provider = getattr(segmenter, "provider", None)
+            if provider:  # which onnxruntime provider ran SAM, e.g. "segmenter_CPUExecutionProvider"
+                results[-1].timings_ms[f"segmenter_{provider}"] = (s2 - s1) * 1000
         return results
 
 

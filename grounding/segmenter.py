@@ -110,50 +110,158 @@ def load_sam(checkpoint: str | Path, model_type: str | None = None):
     return sam.eval()
 
 
-class SamSegmenter:
-    """SAM with point (and box) prompts; picks among its 3 masks by agreement with the map.
+def upscale_masks(low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int],
+                  img_size: int = 1024) -> torch.Tensor:
+    """Low-res mask logits ``[B, K, 256, 256]`` → logits at the original image size, the way
+    ``Sam.postprocess_masks`` does it: to the padded frame, crop the padding, to the image."""
+    import torch.nn.functional as F
 
-    Owns a ``SamPredictor``; the image embedding is cached for the last image seen, so several
-    expressions on one image pay for the encoder once.
+    m = F.interpolate(low_res, (img_size, img_size), mode="bilinear", align_corners=False)
+    m = m[..., : input_size[0], : input_size[1]]
+    return F.interpolate(m, original_size, mode="bilinear", align_corners=False)
+
+
+class SamSegmenterBase:
+    """Point (and box) prompts → SAM's 3 masks; picks the one that agrees best with the map.
+
+    Subclasses embed the image (``_embed``) and decode prompts (``predict``). The embedding is
+    cached for the last image seen, so several expressions on one image pay for the encoder once.
     """
 
     name = "sam"
 
-    def __init__(self, sam, device: str | torch.device = "cpu", use_box: bool = True):
-        from segment_anything import SamPredictor
+    def __init__(self, use_box: bool = True):
+        from segment_anything.utils.transforms import ResizeLongestSide
 
-        self.sam = sam.to(device).eval()
-        self.predictor = SamPredictor(self.sam)
         self.use_box = use_box
+        self.transform = ResizeLongestSide(1024)
         self._image_key: str | None = None
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: str | Path, model_type: str | None = None, device: str = "cpu", **kw):
-        return cls(load_sam(checkpoint, model_type), device, **kw)
 
     def set_image(self, image: np.ndarray) -> None:
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
         if key != self._image_key:
-            with torch.no_grad():
-                self.predictor.set_image(image)
+            self._embed(image)
             self._image_key = key
+
+    def _embed(self, image: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def predict(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
+                return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks ``[3, H, W]`` — bool, or logits with ``return_logits`` —, IoU predictions ``[3]``,
+        low-res logits ``[3, 256, 256]``) for prompts in image pixel coordinates."""
+        raise NotImplementedError
 
     def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts) -> Segmentation:
         self.set_image(image)
         box = np.array(prompts.box, dtype=np.float32) if self.use_box and prompts.region.any() else None
-        with torch.no_grad():
-            masks, scores, _ = self.predictor.predict(
-                point_coords=prompts.points, point_labels=prompts.labels, box=box, multimask_output=True
-            )
+        masks, scores, _ = self.predict(prompts.points, prompts.labels, box)
         agreement = [mask_iou(m, prompts.region) for m in masks]
         best = max(range(len(masks)), key=lambda i: (round(agreement[i], 6), float(scores[i])))
         return Segmentation(masks[best].astype(bool), float(scores[best]))
 
 
+class SamSegmenter(SamSegmenterBase):
+    """SAM in torch, through segment-anything's ``SamPredictor``."""
+
+    def __init__(self, sam, device: str | torch.device = "cpu", use_box: bool = True):
+        from segment_anything import SamPredictor
+
+        super().__init__(use_box)
+        self.sam = sam.to(device).eval()
+        self.predictor = SamPredictor(self.sam)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: str | Path, model_type: str | None = None, device: str = "cpu", **kw):
+        return cls(load_sam(checkpoint, model_type), device, **kw)
+
+    def _embed(self, image: np.ndarray) -> None:
+        with torch.no_grad():
+            self.predictor.set_image(image)
+
+    def predict(self, points, labels, box, return_logits=False):
+        with torch.no_grad():
+            return self.predictor.predict(point_coords=points, point_labels=labels, box=box,
+                                          multimask_output=True, return_logits=return_logits)
+
+
+def ort_providers() -> list[str]:
+    """CUDA only when torch sees a GPU (and onnxruntime has the provider); CPU always last."""
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return providers
+
+
+class OnnxSamSegmenter(SamSegmenterBase):
+    """SAM through onnxruntime on graphs from ``python -m exporters sam``; same outputs as the
+    torch path (the masks are upscaled outside the graphs, with the same ops)."""
+
+    def __init__(self, folder: str | Path, providers: list[str] | None = None, use_box: bool = True):
+        import onnxruntime as ort
+
+        from exporters.sam import validate
+
+        super().__init__(use_box)
+        self.folder = Path(folder)
+        self.manifest = validate(self.folder)
+        opts = ort.SessionOptions()
+        providers = providers or ort_providers()
+        try:
+            self.encoder = ort.InferenceSession(str(self.folder / "encoder.onnx"), opts, providers=providers)
+            self.decoder = ort.InferenceSession(str(self.folder / "decoder.onnx"), opts, providers=providers)
+        except Exception as e:  # onnxruntime raises its own exception types
+            raise ValueError(f"cannot load the ONNX graphs in {self.folder}: {e}") from None
+        self.provider = self.encoder.get_providers()[0]
+        self.name = f"sam-onnx:{self.provider}"
+        self.dtype = np.float16 if self.manifest["precision"] == "fp16" else np.float32
+        self._mean = np.array(self.manifest["pixel_mean"], dtype=np.float32).reshape(3, 1, 1)
+        self._std = np.array(self.manifest["pixel_std"], dtype=np.float32).reshape(3, 1, 1)
+        self._embedding: np.ndarray | None = None
+
+    def _embed(self, image: np.ndarray) -> None:
+        size = self.manifest["image_size"]
+        resized = self.transform.apply_image(image)
+        self.original_size = image.shape[:2]
+        self.input_size = resized.shape[:2]
+        x = (resized.transpose(2, 0, 1).astype(np.float32) - self._mean) / self._std
+        padded = np.zeros((1, 3, size, size), dtype=np.float32)
+        padded[0, :, : x.shape[1], : x.shape[2]] = x
+        self._embedding = self.encoder.run(None, {"image": padded.astype(self.dtype)})[0]
+
+    def predict(self, points, labels, box, return_logits=False):
+        coords = self.transform.apply_coords(np.asarray(points, dtype=np.float32), self.original_size)
+        labs = np.asarray(labels, dtype=np.float32)
+        if box is not None:
+            corners = self.transform.apply_boxes(np.asarray(box, dtype=np.float32)[None], self.original_size)
+            coords = np.concatenate([coords, corners.reshape(2, 2)])
+            labs = np.concatenate([labs, [2.0, 3.0]])
+        else:
+            coords = np.concatenate([coords, np.zeros((1, 2), dtype=np.float32)])
+            labs = np.concatenate([labs, [-1.0]])
+        low = self.manifest["low_res_size"]
+        low_res, iou = self.decoder.run(None, {
+            "image_embeddings": self._embedding,
+            "point_coords": coords[None].astype(self.dtype),
+            "point_labels": labs[None].astype(self.dtype),
+            "mask_input": np.zeros((1, 1, *low), dtype=self.dtype),
+            "has_mask_input": np.zeros(1, dtype=self.dtype),
+        })
+        low_t = torch.from_numpy(low_res.astype(np.float32))
+        logits = upscale_masks(low_t, self.input_size, self.original_size, self.manifest["image_size"])[0].numpy()
+        masks = logits if return_logits else logits > self.manifest["mask_threshold"]
+        return masks, iou[0].astype(np.float32), low_res[0].astype(np.float32)
+
+
 def make_segmenter(spec, device: str = "cpu"):
-    """``None``/"" → map threshold; a path → SAM checkpoint; a segmenter object passes through."""
+    """``None``/"" → map threshold; a folder with ``manifest.json`` → SAM through onnxruntime;
+    a file → SAM checkpoint in torch; a segmenter object passes through."""
     if spec is None or spec == "":
         return MapSegmenter()
     if callable(spec):
         return spec
+    if Path(spec).is_dir():
+        return OnnxSamSegmenter(spec)
     return SamSegmenter.from_checkpoint(spec, device=device)

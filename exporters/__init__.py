@@ -1,0 +1,1 @@
+"""ONNX exporters (``python -m exporters``)."""

@@ -1,0 +1,185 @@
+"""SAM (segment-anything) → two ONNX graphs, exact at every image size.
+
+- ``encoder.onnx``: ``image`` float32 ``[1, 3, 1024, 1024]`` (resized longest side, normalised,
+  zero-padded, as ``Sam.preprocess`` leaves it) → ``image_embeddings`` ``[1, C, 64, 64]``.
+- ``decoder.onnx``: ``image_embeddings``, ``point_coords`` ``[1, N, 2]`` (in the 1024 frame),
+  ``point_labels`` ``[1, N]`` (1 positive, 0 negative, 2/3 box corners, -1 padding),
+  ``mask_input`` ``[1, 1, 256, 256]``, ``has_mask_input`` ``[1]`` → ``low_res_masks``
+  ``[1, 3, 256, 256]`` (logits) and ``iou_predictions`` ``[1, 3]``. ``N`` is dynamic.
+
+Unlike segment-anything's ``SamOnnxModel``, nothing about the original image size is in the graph:
+upscaling to the image happens outside (``grounding.segmenter.upscale_masks``).
+A ``manifest.json`` beside the graphs records model type, opset, precision, tensor names and
+SHA-256 hashes; loading checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+MANIFEST = "manifest.json"
+ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["image_embeddings"]
+DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
+DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
+TWO_GB = 2 * 1024 ** 3
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, sam):
+        super().__init__()
+        self.image_encoder = sam.image_encoder
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(image)
+
+
+class DecoderGraph(nn.Module):
+    """Prompt encoder + mask decoder, with the prompt embedding written branch-free so the number
+    of points can vary; numerically the same as ``PromptEncoder`` + ``MaskDecoder``."""
+
+    def __init__(self, sam):
+        super().__init__()
+        self.prompt_encoder = sam.prompt_encoder
+        self.mask_decoder = sam.mask_decoder
+        self.img_size = float(sam.image_encoder.img_size)
+
+    def embed_points(self, coords: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        emb = pe.pe_layer._pe_encoding((coords + 0.5) / self.img_size)
+        lab = labels.unsqueeze(-1).expand_as(emb)
+        emb = emb * (lab != -1)
+        emb = emb + pe.not_a_point_embed.weight * (lab == -1)
+        for i in range(pe.num_point_embeddings):
+            emb = emb + pe.point_embeddings[i].weight * (lab == i)
+        return emb
+
+    def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        pe = self.prompt_encoder
+        return has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+
+    def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
+        masks, iou = self.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=self.embed_points(point_coords, point_labels),
+            dense_prompt_embeddings=self.embed_mask(mask_input, has_mask_input),
+        )
+        return masks[:, 1:], iou[:, 1:]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int,
+            dynamic_axes: dict | None, large: bool) -> list[str]:
+    """Export; graphs over 2 GB keep their weights as ONNX external data. Returns files written."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset,
+                          dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+    files = [path.name]
+    if large:
+        model = onnx.load(str(path))
+        data = path.name + ".data"
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
+        files.append(data)
+    return files
+
+
+def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: bool = False,
+               quantize: str | None = None) -> dict:
+    """Write ``encoder.onnx``, ``decoder.onnx`` (+ external data) and ``manifest.json`` to ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sam = sam.eval().cpu()
+    dtype = torch.float16 if fp16 else torch.float32
+    if fp16:
+        sam = sam.half()
+    size = sam.image_encoder.img_size
+    embed_dim = sam.prompt_encoder.embed_dim
+    grid = sam.prompt_encoder.image_embedding_size
+    n_params = sum(p.numel() for p in sam.image_encoder.parameters())
+    large = n_params * (2 if fp16 else 4) > TWO_GB - 64 * 2**20
+    files: dict[str, list[str]] = {}
+    with torch.no_grad():
+        files["encoder"] = _export(EncoderGraph(sam), (torch.zeros(1, 3, size, size, dtype=dtype),),
+                                   out / "encoder.onnx", ENCODER_INPUTS, ENCODER_OUTPUTS, opset, None, large)
+        dec_args = (torch.zeros(1, embed_dim, *grid, dtype=dtype), torch.zeros(1, 3, 2, dtype=dtype),
+                    torch.tensor([[1.0, 0.0, -1.0]], dtype=dtype), torch.zeros(1, 1, 4 * grid[0], 4 * grid[1], dtype=dtype),
+                    torch.zeros(1, dtype=dtype))
+        files["decoder"] = _export(DecoderGraph(sam), dec_args, out / "decoder.onnx", DECODER_INPUTS, DECODER_OUTPUTS,
+                                   opset, {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}, False)
+    precision = "fp16" if fp16 else "fp32"
+    if quantize:
+        if quantize != "int8":
+            raise ValueError(f"unknown quantization {quantize!r}; only int8 is supported")
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for part in ("encoder", "decoder"):
+            src = out / f"{part}.onnx"
+            dst = out / f"{part}.int8.onnx"
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            for f in files[part]:
+                (out / f).unlink()
+            dst.rename(src)
+            files[part] = [src.name]
+        precision = "int8"
+    manifest = {
+        "format": "dit-grounding/sam-onnx/1",
+        "model_type": model_type,
+        "opset": opset,
+        "precision": precision,
+        "image_size": size,
+        "embedding_shape": [embed_dim, *grid],
+        "low_res_size": [4 * grid[0], 4 * grid[1]],
+        "pixel_mean": [float(v) for v in sam.pixel_mean.flatten()],
+        "pixel_std": [float(v) for v in sam.pixel_std.flatten()],
+        "mask_threshold": float(sam.mask_threshold),
+        "graphs": {
+            "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
+            "decoder": {"inputs": DECODER_INPUTS, "outputs": DECODER_OUTPUTS},
+        },
+        "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size}
+                  for part in files.values() for f in part},
+        "torch": torch.__version__,
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def validate(folder: str | Path, check_hashes: bool = True) -> dict:
+    """The manifest of an export folder, after checking every file it lists is there, whole and
+    unchanged; raises ``ValueError`` naming the problem."""
+    folder = Path(folder)
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ValueError(f"{folder} has no {MANIFEST}: not a SAM ONNX export (python -m exporters sam ...)")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if manifest.get("format") != "dit-grounding/sam-onnx/1":
+        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}")
+    for name, meta in manifest["files"].items():
+        f = folder / name
+        if not f.is_file():
+            raise ValueError(f"{folder}: {name} is missing")
+        size = f.stat().st_size
+        if size != meta["bytes"]:
+            raise ValueError(f"{folder}: {name} is {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)")
+        if check_hashes and sha256(f) != meta["sha256"]:
+            raise ValueError(f"{folder}: {name} does not match its SHA-256 in the manifest")
+    return manifest
