@@ -19,6 +19,8 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 from PIL import Image as PILImage
 
+from starlette.staticfiles import StaticFiles
+
 from grounding import serving
 from grounding.settings import load_settings
 
@@ -64,9 +66,14 @@ def _http_error(e: serving.RequestError) -> BentoMLException:
     return BentoMLException(str(e), error_code=HTTPStatus(e.status))
 
 
+UI = StaticFiles(directory=Path(serving.__file__).parent / "ui", html=True)
+
+
+@bentoml.asgi_app(UI, path="/ui")
 @bentoml.service(name="grounding", traffic={"timeout": 600, "max_concurrency": 256})
 class Grounding:
-    """Public REST API: POST /segment, /ground, /render, /info; BentoML's /healthz, /readyz."""
+    """Public REST API: POST /segment, /ground, /render, /info; BentoML's /healthz, /readyz;
+    the browser page at GET /ui/."""
 
     engine = bentoml.depends(GroundingEngine)
 

@@ -44,12 +44,24 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=what)
         _common(p)
         p.set_defaults(default_split=default_split)
+    p = sub.add_parser("make-shapes", help="write the synthetic shapes referring world in the refer format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--split", default="val")
+    p.add_argument("--dataset", default="shapes")
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
     args = ap.parse_args(argv)
 
     try:
+        if args.cmd == "make-shapes":
+            from .shapes import write_refer
+
+            folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset)
+            print(json.dumps({"written": str(folder), "n": args.n, "split": args.split}))
+            return 0
         if args.cmd == "merge":
             print(json.dumps(merge([Path(r) for r in args.runs], Path(args.out))))
             return 0

@@ -48,7 +48,7 @@ class RefDataset:
 
     ``data_root/<dataset>/refs(<split_by>).p`` and ``data_root/<dataset>/instances.json``; images
     from ``image_root`` (default ``data_root/images/mscoco/images/train2014``, as the refer API
-    lays them out).
+    lays them out; ``data_root/<dataset>/images`` when that folder exists).
     """
 
     def __init__(self, data_root: str | Path, dataset: str, split_by: str | None = None, split: str = "val",
@@ -64,7 +64,12 @@ class RefDataset:
         with open(refs_path, "rb") as f:
             refs = pickle.load(f)
         inst = json.loads((folder / "instances.json").read_text())
-        self.image_root = Path(image_root) if image_root else root / "images" / "mscoco" / "images" / "train2014"
+        if image_root:
+            self.image_root = Path(image_root)
+        elif (folder / "images").is_dir():  # self-contained sets such as the shapes world
+            self.image_root = folder / "images"
+        else:
+            self.image_root = root / "images" / "mscoco" / "images" / "train2014"
         self.images = {im["id"]: im for im in inst["images"]}
         self.anns = {a["id"]: a for a in inst["annotations"]}
         known = {r["split"] for r in refs}

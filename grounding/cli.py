@@ -102,6 +102,18 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_train_demo(args) -> int:
+    import logging
+
+    from .demo import DemoConfig, train_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed)
+    path = train_demo(args.out, cfg)
+    print(json.dumps({"out": str(path)}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m grounding", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -135,6 +147,14 @@ def main(argv: list[str] | None = None) -> int:
                    help="candidate noise levels, comma-separated (the current ones are always included)")
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("train-demo", help="train (or resume) the shapes demo model; checkpoints in OUT/train")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_train_demo)
 
     args = ap.parse_args(argv)
     try:

@@ -2,13 +2,6 @@
 
 import base64
 import io
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import grpc
 import httpx
@@ -16,51 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene
+from conftest import MAX_PIXELS, scene
 from grounding.result import rle_to_mask
-
-ROOT = Path(__file__).resolve().parents[1]
-MAX_PIXELS = 4_000_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_flux_dir, tmp_path_factory):
-    port, grpc_port = free_port(), free_port()
-    env = dict(os.environ, GROUNDING_MODEL=str(tiny_flux_dir), GROUNDING_GRPC_PORT=str(grpc_port),
-               GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), GROUNDING_DEVICE="cpu", HF_HUB_OFFLINE="1",
-               BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"bentoml serve exited:\n{log.read()[-4000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    else:
-        log.seek(0)
-        pytest.fail(f"server not ready in time:\n{log.read()[-4000:]}")
-    yield {"url": url, "grpc": f"127.0.0.1:{grpc_port}", "model": str(tiny_flux_dir)}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:

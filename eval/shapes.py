@@ -1,0 +1,217 @@
+"""A synthetic referring world: coloured shapes on light backgrounds, with distractors.
+
+Every scene has 2–4 non-overlapping objects (shape × colour × size). Referring expressions name
+one target so that both attribute words are needed: scenes repeat colours and shapes, so a
+distractor shares the target's colour and another its shape. Expression types: ``attribute``
+("the red circle"), ``size`` ("the big green square", with a same-kind small one present),
+``position`` ("the circle at the top", several circles present), ``relation`` ("the square left
+of the yellow circle"). Captions listing every object are what the demo model is trained on.
+
+``write_refer`` writes scenes in the RefCOCO refer format (``refs(unc).p``, ``instances.json``
+with RLE masks, PNG images) so the same runner and metrics evaluate them.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {
+    "red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 215),
+    "yellow": (235, 200, 30), "purple": (140, 50, 170), "orange": (240, 130, 20),
+}
+SIZES = {"small": (6, 7), "big": (10, 12)}  # radius range in pixels at 64 px
+TYPE_WEIGHTS = {"attribute": 0.6, "size": 0.15, "position": 0.15, "relation": 0.1}
+
+
+@dataclass
+class Obj:
+    shape: str
+    colour: str
+    size: str
+    x: float
+    y: float
+    r: float
+
+    def words(self, with_size: bool) -> str:
+        return f"{self.size + ' ' if with_size else ''}{self.colour} {self.shape}"
+
+
+@dataclass
+class Scene:
+    image: Image.Image
+    objects: list[Obj]
+    masks: list[np.ndarray]  # bool [H, W] per object
+
+
+def _polygon(shape: str, x: float, y: float, r: float) -> list[tuple[float, float]] | None:
+    if shape == "square":
+        s = r * 0.85
+        return [(x - s, y - s), (x + s, y - s), (x + s, y + s), (x - s, y + s)]
+    if shape == "triangle":
+        return [(x, y - r), (x + r * 0.95, y + r * 0.75), (x - r * 0.95, y + r * 0.75)]
+    return None
+
+
+def render(objects: list[Obj], size: int, rng: np.random.RandomState) -> Scene:
+    bg = np.array([rng.randint(205, 250) for _ in range(3)], dtype=np.float32)
+    arr = np.broadcast_to(bg, (size, size, 3)).copy()
+    arr += rng.normal(0, 3.0, arr.shape)
+    im = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(im)
+    masks = []
+    for o in objects:
+        m = Image.new("L", (size, size), 0)
+        md = ImageDraw.Draw(m)
+        poly = _polygon(o.shape, o.x, o.y, o.r)
+        colour = tuple(int(np.clip(c + rng.randint(-12, 13), 0, 255)) for c in COLOURS[o.colour])
+        if poly is None:
+            box = [o.x - o.r, o.y - o.r, o.x + o.r, o.y + o.r]
+            draw.ellipse(box, fill=colour)
+            md.ellipse(box, fill=1)
+        else:
+            draw.polygon(poly, fill=colour)
+            md.polygon(poly, fill=1)
+        masks.append(np.asarray(m, dtype=bool))
+    return Scene(im, objects, masks)
+
+
+def _place(rng: np.random.RandomState, objs: list[Obj], r: float, size: int) -> tuple[float, float] | None:
+    for _ in range(200):
+        x, y = rng.uniform(r + 1, size - r - 1, 2)
+        if all(np.hypot(x - o.x, y - o.y) > r + o.r + 2 for o in objs):
+            return float(x), float(y)
+    return None
+
+
+def _new(rng, objs, shape, colour, size_name, size):
+    lo, hi = SIZES[size_name]
+    r = rng.uniform(lo, hi + 1) * size / 64
+    pos = _place(rng, objs, r, size)
+    if pos is None:
+        return None
+    return Obj(shape, colour, size_name, pos[0], pos[1], r)
+
+
+def random_scene(rng: np.random.RandomState, size: int = 64) -> Scene:
+    """2–4 objects with repeated colours and shapes (for training captions)."""
+    n = rng.randint(2, 5)
+    objs: list[Obj] = []
+    while len(objs) < n:
+        if objs and rng.rand() < 0.5:  # repeat a colour or a shape of an earlier object
+            ref = objs[rng.randint(len(objs))]
+            shape = ref.shape if rng.rand() < 0.5 else SHAPES[rng.randint(len(SHAPES))]
+            colour = ref.colour if shape != ref.shape else list(COLOURS)[rng.randint(len(COLOURS))]
+        else:
+            shape, colour = SHAPES[rng.randint(len(SHAPES))], list(COLOURS)[rng.randint(len(COLOURS))]
+        if any(o.shape == shape and o.colour == colour for o in objs):
+            continue
+        o = _new(rng, objs, shape, colour, list(SIZES)[rng.randint(2)], size)
+        if o is None:
+            break
+        objs.append(o)
+    return render(objs, size, rng)
+
+
+def caption(scene: Scene, rng: np.random.RandomState) -> str:
+    """Every object, in random order: "a big red circle, a green square and a small blue triangle"."""
+    order = rng.permutation(len(scene.objects))
+    parts = [f"a {scene.objects[i].words(with_size=rng.rand() < 0.6)}" for i in order]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tuple[Scene, int, str]:
+    """A scene, its target index and an unambiguous expression of type ``kind``."""
+    shapes, colours = list(SHAPES), list(COLOURS)
+    while True:
+        shape, colour = shapes[rng.randint(3)], colours[rng.randint(6)]
+        other_shape = [s for s in shapes if s != shape][rng.randint(2)]
+        other_colour = [c for c in colours if c != colour][rng.randint(5)]
+        objs: list[Obj] = []
+        tsize = list(SIZES)[rng.randint(2)]
+        specs = [(shape, colour, tsize)]
+        if kind == "attribute":
+            specs += [(other_shape, colour, list(SIZES)[rng.randint(2)]), (shape, other_colour, list(SIZES)[rng.randint(2)])]
+        elif kind == "size":
+            tsize = "big"
+            specs = [(shape, colour, "big"), (shape, colour, "small"), (other_shape, colour, "big")]
+        elif kind == "position":
+            specs += [(shape, other_colour, list(SIZES)[rng.randint(2)]), (other_shape, colour, "small")]
+        elif kind == "relation":
+            anchor = (other_shape, other_colour, "big")
+            specs += [(shape, colour if rng.rand() < 0.5 else other_colour, tsize), anchor]
+        if rng.rand() < 0.4 and kind in ("attribute", "size"):
+            specs.append((other_shape, other_colour, list(SIZES)[rng.randint(2)]))
+        for s, c, z in specs:
+            o = _new(rng, objs, s, c, z, size)
+            if o is None:
+                break
+            objs.append(o)
+        if len(objs) != len(specs):
+            continue
+        t = objs[0]
+        if kind == "attribute":
+            expr = f"the {t.colour} {t.shape}"
+        elif kind == "size":
+            expr = f"the big {t.colour} {t.shape}"
+        elif kind == "position":
+            same = [o for o in objs if o.shape == t.shape]
+            dirs = {"top": lambda o: -o.y, "bottom": lambda o: o.y, "left": lambda o: -o.x, "right": lambda o: o.x}
+            name = list(dirs)[rng.randint(4)]
+            key = dirs[name]
+            ranked = sorted(same, key=key, reverse=True)
+            if ranked[0] is not t or key(ranked[0]) - key(ranked[1]) < 8:
+                continue
+            expr = f"the {t.shape} at the {name}"
+        else:  # relation: target left/right of the anchor, the other same-shape object on the other side
+            a, other = objs[2], objs[1]
+            side = "left" if t.x < a.x else "right"
+            if (other.x < a.x) == (t.x < a.x) or abs(t.x - a.x) < 8:
+                continue
+            expr = f"the {t.shape} {side} of the {a.colour} {a.shape}"
+        return render(objs, size, rng), 0, expr
+
+
+def write_refer(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes",
+                size: int = 64) -> Path:
+    """``n`` referring scenes as a refer-format dataset under ``out/<dataset>/`` (images in ``images/``)."""
+    from pycocotools import mask as mask_utils
+
+    out = Path(out)
+    folder = out / dataset
+    img_dir = folder / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.RandomState(seed)
+    kinds, weights = list(TYPE_WEIGHTS), np.array(list(TYPE_WEIGHTS.values()))
+    images, anns, refs = [], [], []
+    for i in range(n):
+        kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
+        scene, target, expr = referring_scene(rng, kind, size)
+        name = f"{split}_{seed}_{i:06d}.png"
+        scene.image.save(img_dir / name)
+        image_id = i + 1
+        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
+        for j, (o, m) in enumerate(zip(scene.objects, scene.masks)):
+            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode("ascii")
+            ys, xs = np.nonzero(m)
+            anns.append({"id": image_id * 10 + j, "image_id": image_id, "category_id": SHAPES.index(o.shape) + 1,
+                         "segmentation": rle, "area": float(m.sum()), "iscrowd": 0,
+                         "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                         "attributes": {"colour": o.colour, "size": o.size}})
+        refs.append({"ref_id": i, "ann_id": image_id * 10 + target, "image_id": image_id, "split": split,
+                     "category_id": SHAPES.index(scene.objects[target].shape) + 1, "file_name": name,
+                     "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind}],
+                     "sent_ids": [i]})
+    with open(folder / "refs(unc).p", "wb") as f:
+        pickle.dump(refs, f)
+    (folder / "instances.json").write_text(json.dumps({
+        "images": images, "annotations": anns,
+        "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))
+    return folder

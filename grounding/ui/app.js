@@ -1,0 +1,198 @@
+// dit-grounding demo page: calls the service's own /segment and /ground endpoints.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+let imageFile = null;
+
+function setStatus(text) { $("#status").textContent = text; }
+
+function showError(text) {
+  const el = $("#error");
+  el.textContent = text;
+  el.hidden = !text;
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  imageFile = file;
+  $("#file-name").textContent = `${file.name} (${Math.round(file.size / 1024)} KB)`;
+  showError("");
+}
+
+function expressions() {
+  return $("#expressions").value.split("\n").map((s) => s.trim()).filter((s) => s.length);
+}
+
+function formData(extra) {
+  const fd = new FormData();
+  fd.append("image", imageFile, imageFile.name || "image");
+  const exprs = expressions();
+  fd.append("expression", exprs.length > 1 ? JSON.stringify(exprs) : (exprs[0] || ""));
+  fd.append("magnets", $("#magnets").checked);
+  fd.append("sinks", $("#sinks").checked);
+  fd.append("sinks_mode", $("#sinks-mode").value);
+  fd.append("redistribution", $("#redistribution").checked);
+  for (const [k, v] of Object.entries(extra)) fd.append(k, v);
+  return fd;
+}
+
+async function errorText(resp) {
+  const text = await resp.text();
+  try {
+    const doc = JSON.parse(text);
+    if (Array.isArray(doc) && doc.length && doc[0].error) return doc[0].error;
+    if (doc.error) return doc.error;
+    if (doc.detail) return typeof doc.detail === "string" ? doc.detail : JSON.stringify(doc.detail);
+  } catch (e) { /* not JSON */ }
+  return text || `HTTP ${resp.status}`;
+}
+
+function loadImage(src) {
+  return new Promise((resolve, reject) => {
+    const img = new Image();
+    img.onload = () => resolve(img);
+    img.onerror = () => reject(new Error("the browser cannot display this image"));
+    img.src = src;
+  });
+}
+
+function pixels(img, w, h) {
+  const c = document.createElement("canvas");
+  c.width = w; c.height = h;
+  const ctx = c.getContext("2d");
+  ctx.drawImage(img, 0, 0, w, h);
+  return ctx.getImageData(0, 0, w, h);
+}
+
+// blue → cyan → yellow → red ramp, the same as the server's overlay
+const RAMP = [[0, 0, 128], [0, 160, 255], [60, 255, 190], [255, 230, 0], [220, 20, 0]];
+function ramp(v) {
+  const x = Math.min(Math.max(v, 0), 1) * (RAMP.length - 1);
+  const i = Math.min(Math.floor(x), RAMP.length - 2), f = x - i;
+  return RAMP[i].map((c, k) => c * (1 - f) + RAMP[i + 1][k] * f);
+}
+
+async function drawOverlay(canvas, photo, result) {
+  const [w, h] = [photo.naturalWidth, photo.naturalHeight];
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(photo, 0, 0);
+  if (result.mask_png) {
+    const mask = pixels(await loadImage("data:image/png;base64," + result.mask_png), w, h);
+    const frame = ctx.getImageData(0, 0, w, h);
+    for (let p = 0; p < mask.data.length; p += 4) {
+      if (mask.data[p] > 127) {
+        frame.data[p] = frame.data[p] * 0.55 + 30 * 0.45;
+        frame.data[p + 1] = frame.data[p + 1] * 0.55 + 255 * 0.45;
+        frame.data[p + 2] = frame.data[p + 2] * 0.55 + 60 * 0.45;
+      }
+    }
+    ctx.putImageData(frame, 0, 0);
+  }
+  const lw = Math.max(1, Math.round(Math.max(w, h) / 300));
+  if (result.present) {
+    const [x0, y0, x1, y1] = result.box;
+    ctx.strokeStyle = "rgb(255,40,40)"; ctx.lineWidth = lw;
+    ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+  }
+  result.points.forEach(([x, y], i) => {
+    ctx.beginPath();
+    ctx.arc(x, y, 2 * lw + 1, 0, 2 * Math.PI);
+    ctx.fillStyle = result.point_labels[i] === 1 ? "yellow" : "magenta";
+    ctx.fill(); ctx.strokeStyle = "black"; ctx.lineWidth = 1; ctx.stroke();
+  });
+}
+
+async function drawHeatmap(canvas, photo, heatmapB64) {
+  const [w, h] = [photo.naturalWidth, photo.naturalHeight];
+  canvas.width = w; canvas.height = h;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(photo, 0, 0);
+  const heat = pixels(await loadImage("data:image/png;base64," + heatmapB64), w, h);
+  const frame = ctx.getImageData(0, 0, w, h);
+  for (let p = 0; p < heat.data.length; p += 4) {
+    const c = ramp(heat.data[p] / 255);
+    for (let k = 0; k < 3; k++) frame.data[p + k] = frame.data[p + k] * 0.4 + c[k] * 0.6;
+  }
+  ctx.putImageData(frame, 0, 0);
+}
+
+async function render(doc, mode) {
+  const photo = await loadImage(URL.createObjectURL(imageFile));
+  const list = $("#results");
+  list.replaceChildren();
+  for (const result of doc.results) {
+    const card = $("#result-card").content.firstElementChild.cloneNode(true);
+    card.querySelector(".expr").textContent = result.expression;
+    const overlay = card.querySelector(".overlay");
+    if (mode === "segment") {
+      await drawOverlay(overlay, photo, result);
+      await drawHeatmap(card.querySelector(".heat"), photo, result.heatmap_png);
+      card.querySelector(".score").textContent = result.score.toFixed(3);
+      card.querySelector(".present").textContent = result.present ? "yes" : "no — not found";
+      card.querySelector(".box").textContent = result.box.map((v) => v.toFixed(0)).join(", ");
+      const dlMask = card.querySelector(".dl-mask");
+      dlMask.href = "data:image/png;base64," + result.mask_png;
+    } else {
+      overlay.closest("figure").remove();
+      await drawHeatmap(card.querySelector(".heat"), photo, result.heatmap.data);
+      card.querySelector(".score").textContent = "—";
+      card.querySelector(".present").textContent = "—";
+      card.querySelector(".box").textContent = result.peak ? `peak at ${result.peak.map((v) => v.toFixed(0)).join(", ")}` : "—";
+      card.querySelector(".dl-mask").remove();
+    }
+    card.querySelector(".warnings").textContent = (result.warnings || []).join(" ");
+    const blob = new Blob([JSON.stringify(result, null, 2)], { type: "application/json" });
+    card.querySelector(".dl-json").href = URL.createObjectURL(blob);
+    list.appendChild(card);
+  }
+}
+
+async function run(mode) {
+  showError("");
+  if (!imageFile) { showError("Choose an image first."); return; }
+  if (!expressions().length) { showError("Type at least one expression."); return; }
+  const buttons = [$("#segment"), $("#ground")];
+  buttons.forEach((b) => (b.disabled = true));
+  setStatus(mode === "segment" ? "segmenting…" : "grounding…");
+  const t0 = performance.now();
+  try {
+    const extra = mode === "segment"
+      ? { return_heatmap: true, return_mask_png: true, threshold: $("#threshold").value }
+      : { heatmap_format: "png" };
+    const resp = await fetch("../" + mode, { method: "POST", body: formData(extra) });
+    if (!resp.ok) {
+      $("#results").replaceChildren();
+      showError(`Request rejected (${resp.status}): ${await errorText(resp)}`);
+      setStatus("");
+      return;
+    }
+    const doc = await resp.json();
+    await render(doc, mode);
+    setStatus(`done in ${Math.round(performance.now() - t0)} ms (server ${doc.timings_ms.total} ms)`);
+  } catch (e) {
+    showError(String(e.message || e));
+    setStatus("");
+  } finally {
+    buttons.forEach((b) => (b.disabled = false));
+  }
+}
+
+function init() {
+  $("#file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
+  const drop = $("#drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault(); drop.classList.remove("over");
+    chooseFile(e.dataTransfer.files[0]);
+  });
+  $("#segment").addEventListener("click", () => run("segment"));
+  $("#ground").addEventListener("click", () => run("ground"));
+  fetch("../info", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
+    .then((r) => r.json())
+    .then((i) => { $("#model-info").textContent = `model ${i.model} · ${i.segmenter} · ${i.device}`; })
+    .catch(() => { $("#model-info").textContent = "model info unavailable"; });
+}
+
+init();

@@ -1,0 +1,71 @@
+"""The browser page, in a real headless Chromium (Debian's, driven by Playwright) against the real
+`bentoml serve`. A screenshot is kept in test-artifacts/ui.png."""
+
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, scene
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        yield b
+        b.close()
+
+
+def test_page_segments_and_shows_errors(server, browser, tmp_path):
+    img = tmp_path / "scene.png"
+    scene(96, 72).save(img)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    console_errors = []
+    page.on("pageerror", lambda e: console_errors.append(str(e)))
+    page.goto(server["url"] + "/ui/")
+    assert page.title() == "dit-grounding"
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
+    page.set_input_files("#file", str(img))
+    page.fill("#expressions", "the red circle\nthe blue square")
+    page.click("#segment")
+    page.wait_for_selector(".card .score", state="attached")
+    page.wait_for_function("document.querySelectorAll('.card').length === 2 && "
+                           "document.querySelector('.card .score').textContent.length > 0")
+    cards = page.query_selector_all(".card")
+    assert [c.query_selector(".expr").text_content() for c in cards] == ["the red circle", "the blue square"]
+    score = float(cards[0].query_selector(".score").text_content())
+    assert 0.0 <= score <= 1.0
+    size = page.eval_on_selector(".card .overlay", "c => [c.width, c.height]")
+    assert size == [96, 72]  # the overlay was drawn at the image's size
+    # the overlay canvas is not blank: it differs from the plain image somewhere (mask tint)
+    assert page.eval_on_selector(".card .overlay", """c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let green = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 40 && d[i + 1] > d[i + 2] + 40) green++;
+        return green; }""") > 0
+    assert page.get_attribute(".card .dl-mask", "href").startswith("data:image/png;base64,")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+    # heatmap only
+    page.click("#ground")
+    page.wait_for_function("document.querySelectorAll('.card .overlay').length === 0 && "
+                           "document.querySelectorAll('.card .heat').length === 2")
+    # a corrupt upload: the server's message is shown
+    page.set_input_files("#file", str(bad))
+    page.click("#segment")
+    page.wait_for_selector("#error:not([hidden])")
+    text = page.text_content("#error")
+    assert "400" in text and "cannot read image" in text
+    assert not console_errors, console_errors
+    page.close()
