@@ -56,6 +56,14 @@ class GroundingEngine:
     def info(self) -> dict:
         return self.engine.info()
 
+    @bentoml.api
+    def video(self, job: dict) -> dict:
+        """Run (or resume) a video job prepared by ``Grounding.segment_video``."""
+        try:
+            return serving.VideoJobs(SETTINGS.jobs_dir).run(self.engine, job)
+        except (ValueError, FileNotFoundError) as e:
+            return {"error": str(e), "status": getattr(e, "status", 400)}
+
     @bentoml.on_shutdown
     def stop_grpc(self) -> None:
         if self.grpc_server is not None:
@@ -159,6 +167,61 @@ class Grounding:
         img, _, results, _ = await self._ground(image, image_base64, expression,
                                                 dict(threshold=threshold, seed=seed), True)
         return serving.overlay(img, results[0])
+
+    @bentoml.task(route="/segment_video")
+    async def segment_video(
+        self,
+        ctx: bentoml.Context,
+        video: Path = None,  # type: ignore[assignment]
+        expression: t.Optional[str] = None,
+        window: int = 2,
+        return_overlay: bool = False,
+        threshold: t.Optional[float] = None,
+        seed: t.Optional[int] = None,
+    ) -> dict:
+        """A long-running task: an mp4/webm (or a zip of frames) and one expression → per-frame
+        COCO RLE, boxes, scores and ``present``. Submit with ``/segment_video/submit``, poll
+        ``/segment_video/status`` (and ``/video_progress`` for frames done), fetch with
+        ``/segment_video/get``, stop with ``/video_cancel``. Resubmitting the same job resumes it."""
+        try:
+            if video is None:
+                raise serving.RequestError("missing field: video (an mp4/webm file or a zip of frames)")
+            size = video.stat().st_size
+            if size == 0:
+                raise serving.RequestError("video is empty (0 bytes)")
+            if size > SETTINGS.max_video_bytes:
+                raise serving.RequestError(f"video is {size} bytes, over the limit of {SETTINGS.max_video_bytes}", 413)
+            (expr,) = serving.parse_expressions(expression, SETTINGS)[:1]
+            opts = serving.parse_options({"threshold": threshold, "seed": seed})
+            if not 0 <= window <= 16:
+                raise serving.RequestError(f"window must be in [0, 16], got {window}")
+            options = {**{k: v for k, v in asdict(opts).items() if k in ("threshold", "seed") and v is not None},
+                       "window": window, "return_overlay": bool(return_overlay)}
+            task_id = getattr(ctx.request.state, "task_id", None) or "direct"
+            job = serving.VideoJobs(SETTINGS.jobs_dir).create(task_id, video.read_bytes(), video.suffix or ".mp4",
+                                                               expr, options)
+            doc = await self.engine.to_async.video(job)
+            if "error" in doc:
+                raise serving.RequestError(doc["error"], doc.get("status", 400))
+        except serving.RequestError as e:
+            raise _http_error(e) from None
+        return doc
+
+    @bentoml.api(route="/video_progress")
+    async def video_progress(self, task_id: str) -> dict:
+        """Frames done / total and the state (queued, running, cancelled, done) of a video task."""
+        try:
+            return {"task_id": task_id, **serving.VideoJobs(SETTINGS.jobs_dir).progress(task_id)}
+        except serving.RequestError as e:
+            raise _http_error(e) from None
+
+    @bentoml.api(route="/video_cancel")
+    async def video_cancel(self, task_id: str) -> dict:
+        """Stop a running video task after its current frame batch; finished frames are kept."""
+        try:
+            return serving.VideoJobs(SETTINGS.jobs_dir).cancel(task_id)
+        except serving.RequestError as e:
+            raise _http_error(e) from None
 
     @bentoml.api(route="/info")
     async def info(self) -> dict:

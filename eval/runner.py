@@ -177,6 +177,10 @@ def write_overlays(ds, grounder, cfg: RunConfig, run_dir: Path, k: int) -> list[
 
 # --- video runs ----------------------------------------------------------------------------------
 def run_video(cfg: RunConfig, grounder, run_dir: Path, frame_batch: int = 4) -> dict:
+    """Each (video, expression) through ``grounding.video.iter_video`` (temporal aggregation,
+    mask propagation); masks written as ``Annotations/<video>/<exp_id>/<frame>.png``."""
+    from grounding.video import VideoConfig, iter_video
+
     from .rvos import VIDEO_DATASETS
 
     ds = VIDEO_DATASETS[cfg.task](cfg.data_root, cfg.split)
@@ -194,17 +198,13 @@ def run_video(cfg: RunConfig, grounder, run_dir: Path, frame_batch: int = 4) -> 
             out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
             out_dir.mkdir(parents=True, exist_ok=True)
             js, fs = [], []
-            frames = s.frames()
-            for start in range(0, len(s.frame_paths), frame_batch):
-                chunk = [next(frames) for _ in range(min(frame_batch, len(s.frame_paths) - start))]
-                results = grounder.segment_batch([(im, s.expression) for im in chunk], **cfg.overrides)
-                for j, r in enumerate(results):
-                    fi = start + j
-                    Image.fromarray(r.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[fi]}.png")
-                    if s.has_gt:
-                        gt, void = s.gt(fi)
-                        js.append(metrics.region_similarity(r.mask, gt, void))
-                        fs.append(metrics.contour_accuracy(r.mask, gt, void))
+            for f in iter_video(grounder, s.frames(), s.expression, VideoConfig(batch_frames=frame_batch),
+                                **cfg.overrides):
+                Image.fromarray(f.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[f.index]}.png")
+                if s.has_gt:
+                    gt, void = s.gt(f.index)
+                    js.append(metrics.region_similarity(f.mask, gt, void))
+                    fs.append(metrics.contour_accuracy(f.mask, gt, void))
             rec = {"id": s.id, "video": s.video, "exp_id": s.exp_id, "group": s.group, "expression": s.expression,
                    "frames": len(s.frame_paths), "ms": (time.perf_counter() - t) * 1000}
             if s.has_gt:

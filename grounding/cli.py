@@ -72,6 +72,21 @@ def cmd_segment(args) -> int:
     return 0
 
 
+def cmd_segment_video(args) -> int:
+    from .video import VideoConfig, iter_video, video_fps, write_outputs
+
+    g = _grounder(args)
+    video = VideoConfig(batch_frames=args.batch_frames, window=args.window)
+    out = Path(args.out)
+    doc = write_outputs(iter_video(g, args.video, args.expression, video), out, video_fps(args.video),
+                        overlay_video=not args.no_overlay)
+    doc.update({"expression": args.expression, "video": str(args.video), "model": str(args.model)})
+    (out / "result.json").write_text(json.dumps(doc) + "\n")
+    present = sum(f["present"] for f in doc["frames"])
+    print(json.dumps({"frames": len(doc["frames"]), "present": present, "keyframe": doc["keyframe"], "out": str(out)}))
+    return 0
+
+
 def cmd_tiny_model(args) -> int:
     from .tiny import save_tiny_model
 
@@ -124,6 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("expression")
     p.add_argument("--out", required=True, help="folder for mask.png, heatmap.png, overlay.png, result.json")
     p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("segment-video", help="segment the referent in every frame of a video")
+    _add_model_args(p)
+    p.add_argument("video", help="video file (mp4, webm, …), folder of frames or zip of frames")
+    p.add_argument("expression")
+    p.add_argument("--out", required=True, help="folder for masks/NNNNN.png (DAVIS palette), overlay.mp4, result.json")
+    p.add_argument("--batch-frames", type=int, default=4)
+    p.add_argument("--window", type=int, default=2, help="temporal aggregation: frames on each side (0 = off)")
+    p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    p.set_defaults(func=cmd_segment_video)
 
     p = sub.add_parser("tiny-model", help="write a tiny randomly initialised pipeline folder (tests, benchmarks); "
                                           "its attention maps are meaningless")

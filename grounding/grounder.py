@@ -17,7 +17,7 @@ from .config import GroundingConfig
 from .images import open_image
 from .prompts import box_of, prompts_from_map
 from .result import GroundingResult
-from .segmenter import MapSegmenter, combined_score, make_segmenter
+from .segmenter import MapSegmenter, Segmentation, combined_score, make_segmenter
 from .tokens import KIND_NAMES, PromptTokens, align
 
 _MAP_SEGMENTER = MapSegmenter()
@@ -33,6 +33,17 @@ def resolve_dtype(dtype, device: str) -> torch.dtype:
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
     return _DTYPES[dtype]
+
+
+@dataclass
+class ReferentMap:
+    """One (image, expression) after the map stage: token-grid referent map ``[N]`` on ``grid``."""
+
+    image: Image.Image
+    tokens: PromptTokens
+    map: torch.Tensor
+    grid: tuple[int, int]
+    timings_ms: dict[str, float]
 
 
 @dataclass
@@ -157,6 +168,56 @@ class Grounder:
         """Mask, box, score and heatmap of the referent of ``expression`` in ``image``."""
         return self.segment_batch([(image, expression)], **overrides)[0]
 
+    def referent_maps(self, pairs: list[tuple[object, str]], cfg: GroundingConfig) -> list[ReferentMap]:
+        """Stages up to the map: images and prompts in, token-grid referent maps out (batched)."""
+        t0 = time.perf_counter()
+        images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
+        tokens = [self.tokens(expr, cfg) for _, expr in pairs]
+        t1 = time.perf_counter()
+        caps = self.capture(images, tokens, cfg)
+        t2 = time.perf_counter()
+        out = []
+        for im, tok, (cap, b) in zip(images, tokens, caps):
+            s0 = time.perf_counter()
+            A, _ = cap.sample(b)
+            ref, _ = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+            out.append(ReferentMap(im, tok, ref, cap.grid, {
+                "prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs),
+                "maps": (time.perf_counter() - s0) * 1000}))
+        return out
+
+    def segment_map(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
+                    token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
+                    mask_prompt: np.ndarray | None = None, identity_weight: float = 0.5
+                    ) -> tuple[GroundingResult, Segmentation]:
+        """Map → heatmap → prompts → mask. ``token_map`` replaces the item's own map (video:
+        temporally aggregated); ``prev_mask`` / ``mask_prompt`` carry the previous frame's mask."""
+        s0 = time.perf_counter()
+        ref = item.map if token_map is None else token_map
+        heatmap = maps.to_image(ref, item.grid, item.image.size)
+        prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points,
+                                   prev_mask, identity_weight)
+        s1 = time.perf_counter()
+        segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
+        if prev_mask is None and mask_prompt is None:
+            seg = segmenter(np.asarray(item.image), heatmap, prompts)
+        else:
+            seg = segmenter(np.asarray(item.image), heatmap, prompts, prev_mask=prev_mask, mask_prompt=mask_prompt,
+                            identity_weight=identity_weight)
+        s2 = time.perf_counter()
+        timings = dict(item.timings_ms)
+        timings["maps"] += (s1 - s0) * 1000
+        timings["segmenter"] = (s2 - s1) * 1000
+        provider = getattr(segmenter, "provider", None)
+        if provider:  # which onnxruntime provider ran SAM, e.g. "segmenter_CPUExecutionProvider"
+            timings[f"segmenter_{provider}"] = (s2 - s1) * 1000
+        result = GroundingResult(
+            expression=item.tokens.expression, mask=seg.mask, box=box_of(seg.mask),
+            score=combined_score(heatmap, seg), heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
+            segmenter=segmenter.name, warnings=list(item.tokens.warnings), timings_ms=timings,
+        )
+        return result, seg
+
     def segment_batch(self, pairs: list[tuple[object, str]], use_segmenter: bool = True,
                       **overrides) -> list[GroundingResult]:
         """Several (image, expression) pairs; same-size inputs share one transformer forward.
@@ -164,36 +225,15 @@ class Grounder:
         ``use_segmenter=False`` skips SAM: the mask is the thresholded map region.
         """
         cfg = self._cfg(overrides)
-        t0 = time.perf_counter()
-        images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
-        tokens = [self.tokens(expr, cfg) for _, expr in pairs]
-        t1 = time.perf_counter()
-        caps = self.capture(images, tokens, cfg)
-        t2 = time.perf_counter()
-        per_item = (t2 - t1) * 1000 / len(pairs)
-        results = []
-        for im, tok, (cap, b) in zip(images, tokens, caps):
-            s0 = time.perf_counter()
-            A, _ = cap.sample(b)
-            ref, _ = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
-            heatmap = maps.to_image(ref, cap.grid, im.size)
-            prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points)
-            s1 = time.perf_counter()
-            segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
-            seg = segmenter(np.asarray(im), heatmap, prompts)
-            s2 = time.perf_counter()
-            mask = seg.mask
-            results.append(GroundingResult(
-                expression=tok.expression, mask=mask, box=box_of(mask), score=combined_score(heatmap, seg),
-                heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
-                segmenter=segmenter.name, warnings=list(tok.warnings),
-                timings_ms={"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": per_item,
-                            "maps": (s1 - s0) * 1000, "segmenter": (s2 - s1) * 1000},
-            ))
-            provider = getattr(segmenter, "provider", None)
-            if provider:  # which onnxruntime provider ran SAM, e.g. "segmenter_CPUExecutionProvider"
-                results[-1].timings_ms[f"segmenter_{provider}"] = (s2 - s1) * 1000
-        return results
+        return [self.segment_map(item, cfg, use_segmenter)[0] for item in self.referent_maps(pairs, cfg)]
+
+    def segment_video(self, frames, expression: str, video: "VideoConfig | None" = None, **overrides):
+        """Referring segmentation over a video (path, frame folder, zip of frames, or a sequence /
+        iterator of images): a ``VideoResult`` with a ``FrameResult`` per frame. For long videos
+        use ``grounding.video.iter_video`` to stream results instead of keeping them."""
+        from .video import segment_video
+
+        return segment_video(self, frames, expression, video, **overrides)
 
 
 def _config_for(model: str | Path) -> GroundingConfig:

@@ -14,6 +14,7 @@ class Prompts:
     labels: np.ndarray  # int32 [K]: 1 positive, 0 negative
     box: tuple[float, float, float, float]  # (x0, y0, x1, y1), x1/y1 exclusive
     region: np.ndarray  # bool [H, W]: connected part of ``map ≥ threshold·max`` holding the peak
+    threshold: float = 0.5
 
 
 def peak(heatmap: np.ndarray) -> tuple[int, int]:
@@ -22,13 +23,29 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def region_at_peak(heatmap: np.ndarray, threshold: float) -> np.ndarray:
-    """bool [H, W]: the 8-connected component of ``heatmap ≥ threshold·max`` containing the peak."""
+def region_at_peak(heatmap: np.ndarray, threshold: float, prev_mask: np.ndarray | None = None,
+                   identity_weight: float = 0.5) -> np.ndarray:
+    """bool [H, W]: an 8-connected component of ``heatmap ≥ threshold·max`` — the one holding the
+    peak, or, given the previous frame's mask, the one scoring best on (its map mass / the
+    largest mass) + ``identity_weight`` × (IoU with the previous mask), among components with at
+    least half the largest mass (the referent's identity is kept by overlap)."""
     hi = float(heatmap.max())
     above = heatmap >= threshold * hi if hi > 0 else np.ones_like(heatmap, dtype=bool)
-    labels, _ = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), dtype=bool))
     x, y = peak(heatmap)
-    return labels == labels[y, x]
+    best = labels[y, x]
+    if prev_mask is not None and prev_mask.any() and n > 1:
+        mass = ndimage.sum(heatmap, labels, index=np.arange(1, n + 1))
+        top = float(mass.max())
+
+        def score(k: int) -> float:
+            comp = labels == k
+            union = np.logical_or(comp, prev_mask).sum()
+            return mass[k - 1] / top + identity_weight * (np.logical_and(comp, prev_mask).sum() / union)
+
+        cands = [k for k in range(1, n + 1) if mass[k - 1] >= 0.5 * top or k == best]
+        best = max(cands, key=lambda k: (score(k), k == best))
+    return labels == best
 
 
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -40,22 +57,23 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def prompts_from_map(
-    heatmap: np.ndarray, threshold: float = 0.5, positive: int = 1, negative: int = 0
+    heatmap: np.ndarray, threshold: float = 0.5, positive: int = 1, negative: int = 0,
+    prev_mask: np.ndarray | None = None, identity_weight: float = 0.5,
 ) -> Prompts:
     """Peak-first prompts from a heatmap ``[H, W]`` in [0, 1].
 
-    Positives: the peak, then the highest points of the region at least a tenth of the image
-    diagonal away from points already taken. Negatives: the lowest points of the map outside the
-    region, spread the same way.
+    The region is ``region_at_peak`` (identity-aware given ``prev_mask``). Positives: the region's
+    highest point, then its next highest points at least a tenth of the image diagonal away from
+    points already taken. Negatives: the lowest points of the map outside the region, spread alike.
     """
-    region = region_at_peak(heatmap, threshold)
+    region = region_at_peak(heatmap, threshold, prev_mask, identity_weight)
     h, w = heatmap.shape
     spacing = 0.1 * float(np.hypot(h, w))
     pos = _spread(np.where(region, heatmap, -np.inf), positive, spacing)
     neg = _spread(np.where(region, -np.inf, -heatmap), negative, spacing) if negative else []
     pts = np.array(pos + neg, dtype=np.float32).reshape(-1, 2) + 0.5
     labels = np.array([1] * len(pos) + [0] * len(neg), dtype=np.int32)
-    return Prompts(pts, labels, box_of(region), region)
+    return Prompts(pts, labels, box_of(region), region, threshold)
 
 
 def _spread(score: np.ndarray, k: int, spacing: float) -> list[tuple[int, int]]:

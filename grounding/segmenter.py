@@ -19,6 +19,20 @@ SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 class Segmentation:
     mask: np.ndarray  # bool [H, W]
     predicted_iou: float | None  # SAM's own IoU estimate for the chosen mask
+    low_res: np.ndarray | None = None  # SAM's low-res logits [256, 256] of the chosen mask (video: next mask prompt)
+
+
+def choose(candidates: list[np.ndarray], region: np.ndarray, tiebreak: list[float],
+           prev_mask: np.ndarray | None = None, identity_weight: float = 0.5) -> int:
+    """Index of the candidate mask agreeing best with the map region (IoU), plus
+    ``identity_weight`` × its IoU with the previous frame's mask when there is one."""
+    def key(i: int) -> tuple[float, float]:
+        agree = mask_iou(candidates[i], region)
+        if prev_mask is not None and prev_mask.any():
+            agree += identity_weight * mask_iou(candidates[i], prev_mask)
+        return round(agree, 6), tiebreak[i]
+
+    return max(range(len(candidates)), key=key)
 
 
 def map_confidence(heatmap: np.ndarray, mask: np.ndarray) -> float:
@@ -44,11 +58,13 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class MapSegmenter:
-    """No SAM: the mask is the thresholded map region around the peak."""
+    """No SAM: the mask is the thresholded map region chosen by the prompts stage."""
 
     name = "map-threshold"
 
-    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts) -> Segmentation:
+    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts,
+                 prev_mask: np.ndarray | None = None, mask_prompt: np.ndarray | None = None,
+                 identity_weight: float = 0.5) -> Segmentation:
         return Segmentation(prompts.region.copy(), None)
 
 
@@ -147,18 +163,22 @@ class SamSegmenterBase:
         raise NotImplementedError
 
     def predict(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
-                return_logits: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                return_logits: bool = False, mask_input: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(masks ``[3, H, W]`` — bool, or logits with ``return_logits`` —, IoU predictions ``[3]``,
-        low-res logits ``[3, 256, 256]``) for prompts in image pixel coordinates."""
+        low-res logits ``[3, 256, 256]``) for prompts in image pixel coordinates; ``mask_input``
+        ``[1, 256, 256]`` is a low-res mask prompt (e.g. the previous frame's)."""
         raise NotImplementedError
 
-    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts) -> Segmentation:
+    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts,
+                 prev_mask: np.ndarray | None = None, mask_prompt: np.ndarray | None = None,
+                 identity_weight: float = 0.5) -> Segmentation:
         self.set_image(image)
         box = np.array(prompts.box, dtype=np.float32) if self.use_box and prompts.region.any() else None
-        masks, scores, _ = self.predict(prompts.points, prompts.labels, box)
-        agreement = [mask_iou(m, prompts.region) for m in masks]
-        best = max(range(len(masks)), key=lambda i: (round(agreement[i], 6), float(scores[i])))
-        return Segmentation(masks[best].astype(bool), float(scores[best]))
+        mask_input = None if mask_prompt is None else mask_prompt[None].astype(np.float32)
+        masks, scores, low = self.predict(prompts.points, prompts.labels, box, mask_input=mask_input)
+        best = choose(list(masks), prompts.region, [float(v) for v in scores], prev_mask, identity_weight)
+        return Segmentation(masks[best].astype(bool), float(scores[best]), low[best])
 
 
 class SamSegmenter(SamSegmenterBase):
@@ -179,9 +199,9 @@ class SamSegmenter(SamSegmenterBase):
         with torch.no_grad():
             self.predictor.set_image(image)
 
-    def predict(self, points, labels, box, return_logits=False):
+    def predict(self, points, labels, box, return_logits=False, mask_input=None):
         with torch.no_grad():
-            return self.predictor.predict(point_coords=points, point_labels=labels, box=box,
+            return self.predictor.predict(point_coords=points, point_labels=labels, box=box, mask_input=mask_input,
                                           multimask_output=True, return_logits=return_logits)
 
 
@@ -231,7 +251,7 @@ class OnnxSamSegmenter(SamSegmenterBase):
         padded[0, :, : x.shape[1], : x.shape[2]] = x
         self._embedding = self.encoder.run(None, {"image": padded.astype(self.dtype)})[0]
 
-    def predict(self, points, labels, box, return_logits=False):
+    def predict(self, points, labels, box, return_logits=False, mask_input=None):
         coords = self.transform.apply_coords(np.asarray(points, dtype=np.float32), self.original_size)
         labs = np.asarray(labels, dtype=np.float32)
         if box is not None:
@@ -246,8 +266,8 @@ class OnnxSamSegmenter(SamSegmenterBase):
             "image_embeddings": self._embedding,
             "point_coords": coords[None].astype(self.dtype),
             "point_labels": labs[None].astype(self.dtype),
-            "mask_input": np.zeros((1, 1, *low), dtype=self.dtype),
-            "has_mask_input": np.zeros(1, dtype=self.dtype),
+            "mask_input": (np.zeros((1, 1, *low)) if mask_input is None else mask_input[None]).astype(self.dtype),
+            "has_mask_input": np.full(1, 0.0 if mask_input is None else 1.0, dtype=self.dtype),
         })
         low_t = torch.from_numpy(low_res.astype(np.float32))
         logits = upscale_masks(low_t, self.input_size, self.original_size, self.manifest["image_size"])[0].numpy()

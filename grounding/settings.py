@@ -10,6 +10,8 @@
 | ``GROUNDING_MAX_BATCH_SIZE`` | adaptive batching: largest batch | 8 |
 | ``GROUNDING_MAX_LATENCY_MS`` | adaptive batching: queue latency budget (503 past it) | 60000 |
 | ``GROUNDING_MAX_IMAGE_PIXELS`` | larger images get 413 | 40000000 |
+| ``GROUNDING_JOBS_DIR`` | video jobs: inputs and per-frame results (resume) | ``<cache>/jobs`` |
+| ``GROUNDING_MAX_VIDEO_BYTES`` | larger uploads get 413 | 536870912 |
 | ``GROUNDING_CONFIG`` | YAML file whose keys (same names, lower case, no prefix) override the above | unset |
 """
 
@@ -33,6 +35,8 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_expressions: int = 16  # per request
     max_expression_chars: int = 1000  # longer → 400; token overflow below this → truncated with a warning
+    jobs_dir: str = ""  # video jobs (inputs, per-frame results); default <cache>/jobs
+    max_video_bytes: int = 512 * 2**20
 
 
 def load_settings(environ: dict | None = None) -> Settings:
@@ -57,8 +61,10 @@ def load_settings(environ: dict | None = None) -> Settings:
             v = values[f.name]
             out[f.name] = int(v) if f.type in (int, "int") else ("" if v is None else str(v))
     s = Settings(**out)
-    if not s.model:
-        from .zoo import default_model
+    from .zoo import cache_dir, default_model
 
+    if not s.model:
         s = dataclasses.replace(s, model=default_model())
+    if not s.jobs_dir:
+        s = dataclasses.replace(s, jobs_dir=str(cache_dir() / "jobs"))
     return s

@@ -80,6 +80,7 @@ def server(tiny_flux_dir, tmp_path_factory):
     port, grpc_port = free_port(), free_port()
     env = dict(os.environ, GROUNDING_MODEL=str(tiny_flux_dir), GROUNDING_GRPC_PORT=str(grpc_port),
                GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), GROUNDING_DEVICE="cpu", HF_HUB_OFFLINE="1",
+               GROUNDING_JOBS_DIR=str(tmp_path_factory.mktemp("jobs")),
                BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
     log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")
     proc = subprocess.Popen(

@@ -191,3 +191,89 @@ def test_grpc_segment_ground_health_reflection(server):
         (resp,) = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in resp.list_services_response.service}
         assert "grounding.v1.Grounding" in names and "grpc.health.v1.Health" in names
+
+
+def _video_bytes(tmp_path, n: int, name: str = "v.mp4") -> bytes:
+    from fixtures import moving_video
+    from grounding.video import OverlayWriter
+
+    frames, _ = moving_video(n, 64, 48)
+    w = OverlayWriter(tmp_path / name, 8)
+    for f in frames:
+        w.write(f)
+    w.close()
+    return (tmp_path / name).read_bytes()
+
+
+def _submit(server, data: bytes, **fields) -> str:
+    r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
+                   data=fields, timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()["task_id"]
+
+
+def _wait(server, task_id: str, timeout: float = 120) -> str:
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = httpx.get(server["url"] + "/segment_video/status", params={"task_id": task_id}).json()["status"]
+        if status != "in_progress":
+            return status
+        time.sleep(0.2)
+    raise AssertionError("task did not finish")
+
+
+def _progress(server, task_id: str) -> dict:
+    return post(server, "/video_progress", json={"task_id": task_id}).json()
+
+
+def test_video_task_end_to_end(server, tmp_path):
+    task = _submit(server, _video_bytes(tmp_path, 6), expression="the red circle", return_overlay="true")
+    assert _wait(server, task) == "completed"
+    doc = httpx.get(server["url"] + "/segment_video/get", params={"task_id": task}).json()
+    assert [f["frame"] for f in doc["frames"]] == list(range(6)) and 0 <= doc["keyframe"] < 6
+    for f in doc["frames"]:
+        assert rle_to_mask(f["segmentation"]).shape == (48, 64) and isinstance(f["present"], bool)
+    overlay = tmp_path / "overlay.mp4"
+    overlay.write_bytes(base64.b64decode(doc["overlay_mp4_base64"]))
+    from grounding.video import read_frames
+
+    assert len(list(read_frames(overlay))) == 6
+    assert _progress(server, task) == {"task_id": task, "state": "done", "done": 6, "total": 6, "resumed_from": 0}
+
+
+def test_video_task_cancel_then_resume(server, tmp_path):
+    data = _video_bytes(tmp_path, 150)
+    task = _submit(server, data, expression="the blue square")
+    import time
+
+    deadline = time.time() + 120
+    while _progress(server, task).get("done", 0) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    cancel = post(server, "/video_cancel", json={"task_id": task}).json()
+    assert cancel["cancel_requested"] is True
+    assert _wait(server, task) == "completed"
+    partial = _progress(server, task)
+    assert partial["state"] == "cancelled" and 3 <= partial["done"] < 150, partial
+    assert httpx.get(server["url"] + "/segment_video/get", params={"task_id": task}).json()["cancelled"] is True
+    again = _submit(server, data, expression="the blue square")  # the same job: resumes
+    assert _wait(server, again) == "completed"
+    doc = httpx.get(server["url"] + "/segment_video/get", params={"task_id": again}).json()
+    assert [f["frame"] for f in doc["frames"]] == list(range(150))
+    progress = _progress(server, again)
+    assert progress["state"] == "done" and progress["resumed_from"] == partial["done"]
+
+
+@pytest.mark.parametrize("data,fields,message", [
+    (b"definitely not a video" * 20, {"expression": "red circle"}, "cannot read video"),
+    (b"", {"expression": "red circle"}, "empty"),
+    (None, {"expression": "the of"}, "no content words"),
+])
+def test_video_task_bad_input(server, tmp_path, data, fields, message):
+    data = _video_bytes(tmp_path, 3) if data is None else data
+    task = _submit(server, data, **fields)
+    assert _wait(server, task) == "failed"
+    r = httpx.get(server["url"] + "/segment_video/get", params={"task_id": task})
+    assert message in r.text
+    assert post(server, "/video_progress", json={"task_id": "nope"}).status_code == 404
