@@ -199,8 +199,6 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
 
 def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
     """Train (or resume) both stages and write the pipeline folder to ``out``."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
-
     cfg = cfg or DemoConfig()
     out = Path(out)
     work = out / "train"
@@ -213,6 +211,12 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     log.info("latent shift %.4f scale %.4f", shift, scale)
     train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg, work, shift, scale)
+    return save_pipeline(out, cfg, vae, t5, t5_tok, clip, clip_tok, transformer)
+
+
+def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, transformer) -> Path:
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
         vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok,
@@ -221,4 +225,47 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
     pipe.save_pretrained(out, safe_serialization=True)
     GroundingConfig(resolution=cfg.size, max_sequence_length=cfg.max_sequence_length, guidance_scale=1.0,
                     timesteps=(0.2,)).save_pretrained(out)
+    return out
+
+
+def export_checkpoint(work: Path, out: Path) -> Path:
+    """The pipeline as it stands at the last checkpoints in ``work`` (to look at a run in progress)."""
+    cfg = DemoConfig(**json.loads((work / "config.json").read_text()))
+    vae, t5, t5_tok, clip, clip_tok, transformer = build_components(cfg)
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    shift, scale = latent_stats(vae.eval(), cfg)
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    st = torch.load(work / "transformer.pt", weights_only=False)
+    transformer.load_state_dict(st["transformer"])
+    t5.load_state_dict(st["t5"])
+    clip.load_state_dict(st["clip"])
+    log.info("exporting step %d", st["step"])
+    return save_pipeline(out, cfg, vae.eval(), t5.eval(), t5_tok, clip.eval(), clip_tok, transformer.eval())
+
+
+@torch.no_grad()
+def sample_grid(model: str | Path, captions: list[str], out: str | Path, steps: int = 20, seed: int = 0,
+                scale: int = 2) -> Path:
+    """Draw one scene per caption with ``steps`` Euler steps of the flow; save them side by side."""
+    from diffusers import FluxPipeline
+    from PIL import Image, ImageDraw
+
+    pipe = FluxPipeline.from_pretrained(str(model))
+    cfg = GroundingConfig.from_pretrained(model)
+    size = cfg.resolution
+    tiles = []
+    for i, cap in enumerate(captions):
+        g = torch.Generator().manual_seed(seed + i)
+        im = pipe(cap, height=size, width=size, num_inference_steps=steps, guidance_scale=1.0,
+                  max_sequence_length=cfg.max_sequence_length or 32, generator=g).images[0]
+        tiles.append(im.resize((size * scale, size * scale), Image.NEAREST))
+    cell = size * scale
+    grid = Image.new("RGB", (cell * len(tiles), cell + 28), "white")
+    draw = ImageDraw.Draw(grid)
+    for i, (im, cap) in enumerate(zip(tiles, captions)):
+        grid.paste(im, (i * cell, 0))
+        draw.text((i * cell + 3, cell + 2), cap[: cell // 6], fill=(0, 0, 0))
+        draw.text((i * cell + 3, cell + 14), cap[cell // 6: cell // 3], fill=(0, 0, 0))
+    out = Path(out)
+    grid.save(out)
     return out

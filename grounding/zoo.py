@@ -7,7 +7,15 @@ from pathlib import Path
 
 # Built on first use into the cache (deterministic, seed 0); their maps are meaningless.
 TINY = {"tiny-flux": "flux", "tiny-sd3": "sd3"}
-DEFAULT_MODEL = "tiny-flux"
+# Shipped in the repository: the FLUX-architecture model trained on the shapes world.
+SHIPPED = {"shapes-demo": Path(__file__).resolve().parents[1] / "models" / "shapes-demo"}
+
+
+def _default() -> str:
+    return "shapes-demo" if (SHIPPED["shapes-demo"] / "model_index.json").is_file() else "tiny-flux"
+
+
+DEFAULT_MODEL = _default()
 
 
 def cache_dir() -> Path:
@@ -17,6 +25,10 @@ def cache_dir() -> Path:
 def resolve(model: str | Path) -> str | Path:
     """A zoo name → its folder (built if missing); anything else is returned unchanged."""
     name = str(model)
+    if name in SHIPPED:
+        if not (SHIPPED[name] / "model_index.json").is_file():
+            raise FileNotFoundError(f"{name} is not in this checkout ({SHIPPED[name]})")
+        return SHIPPED[name]
     if name in TINY:
         folder = cache_dir() / name
         if not (folder / "model_index.json").is_file():

@@ -40,27 +40,27 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
     page.set_input_files("#file", str(img))
     page.fill("#expressions", "the red circle\nthe blue square")
     page.click("#segment")
-    page.wait_for_selector(".card .score", state="attached")
-    page.wait_for_function("document.querySelectorAll('.card').length === 2 && "
-                           "document.querySelector('.card .score').textContent.length > 0")
-    cards = page.query_selector_all(".card")
+    page.wait_for_selector(".result .score", state="attached")
+    page.wait_for_function("document.querySelectorAll('.result').length === 2 && "
+                           "document.querySelector('.result .score').textContent.length > 0")
+    cards = page.query_selector_all(".result")
     assert [c.query_selector(".expr").text_content() for c in cards] == ["the red circle", "the blue square"]
     score = float(cards[0].query_selector(".score").text_content())
     assert 0.0 <= score <= 1.0
-    size = page.eval_on_selector(".card .overlay", "c => [c.width, c.height]")
+    size = page.eval_on_selector(".result .overlay", "c => [c.width, c.height]")
     assert size == [96, 72]  # the overlay was drawn at the image's size
     # the overlay canvas is not blank: it differs from the plain image somewhere (mask tint)
-    assert page.eval_on_selector(".card .overlay", """c => {
+    assert page.eval_on_selector(".result .overlay", """c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let green = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 40 && d[i + 1] > d[i + 2] + 40) green++;
         return green; }""") > 0
-    assert page.get_attribute(".card .dl-mask", "href").startswith("data:image/png;base64,")
+    assert page.get_attribute(".result .dl-mask", "href").startswith("data:image/png;base64,")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
     # heatmap only
     page.click("#ground")
-    page.wait_for_function("document.querySelectorAll('.card .overlay').length === 0 && "
-                           "document.querySelectorAll('.card .heat').length === 2")
+    page.wait_for_function("document.querySelectorAll('.result .overlay').length === 0 && "
+                           "document.querySelectorAll('.result .heat').length === 2")
     # a corrupt upload: the server's message is shown
     page.set_input_files("#file", str(bad))
     page.click("#segment")
@@ -68,4 +68,36 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
     text = page.text_content("#error")
     assert "400" in text and "cannot read image" in text
     assert not console_errors, console_errors
+    page.close()
+
+
+def test_page_video_progress(server, browser, tmp_path):
+    from fixtures import moving_video
+    from grounding.video import OverlayWriter
+
+    frames, _ = moving_video(12, 64, 48)
+    w = OverlayWriter(tmp_path / "clip.mp4", 8)
+    for f in frames:
+        w.write(f)
+    w.close()
+    page = browser.new_page(viewport={"width": 1200, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server["url"] + "/ui/")
+    page.fill("#expressions", "the red circle")
+    page.set_input_files("#video-file", str(tmp_path / "clip.mp4"))
+    page.click("#video-run")
+    page.wait_for_selector("#video-result:not([hidden])", timeout=120_000)
+    assert page.eval_on_selector("#video-progress", "p => [p.value, p.max]") == [12, 12]
+    assert page.text_content("#video-summary").startswith("12 frames")
+    assert page.get_attribute("#video-overlay", "src").startswith("data:video/mp4;base64,")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-video.png"), full_page=True)
+    # a file that is not a video: the task fails and the page says why
+    (tmp_path / "bad.mp4").write_bytes(b"not a video at all" * 10)
+    page.set_input_files("#video-file", str(tmp_path / "bad.mp4"))
+    page.click("#video-run")
+    page.wait_for_selector("#error:not([hidden])", timeout=60_000)
+    assert "cannot read video" in page.text_content("#error")
+    assert not errors, errors
     page.close()

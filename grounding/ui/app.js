@@ -120,7 +120,7 @@ async function drawHeatmap(canvas, photo, heatmapB64) {
 async function render(doc, mode) {
   const photo = await loadImage(URL.createObjectURL(imageFile));
   const list = $("#results");
-  list.replaceChildren();
+  list.querySelectorAll(".result").forEach((c) => c.remove());
   for (const result of doc.results) {
     const card = $("#result-card").content.firstElementChild.cloneNode(true);
     card.querySelector(".expr").textContent = result.expression;
@@ -162,7 +162,7 @@ async function run(mode) {
       : { heatmap_format: "png" };
     const resp = await fetch("../" + mode, { method: "POST", body: formData(extra) });
     if (!resp.ok) {
-      $("#results").replaceChildren();
+      $("#results").querySelectorAll(".result").forEach((c) => c.remove());
       showError(`Request rejected (${resp.status}): ${await errorText(resp)}`);
       setStatus("");
       return;
@@ -178,7 +178,73 @@ async function run(mode) {
   }
 }
 
+// --- video: a BentoML task, with progress from /video_progress ------------------------------------
+let videoFile = null;
+let videoTask = null;
+
+async function postJSON(route, body) {
+  const r = await fetch("../" + route, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  if (!r.ok) throw new Error(await errorText(r));
+  return r.json();
+}
+
+async function runVideo() {
+  showError("");
+  const exprs = expressions();
+  if (!videoFile) { showError("Choose a video first."); return; }
+  if (!exprs.length) { showError("Type an expression first."); return; }
+  const fd = new FormData();
+  fd.append("video", videoFile, videoFile.name || "video.mp4");
+  fd.append("expression", exprs[0]);
+  fd.append("return_overlay", "true");
+  $("#video-run").disabled = true;
+  $("#video-cancel").hidden = false;
+  const bar = $("#video-progress");
+  bar.hidden = false; bar.removeAttribute("value");
+  $("#video-result").hidden = true;
+  try {
+    const sub = await fetch("../segment_video/submit", { method: "POST", body: fd });
+    if (!sub.ok) throw new Error(await errorText(sub));
+    videoTask = (await sub.json()).task_id;
+    for (;;) {
+      await new Promise((r) => setTimeout(r, 300));
+      const st = await (await fetch(`../segment_video/status?task_id=${videoTask}`)).json();
+      let prog = null;
+      try { prog = await postJSON("video_progress", { task_id: videoTask }); } catch (e) { /* not started yet */ }
+      if (prog && prog.total) { bar.max = prog.total; bar.value = prog.done; }
+      $("#video-status").textContent = prog ? `${prog.state}: ${prog.done}${prog.total ? " / " + prog.total : ""} frames` : "queued";
+      if (st.status !== "in_progress") {
+        const resp = await fetch(`../segment_video/get?task_id=${videoTask}`);
+        if (st.status !== "completed" || !resp.ok) throw new Error(await errorText(resp));
+        const doc = await resp.json();
+        if (doc.cancelled) { $("#video-status").textContent = `cancelled after ${doc.done} frames (resubmit to resume)`; return; }
+        bar.max = doc.frames.length; bar.value = doc.frames.length;
+        const present = doc.frames.filter((f) => f.present).length;
+        $("#video-summary").textContent = `${doc.frames.length} frames, referent present in ${present}, keyframe ${doc.keyframe}`;
+        $("#video-overlay").src = "data:video/mp4;base64," + doc.overlay_mp4_base64;
+        const { overlay_mp4_base64, ...rest } = doc;
+        $("#video-json").href = URL.createObjectURL(new Blob([JSON.stringify(rest, null, 2)], { type: "application/json" }));
+        $("#video-result").hidden = false;
+        $("#video-status").textContent = "done";
+        return;
+      }
+    }
+  } catch (e) {
+    showError(`Video rejected: ${e.message || e}`);
+    $("#video-status").textContent = "";
+  } finally {
+    $("#video-run").disabled = false;
+    $("#video-cancel").hidden = true;
+  }
+}
+
 function init() {
+  $("#video-file").addEventListener("change", (e) => {
+    videoFile = e.target.files[0];
+    $("#video-name").textContent = videoFile ? `${videoFile.name} (${Math.round(videoFile.size / 1024)} KB)` : "";
+  });
+  $("#video-run").addEventListener("click", runVideo);
+  $("#video-cancel").addEventListener("click", () => videoTask && postJSON("video_cancel", { task_id: videoTask }).catch(() => {}));
   $("#file").addEventListener("change", (e) => chooseFile(e.target.files[0]));
   const drop = $("#drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
