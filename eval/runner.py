@@ -10,7 +10,6 @@ line is discarded, nothing is counted twice. ``--shard i/n`` takes every n-th sa
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 import zipfile
@@ -21,6 +20,8 @@ from typing import Iterable
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from grounding.jsonl import JsonlWriter, read_jsonl
 
 from . import metrics
 
@@ -72,32 +73,20 @@ class ResultsLog:
         self.path = run_dir / RESULTS
         self.records: list[dict] = read_results(self.path, repair=True)
         self.done = {r["id"] for r in self.records}
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._writer = JsonlWriter(self.path)
 
     def append(self, record: dict) -> None:
         if record["id"] in self.done:
             raise ValueError(f"sample {record['id']} is already in {self.path}")
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._writer.write(record)
         self.records.append(record)
         self.done.add(record["id"])
 
     def close(self) -> None:
-        self._f.close()
+        self._writer.close()
 
 
-def read_results(path: Path, repair: bool = False) -> list[dict]:
-    """Records of a results file. A last line without its newline (a killed write) is dropped,
-    and with ``repair`` cut from the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    good_end = data.rfind(b"\n") + 1
-    if good_end < len(data) and repair:
-        with open(path, "r+b") as f:
-            f.truncate(good_end)
-    return [json.loads(line) for line in data[:good_end].decode("utf-8").splitlines() if line.strip()]
+read_results = read_jsonl
 
 
 def open_run(run_dir: Path, cfg: RunConfig) -> ResultsLog:
@@ -283,9 +272,10 @@ def merge(run_dirs: list[Path], out: Path) -> dict:
             seen[r["id"]] = r
     out.mkdir(parents=True, exist_ok=True)
     records = sorted(seen.values(), key=lambda r: r["id"])
-    with open(out / RESULTS, "w", encoding="utf-8") as f:
+    (out / RESULTS).unlink(missing_ok=True)
+    with JsonlWriter(out / RESULTS) as w:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            w.write(r)
     config = dict(base, shard=[0, 1], merged_from=[str(d) for d in run_dirs])
     (out / "run.json").write_text(json.dumps({"config": config}, indent=2) + "\n")
     return write_summary(out, records, config)

@@ -385,14 +385,13 @@ class VideoJobs:
 
     def run(self, engine: "Engine", job: dict) -> dict:
         """Run (or resume) a job on the engine; returns the result document."""
+        from .jsonl import JsonlWriter, read_jsonl
         from .result import rle_to_mask
         from .video import VideoConfig, frame_doc, iter_video, overlay_video_from_docs, video_fps
 
         d = self.root / job["key"]
         frames_path = d / "frames.jsonl"
-        from eval.runner import read_results
-
-        done = read_results(frames_path, repair=True)
+        done = read_jsonl(frames_path, repair=True)
         opts = job["options"]
         total = _count_frames(job["video_path"])
 
@@ -413,7 +412,7 @@ class VideoJobs:
 
         n = len(done)
         save_progress("running", n)
-        with open(frames_path, "a", encoding="utf-8") as out:
+        with JsonlWriter(frames_path) as out:
             gen = iter_video(engine.grounder, job["video_path"], job["expression"], video, cancel=cancel,
                              start=len(done), prev_mask=prev, **overrides)
             while True:
@@ -421,11 +420,10 @@ class VideoJobs:
                     f = next(gen, None)
                 if f is None:
                     break
-                out.write(json.dumps({"id": f.index, **frame_doc(f)}) + "\n")
-                out.flush()
+                out.write({"id": f.index, **frame_doc(f)})
                 n += 1
                 save_progress("running", n)
-        records = read_results(frames_path)
+        records = read_jsonl(frames_path)
         if cancelled:
             save_progress("cancelled", len(records))
             return {"cancelled": True, "done": len(records), "total": total}
