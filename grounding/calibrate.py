@@ -3,9 +3,9 @@
 Every sample is run once at all candidate noise levels with every block captured; each
 (block, level, head) referent map is kept at token resolution. A combination is scored by
 pointing accuracy: the aggregated map's peak token has its centre inside the GT mask. Search:
-best noise-level set (each level alone, or all), then greedy forward selection of blocks, then
-one pass of head removal inside the chosen blocks. The current config is scored the same way and
-kept when nothing beats it.
+for each noise-level set (each level alone, or all), greedy forward selection of (block, head)
+maps, equally weighted, against averaging every map; the best wins. The current config is
+scored the same way and kept when nothing beats it.
 """
 
 from __future__ import annotations
@@ -64,8 +64,43 @@ def pointing(c: Collected, levels: list[int], bw: torch.Tensor, hw: torch.Tensor
     return float(c.inside[torch.arange(m.shape[0]), m.argmax(dim=-1)].float().mean())
 
 
-def fit(c: Collected, cfg: GroundingConfig) -> tuple[GroundingConfig, dict]:
-    """Search levels, blocks and heads; returns the fitted config and a report."""
+def _select_heads(c: Collected, levels: list[int], max_heads: int) -> tuple[list[tuple[int, int]], float]:
+    """Greedy forward selection of (block, head) maps, equally weighted, maximising pointing."""
+    per = c.per[:, :, levels].mean(dim=2)  # [S, L, H, N]
+    S, L, H, _ = per.shape
+    rows = torch.arange(S)
+    total = torch.zeros(S, per.shape[-1])
+    chosen: list[tuple[int, int]] = []
+    best = 0.0
+    while len(chosen) < min(max_heads, L * H):
+        trial = {}
+        for l in range(L):
+            for h in range(H):
+                if (l, h) not in chosen:
+                    peak = (total + per[:, l, h]).argmax(dim=-1)
+                    trial[(l, h)] = float(c.inside[rows, peak].float().mean())
+        comp, acc = max(trial.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))
+        if acc <= best and chosen:
+            break
+        chosen.append(comp)
+        total += per[:, comp[0], comp[1]]
+        best = acc
+    return chosen, best
+
+
+def _weights(chosen: list[tuple[int, int]], L: int, H: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block and head weights that give every chosen (block, head) map the same weight."""
+    bw, hw = torch.zeros(L), torch.zeros(L, H)
+    for l, h in chosen:
+        bw[l] += 1.0
+        hw[l, h] = 1.0
+    return bw, hw
+
+
+def fit(c: Collected, cfg: GroundingConfig, max_heads: int = 64) -> tuple[GroundingConfig, dict]:
+    """Search the noise-level set and the (block, head) maps to average; returns the fitted
+    config and a report. Heads are chosen one by one (greedy forward selection), since in small
+    models one head may ground while its neighbours point at the background."""
     L, V, H = c.per.shape[1:4]
     bw0, hw0 = maps.weights_for(c.block_names, H, cfg)
     if cfg.blocks:
@@ -75,49 +110,27 @@ def fit(c: Collected, cfg: GroundingConfig) -> tuple[GroundingConfig, dict]:
 
     ones_b, ones_h = torch.ones(L), torch.ones(L, H)
     level_sets = [[v] for v in range(V)] + ([list(range(V))] if V > 1 else [])
-    levels = max(level_sets, key=lambda ls: (pointing(c, ls, ones_b, ones_h), -len(ls)))
+    candidates = []
+    for ls in level_sets:
+        everything = pointing(c, ls, ones_b, ones_h)
+        chosen, acc = _select_heads(c, ls, max_heads)
+        if everything >= acc:
+            chosen, acc = [(l, h) for l in range(L) for h in range(H)], everything
+        candidates.append((acc, -len(chosen), -len(ls), ls, chosen))
+    after, _, _, levels, chosen = max(candidates, key=lambda x: x[:3])
 
-    chosen: list[int] = []
-    best = 0.0
-    while len(chosen) < L:
-        trial = {}
-        for l in range(L):
-            if l in chosen:
-                continue
-            bw = torch.zeros(L)
-            bw[chosen + [l]] = 1.0
-            trial[l] = pointing(c, levels, bw, ones_h)
-        l, acc = max(trial.items(), key=lambda kv: (kv[1], -kv[0]))
-        if acc <= best and chosen:
-            break
-        chosen.append(l)
-        best = acc
-    bw = torch.zeros(L)
-    bw[chosen] = 1.0
-    if pointing(c, levels, ones_b, ones_h) >= best:  # all blocks do as well: keep them
-        bw, chosen, best = ones_b.clone(), list(range(L)), pointing(c, levels, ones_b, ones_h)
-
-    hw = ones_h.clone()
-    for l in chosen:
-        for h in range(H):
-            hw[l, h] = 0.0
-            acc = pointing(c, levels, bw, hw)
-            if acc > best:
-                best = acc
-            else:
-                hw[l, h] = 1.0
-
-    after = best
     if after < before:  # never hand back something worse than what we had
-        return cfg, {"before": before, "after": before, "kept_current": True}
+        return cfg, {"before": before, "after": before, "kept_current": True, "samples": int(c.per.shape[0])}
     names = c.block_names
+    bw, hw = _weights(chosen, L, H)
+    kept = [l for l in range(L) if bw[l] > 0]
     fitted = cfg.replace(
         timesteps=[c.timesteps[v] for v in levels],
-        blocks=None if len(chosen) == L else [names[l] for l in sorted(chosen)],
-        block_weights={},
-        head_weights={f"{names[l]}/{h}": 0.0 for l in range(L) for h in range(H) if hw[l, h] == 0 and bw[l] > 0},
+        blocks=None if len(kept) == L else [names[l] for l in kept],
+        block_weights={names[l]: float(bw[l]) for l in kept},
+        head_weights={f"{names[l]}/{h}": 0.0 for l in kept for h in range(H) if hw[l, h] == 0},
     )
     report = {"before": before, "after": after, "kept_current": False, "timesteps": list(fitted.timesteps),
-              "blocks": list(fitted.blocks) if fitted.blocks else "all", "heads_removed": len(fitted.head_weights),
+              "blocks": list(fitted.blocks) if fitted.blocks else "all", "heads": len(chosen),
               "samples": int(c.per.shape[0])}
     return fitted, report

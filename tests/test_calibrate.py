@@ -30,3 +30,23 @@ def test_token_centres_inside():
     mask = np.zeros((8, 8), dtype=bool)
     mask[:4, 4:] = True
     assert token_centres_inside(mask, (2, 2)).tolist() == [False, True, False, False]
+
+
+def test_fit_picks_the_one_head_that_grounds():
+    S, L, V, H, N = 10, 2, 1, 4, 16
+    g = torch.Generator().manual_seed(1)
+    per = torch.rand(S, L, V, H, N, generator=g) * 0.01
+    inside = torch.zeros(S, N, dtype=torch.bool)
+    for s in range(S):
+        target = (5 * s + 1) % N
+        inside[s, target] = True
+        per[s, 0, 0, 2, target] += 0.5  # block 0 head 2 grounds
+        per[s, 0, 0, [0, 1, 3], (target + 7) % N] += 0.3  # its neighbours point at the background
+        per[s, 1, 0, :, (target + 3) % N] += 0.3  # block 1 too
+    c = Collected(per, inside, ["b0", "b1"], (0.3,))
+    assert pointing(c, [0], torch.ones(L), torch.ones(L, H)) == 0.0  # averaging everything fails
+    fitted, report = fit(c, GroundingConfig(timesteps=(0.3,)))
+    assert report["after"] == 1.0 and report["heads"] == 1
+    assert fitted.blocks == ("b0",) and fitted.head_weights == {"b0/0": 0.0, "b0/1": 0.0, "b0/3": 0.0}
+    bw, hw = __import__("grounding.maps", fromlist=["weights_for"]).weights_for(["b0"], H, fitted)
+    assert hw.tolist() == [[0.0, 0.0, 1.0, 0.0]]
