@@ -85,13 +85,15 @@ class Grounding:
 
     engine = bentoml.depends(GroundingEngine)
 
-    async def _ground(self, image: Path | None, image_base64: str | None, expression, options: dict,
-                      use_segmenter: bool):
+    async def _ground(self, args: dict, use_segmenter: bool):
+        """An endpoint's arguments (its ``locals()``): image fields, ``expression``, and options."""
+        options = {k: v for k, v in args.items() if k not in ("self", "image", "image_base64", "expression")}
         t0 = time.perf_counter()
         try:
+            image, image_base64 = args.get("image"), args.get("image_base64")
             data = image.read_bytes() if image is not None else (
                 serving.decode_base64(image_base64) if image_base64 else None)
-            img, opts, exprs = serving.prepare(SETTINGS, data, expression, options)
+            img, opts, exprs = serving.prepare(SETTINGS, data, args.get("expression"), options)
             jobs = [asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter)]
             results = serving.raise_first_error(await self._run(jobs))
         except serving.RequestError as e:
@@ -129,10 +131,7 @@ class Grounding:
         seed: t.Optional[int] = None,
     ) -> dict:
         """Mask (COCO RLE / polygons / PNG), box, score, points and ``present`` per expression."""
-        options = dict(return_heatmap=return_heatmap, return_mask_png=return_mask_png, mask_format=mask_format,
-                       threshold=threshold, magnets=magnets, sinks=sinks, sinks_mode=sinks_mode,
-                       redistribution=redistribution, seed=seed)
-        img, opts, results, t0 = await self._ground(image, image_base64, expression, options, True)
+        img, opts, results, t0 = await self._ground(locals(), True)
         return serving.response(img, [serving.result_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/ground")
@@ -149,9 +148,7 @@ class Grounding:
         seed: t.Optional[int] = None,
     ) -> dict:
         """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
-        options = dict(heatmap_format=heatmap_format, magnets=magnets, sinks=sinks, sinks_mode=sinks_mode,
-                       redistribution=redistribution, seed=seed)
-        img, opts, results, t0 = await self._ground(image, image_base64, expression, options, False)
+        img, opts, results, t0 = await self._ground(locals(), False)
         return serving.response(img, [serving.heatmap_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/render")
@@ -164,8 +161,7 @@ class Grounding:
         seed: t.Optional[int] = None,
     ) -> PILImage.Image:
         """The overlay PNG: image with mask, box, points and heatmap drawn (first expression)."""
-        img, _, results, _ = await self._ground(image, image_base64, expression,
-                                                dict(threshold=threshold, seed=seed), True)
+        img, _, results, _ = await self._ground(locals(), True)
         return serving.overlay(img, results[0])
 
     @bentoml.task(route="/segment_video")
