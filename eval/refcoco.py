@@ -22,6 +22,7 @@ class RefSample:
     image_path: Path
     sentence: str
     mask: np.ndarray  # bool [H, W], union of the annotation's parts
+    kind: str = ""  # expression type where the set records one (the shapes world does)
 
 
 def ann_to_mask(segmentation, height: int, width: int) -> np.ndarray:
@@ -95,5 +96,5 @@ class RefDataset:
         return RefSample(
             ref_id=int(ref["ref_id"]), sent_id=int(sent["sent_id"]), ann_id=int(ref["ann_id"]),
             image_id=int(ref["image_id"]), image_path=self.image_root / img["file_name"],
-            sentence=sent.get("sent") or sent.get("raw", ""), mask=mask,
+            sentence=sent.get("sent") or sent.get("raw", ""), mask=mask, kind=sent.get("type", ""),
         )

@@ -122,6 +122,8 @@ def run_refcoco(cfg: RunConfig, grounder, run_dir: Path, save_overlays: int = 0)
                    "sentence": s.sentence, "inter": inter, "union": union, "iou": inter / union if union else 0.0,
                    "pointing": hit, "score": r.score, "box": list(r.box), "pred_pixels": int(r.mask.sum()),
                    "gt_pixels": int(s.mask.sum()), "ms": (time.perf_counter() - t) * 1000}
+            if s.kind:
+                rec["type"] = s.kind
             log.append(rec)
             scores.add(inter, union, hit)
             summ = scores.summary()
@@ -225,6 +227,9 @@ def summarise(task: str, records: list[dict]) -> dict:
     """Flat metric dict of a list of result records."""
     if task == "refcoco":
         out = image_scores(records).summary()
+        for kind in sorted({r["type"] for r in records if r.get("type")}):
+            part = image_scores(r for r in records if r.get("type") == kind).summary()
+            out.update({f"{k}/{kind}": part[k] for k in ("n", "miou", "pointing") if k in part})
     else:
         scored = [r for r in records if r.get("J") is not None]
         out = {"n": len(records), "scored": len(scored)}

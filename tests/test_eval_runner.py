@@ -147,3 +147,19 @@ def test_mevis_valid_u_scored_locally(tmp_path, tiny_flux_dir):
     assert first.sum() < second.sum() and (second & disc_only).sum() == disc_only.sum()
     summ = run_eval("mevis", "--data-root", root, "--model", tiny_flux_dir, "--out", tmp_path / "run")
     assert summ["n"] == 2 and summ["scored"] == 2 and 0.0 <= summ["J&F"] <= 1.0
+
+
+def test_shapes_world_in_refer_format(tmp_path, tiny_flux_dir):
+    from eval.shapes import TYPE_WEIGHTS
+
+    assert eval_main(["make-shapes", "--out", str(tmp_path / "data"), "--n", "24", "--seed", "3"]) == 0
+    ds = RefDataset(tmp_path / "data", "shapes", split="val")
+    assert len(ds) == 24
+    kinds = {ds[i].kind for i in range(len(ds))}
+    assert kinds <= set(TYPE_WEIGHTS) and "attribute" in kinds
+    for i in range(len(ds)):
+        s = ds[i]
+        assert s.image_path.is_file() and s.mask.any() and s.sentence.startswith("the ")
+    summ = run_eval("refcoco", "--data-root", tmp_path / "data", "--dataset", "shapes", "--model", tiny_flux_dir,
+                    "--out", tmp_path / "run")
+    assert summ["n"] == 24 and summ["n/attribute"] >= 1 and "pointing/attribute" in summ
