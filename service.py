@@ -101,17 +101,21 @@ class Grounding:
         return img, opts, results, t0
 
     async def _run(self, jobs: list[dict], attempts: int = 3) -> list[dict]:
-        """Engine call; retried when a pooled keep-alive connection was closed under it (the
-        engine never saw the request, and jobs are pure, so a retry is safe)."""
+        """Engine call, retried (jobs are pure, so a repeat is safe) when a pooled keep-alive
+        connection was closed under it, or when no answer came within ``engine_timeout_s``: BentoML
+        runs dependency workers with uvicorn's 5 s keep-alive while its client keeps connections
+        for 15 s, and under load an answer can be lost on such a connection."""
+        import asyncio
+
         import aiohttp
 
         for attempt in range(attempts):
             try:
-                return await self.engine.to_async.run(jobs)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                return await asyncio.wait_for(self.engine.to_async.run(jobs), SETTINGS.engine_timeout())
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, asyncio.TimeoutError) as e:
                 if attempt == attempts - 1:
                     raise BentoMLException("grounding engine unavailable", error_code=HTTPStatus.SERVICE_UNAVAILABLE)
-                logger.warning("engine connection dropped; retrying (%d/%d)", attempt + 1, attempts - 1)
+                logger.warning("engine call failed (%s); retrying (%d/%d)", type(e).__name__, attempt + 1, attempts - 1)
         raise AssertionError("unreachable")
 
     @bentoml.api(route="/segment")

@@ -51,7 +51,7 @@ def test_image(seed: int) -> bytes:
 def start(model: str, batch: int, latency_ms: int, resolution: int, log_path: Path):
     port = free_port()
     cfg = log_path.with_suffix(".yaml")
-    cfg.write_text(f"max_batch_size: {batch}\nmax_latency_ms: {latency_ms}\ngrpc_port: 0\n")
+    cfg.write_text(f"max_batch_size: {batch}\nmax_latency_ms: {latency_ms}\ngrpc_port: 0\nengine_timeout_s: 20\n")
     env = dict(os.environ, GROUNDING_MODEL=model, GROUNDING_CONFIG=str(cfg), GROUNDING_DEVICE="cpu",
                HF_HUB_OFFLINE="1")
     proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1",
@@ -122,7 +122,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--latency-ms", type=int, default=60000)
+    ap.add_argument("--latency-ms", type=int, default=10000)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--model", default=None, help="pipeline folder (default: a medium random FLUX in a temp dir)")
     args = ap.parse_args()

@@ -12,6 +12,7 @@
 | ``GROUNDING_MAX_IMAGE_PIXELS`` | larger images get 413 | 40000000 |
 | ``GROUNDING_JOBS_DIR`` | video jobs: inputs and per-frame results (resume) | ``<cache>/jobs`` |
 | ``GROUNDING_MAX_VIDEO_BYTES`` | larger uploads get 413 | 536870912 |
+| ``GROUNDING_ENGINE_TIMEOUT_S`` | wait this long for the model worker's answer, then retry | max latency + 60 s |
 | ``GROUNDING_CONFIG`` | YAML file whose keys (same names, lower case, no prefix) override the above | unset |
 """
 
@@ -37,6 +38,10 @@ class Settings:
     max_expression_chars: int = 1000  # longer → 400; token overflow below this → truncated with a warning
     jobs_dir: str = ""  # video jobs (inputs, per-frame results); default <cache>/jobs
     max_video_bytes: int = 512 * 2**20
+    engine_timeout_s: int = 0  # wait for an engine answer this long, then retry; 0 = max_latency + 60 s
+
+    def engine_timeout(self) -> float:
+        return float(self.engine_timeout_s or self.max_latency_ms / 1000 + 60)
 
 
 def load_settings(environ: dict | None = None) -> Settings:
