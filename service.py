@@ -22,6 +22,7 @@ from PIL import Image as PILImage
 from starlette.staticfiles import StaticFiles
 
 from grounding import serving
+from grounding.result import overlay
 from grounding.settings import load_settings
 
 SETTINGS = load_settings()
@@ -166,7 +167,7 @@ class Grounding:
     ) -> PILImage.Image:
         """The overlay PNG: image with mask, box, points and heatmap drawn (first expression)."""
         img, _, results, _ = await self._ground(locals(), True)
-        return serving.overlay(img, results[0])
+        return overlay(img, results[0])
 
     @bentoml.task(route="/segment_video")
     async def segment_video(

@@ -29,9 +29,6 @@ class AttentionStore:
     lse_source: str = "fused"  # "fused" (from the SDPA kernel) | "separate" (stock SDPA + chunked lse)
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
-    def clear(self) -> None:
-        self.maps = {}
-
     def slices(self, seq_len: int, device: torch.device) -> tuple[slice, torch.Tensor]:
         """Image query rows and absolute text key columns for a joint sequence of ``seq_len``."""
         n_img = seq_len - self.text_len

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .images import ImageTooLarge, open_image
-from .result import GroundingResult, colorize, mask_to_rle, overlay
+from .result import GroundingResult, mask_to_rle
 from .settings import Settings
 from .tokens import validate_expression
 
@@ -324,12 +324,6 @@ def raise_first_error(results: list) -> list[GroundingResult]:
             raise r
         out.append(r)
     return out
-
-
-def render_png(image: Image.Image, r: GroundingResult) -> bytes:
-    buf = io.BytesIO()
-    overlay(image, r).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 # --- video jobs ----------------------------------------------------------------------------------

@@ -63,12 +63,6 @@ class PromptTokens:
         """Text positions of word ``word`` in every stream."""
         return np.flatnonzero(self.word_index == word).tolist()
 
-    @property
-    def used_length(self) -> int:
-        """1 + last non-padding position."""
-        nz = np.flatnonzero(self.kinds != PAD)
-        return int(nz[-1]) + 1 if len(nz) else 0
-
     def token_weights(self, head_noun_weight: float) -> np.ndarray:
         """float32 [T]: 1 for content tokens, ``head_noun_weight`` for the head noun, else 0."""
         w = (self.kinds == CONTENT).astype(np.float32)
