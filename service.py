@@ -134,6 +134,7 @@ class Grounding:
         sinks_mode: t.Optional[str] = None,
         redistribution: t.Optional[bool] = None,
         seed: t.Optional[int] = None,
+        views: t.Optional[str] = None,
     ) -> dict:
         """Mask (COCO RLE / polygons / PNG), box, score, points and ``present`` per expression."""
         img, opts, results, t0 = await self._ground(locals(), True)
@@ -151,6 +152,7 @@ class Grounding:
         sinks_mode: t.Optional[str] = None,
         redistribution: t.Optional[bool] = None,
         seed: t.Optional[int] = None,
+        views: t.Optional[str] = None,
     ) -> dict:
         """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
         img, opts, results, t0 = await self._ground(locals(), False)
@@ -164,6 +166,7 @@ class Grounding:
         expression: t.Optional[str] = None,
         threshold: t.Optional[float] = None,
         seed: t.Optional[int] = None,
+        views: t.Optional[str] = None,
     ) -> PILImage.Image:
         """The overlay PNG: image with mask, box, points and heatmap drawn (first expression)."""
         img, _, results, _ = await self._ground(locals(), True)

@@ -1,6 +1,6 @@
 """Ablation of the RefAM components on the shapes world, with the project's own runner.
 
-    python -m eval make-shapes --out /tmp/shapes_val --n 500 --seed 1
+    python -m eval make-shapes --out /tmp/shapes_val --n 500 --seed 1   # 64 px, the demo model's size
     python bench/shapes_ablation.py --data-root /tmp/shapes_val [--model shapes-demo] [--limit 500]
 
 Runs ``python -m eval refcoco --dataset shapes`` once per configuration (each in its own run
@@ -22,6 +22,7 @@ CONFIGS = {
     "+ magnets": ["sinks.enabled=false", "redistribution.enabled=false"],
     "+ sink handling": ["redistribution.enabled=false"],
     "+ redistribution (full)": [],
+    "+ assembled views": ["views.mode=assembled"],
 }
 
 

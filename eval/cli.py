@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--split", default="val")
     p.add_argument("--dataset", default="shapes")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (the demo model's resolution)")
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "make-shapes":
             from .shapes import write_refer
 
-            folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset)
+            folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset, args.size)
             print(json.dumps({"written": str(folder), "n": args.n, "split": args.split}))
             return 0
         if args.cmd == "merge":

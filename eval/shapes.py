@@ -119,11 +119,48 @@ def random_scene(rng: np.random.RandomState, size: int = 64) -> Scene:
     return render(objs, size, rng)
 
 
-def caption(scene: Scene, rng: np.random.RandomState) -> str:
-    """Every object, in random order: "a big red circle, a green square and a small blue triangle"."""
+def position_phrase(o: Obj, size: int) -> str | None:
+    """Where ``o`` lies by thirds of the image: "at the top left", "at the bottom"; None in the middle."""
+    v = "top" if o.y < size / 3 else "bottom" if o.y > 2 * size / 3 else ""
+    h = "left" if o.x < size / 3 else "right" if o.x > 2 * size / 3 else ""
+    words = " ".join(w for w in (v, h) if w)
+    return f"at the {words}" if words else None
+
+
+def caption_spans(scene: Scene, rng: np.random.RandomState, position: float = 0.0,
+                  subset: float = 0.0) -> tuple[str, list[tuple[int, int, int]]]:
+    """A caption and, per named object, ``(object index, start, end)`` of its phrase in it.
+
+    Objects come in random order: "a big red circle, a green square and a small blue triangle".
+    With probability ``subset`` only a random non-empty part of the objects is named (as a
+    referring prompt names one object among several); each named object gets its position
+    phrase ("at the top left") with probability ``position``.
+    """
     order = rng.permutation(len(scene.objects))
-    parts = [f"a {scene.objects[i].words(with_size=rng.rand() < 0.6)}" for i in order]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    if subset and len(order) > 1 and rng.rand() < subset:
+        order = order[: rng.randint(1, len(order))]
+    size = scene.image.size[0]
+    phrases = []
+    for i in order:
+        o = scene.objects[i]
+        text = f"a {o.words(with_size=rng.rand() < 0.6)}"
+        if position:
+            where = position_phrase(o, size)
+            if where and rng.rand() < position:
+                text += " " + where
+        phrases.append((int(i), text))
+    text, spans = "", []
+    for j, (i, phrase) in enumerate(phrases):
+        if j:
+            text += " and " if j == len(phrases) - 1 else ", "
+        spans.append((i, len(text), len(text) + len(phrase)))
+        text += phrase
+    return text, spans
+
+
+def caption(scene: Scene, rng: np.random.RandomState, position: float = 0.0, subset: float = 0.0) -> str:
+    """The text of ``caption_spans``."""
+    return caption_spans(scene, rng, position, subset)[0]
 
 
 def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tuple[Scene, int, str]:
@@ -176,6 +213,21 @@ def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tu
                 continue
             expr = f"the {t.shape} {side} of the {a.colour} {a.shape}"
         return render(objs, size, rng), 0, expr
+
+
+def presence_scenes(n: int, seed: int, size: int = 64) -> list[tuple[Image.Image, str, int]]:
+    """``n`` (image, expression, label) triples for presence calibration: an attribute
+    expression ("the red circle") over a scene with distractors that share its colour and its
+    shape; for label 0 the target is taken out before rendering, so only distractors remain."""
+    rng = np.random.RandomState(seed)
+    out = []
+    for i in range(n):
+        scene, target, expr = referring_scene(rng, "attribute", size)
+        label = int(i % 2 == 0)
+        if not label:
+            scene = render([o for j, o in enumerate(scene.objects) if j != target], size, rng)
+        out.append((scene.image, expr, label))
+    return out
 
 
 def write_refer(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes",

@@ -27,7 +27,22 @@ class AttentionStore:
     image_first: bool = False  # SD3: image tokens first; FLUX: text first
     columns: torch.Tensor | None = None  # long [C]
     lse_source: str = "fused"  # "fused" (from the SDPA kernel) | "separate" (stock SDPA + chunked lse)
+    # bool [B, N]: image tokens text queries may attend to (None = all). Image rows, and so the
+    # recorded probabilities' normalisation, are untouched; later blocks see the masked text.
+    image_keep: torch.Tensor | None = None
     maps: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+    def text_mask(self, seq_len: int, device: torch.device) -> torch.Tensor | None:
+        """Boolean SDPA mask ``[B, 1, S, S]`` hiding dropped image keys from text queries."""
+        if self.image_keep is None or bool(self.image_keep.all()):
+            return None
+        n_img = seq_len - self.text_len
+        keep = self.image_keep.to(device)
+        allowed = torch.ones(keep.shape[0], 1, seq_len, seq_len, dtype=torch.bool, device=device)
+        txt = slice(n_img, seq_len) if self.image_first else slice(0, self.text_len)
+        img = slice(0, n_img) if self.image_first else slice(self.text_len, seq_len)
+        allowed[:, 0, txt, img] = keep[:, None, :]
+        return allowed
 
     def slices(self, seq_len: int, device: torch.device) -> tuple[slice, torch.Tensor]:
         """Image query rows and absolute text key columns for a joint sequence of ``seq_len``."""
@@ -46,25 +61,56 @@ class AttentionStore:
         self.maps.setdefault(block, []).append(probs)
 
 
+_LSE_CHECKED: dict[tuple, bool] = {}
+
+
+def _lse_agrees(q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, key: tuple) -> bool:
+    """Once per (kernel, device, dtype): does the kernel's lse match a direct log-sum-exp on a
+    few rows? (Kernels differ in layout and base; a mismatch sends us to the chunked lse.)"""
+    if key not in _LSE_CHECKED:
+        rows = slice(0, min(8, q.shape[2]))
+        ref = torch.logsumexp(torch.matmul(q[:, :, rows].float(), k.float().transpose(-1, -2))
+                              * (1.0 / math.sqrt(q.shape[-1])), dim=-1)
+        got = lse[:, :, rows].float()
+        _LSE_CHECKED[key] = got.shape == ref.shape and bool(torch.allclose(got, ref, atol=5e-2, rtol=1e-3))
+    return _LSE_CHECKED[key]
+
+
 def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``F.scaled_dot_product_attention`` output ``[B, H, S, D]`` and row log-sum-exp ``[B, H, S]``.
 
-    Uses the kernel that SDPA itself dispatches to for this device and dtype, so the output is the
-    stock output; returns ``lse=None`` where no fused kernel exposes it.
+    Calls the kernel that SDPA itself would dispatch to for these inputs (asked with
+    ``torch._fused_sdp_choice``: flash / memory-efficient / cuDNN on CUDA, the flash kernel on
+    CPU), so the output is the stock output; returns ``lse=None`` where that kernel exposes no
+    usable lse (the caller then computes it in row chunks).
     """
     if q.device.type == "cpu":
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False)
         return out, lse
     if q.device.type == "cuda":
-        if q.dtype in (torch.float16, torch.bfloat16) and q.shape[-1] <= 256:
-            try:
-                res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)
-                return res[0], res[1]
-            except RuntimeError:
-                pass
+        from torch.nn.attention import SDPBackend
+
         try:
-            res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
-            return res[0], res[1][..., : q.shape[2]]
+            choice = int(torch._fused_sdp_choice(q, k, v))
+        except (RuntimeError, AttributeError, TypeError):
+            choice = -1
+        try:
+            if choice == SDPBackend.FLASH_ATTENTION.value:
+                res = torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False)
+                out, lse = res[0], res[1]
+            elif choice == SDPBackend.EFFICIENT_ATTENTION.value:
+                res = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True)
+                out, lse = res[0], res[1][..., : q.shape[2]]
+            elif choice == SDPBackend.CUDNN_ATTENTION.value:
+                res = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, 0.0, False, False)
+                out, lse = res[0], res[1]
+                if lse.dim() == 4:
+                    lse = lse[..., 0]
+            else:
+                return F.scaled_dot_product_attention(q, k, v), None
+            if _lse_agrees(q, k, lse, (choice, q.device.index, q.dtype)):
+                return out, lse
+            return out, None
         except RuntimeError:
             pass
     return F.scaled_dot_product_attention(q, k, v), None
@@ -87,6 +133,12 @@ def chunked_lse(q: torch.Tensor, k: torch.Tensor, rows: slice, chunk: int = 1024
 
 def _attend(store: AttentionStore, block: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention output for q, k, v ``[B, H, S, D]``; records the block's text probabilities."""
+    mask = store.text_mask(q.shape[2], q.device)
+    if mask is not None:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        rows, _ = store.slices(q.shape[2], q.device)
+        store.record(block, q, k, chunked_lse(q, k, rows))
+        return out
     if store.lse_source == "fused":
         out, lse = sdpa_with_lse(q, k, v)
     else:

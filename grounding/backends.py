@@ -133,10 +133,12 @@ class Backend:
         guidance_scale: float = 3.5,
         blocks: list[str] | None = None,
         lse_source: str = "fused",
+        image_keep: torch.Tensor | None = None,
     ) -> Capture:
         """One transformer forward per noise level for a batch of (image, prompt) pairs.
 
         Every sample gets the same seeded noise, so a sample's map does not depend on its batch.
+        ``image_keep`` (bool ``[B, N]``) hides the other image tokens from the text queries.
         """
         if len(images) != len(tokens):
             raise ValueError("images and prompts differ in number")
@@ -158,7 +160,7 @@ class Backend:
         columns = np.flatnonzero(used)
         store = AttentionStore(
             text_len=self.text_length(max_sequence_length), image_first=self.image_first,
-            columns=torch.from_numpy(columns), lse_source=lse_source,
+            columns=torch.from_numpy(columns), lse_source=lse_source, image_keep=image_keep,
         )
         with self.capturing(store, names):
             for sigma in timesteps:

@@ -10,6 +10,7 @@ scored the same way and kept when nothing beats it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,3 +135,20 @@ def fit(c: Collected, cfg: GroundingConfig, max_heads: int = 64) -> tuple[Ground
               "blocks": list(fitted.blocks) if fitted.blocks else "all", "heads": len(chosen),
               "samples": int(c.per.shape[0])}
     return fitted, report
+
+
+def collect_presence(grounder, samples, use_segmenter: bool = True) -> list[dict[str, float | None]]:
+    """Presence features of each ``(image, expression, label)`` sample (``presence.FEATURES``)."""
+    out = []
+    for image, expression, _ in tqdm(samples, desc="calibrate: presence", leave=False):
+        out.append(grounder.segment(image, expression, use_segmenter=use_segmenter).features)
+    return out
+
+
+def fit_presence(grounder, samples, use_segmenter: bool = True) -> tuple[GroundingConfig, dict]:
+    """Fit the presence model on labelled samples; returns the config with it, and a report."""
+    from . import presence
+
+    feats = collect_presence(grounder, samples, use_segmenter)
+    fitted, report = presence.fit(feats, [label for _, _, label in samples])
+    return grounder.config.replace(presence=dataclasses.asdict(fitted)), report

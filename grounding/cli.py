@@ -117,19 +117,46 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_calibrate_presence(args) -> int:
+    from eval.shapes import presence_scenes
+
+    from .calibrate import fit_presence
+    from .zoo import resolve
+
+    out = Path(args.out or resolve(args.model))
+    if not args.out and not (out / "model_index.json").is_file():
+        raise ValueError("--out is needed when --model is not a local pipeline folder")
+    g = _grounder(args)
+    samples = presence_scenes(args.n, args.seed, g.config.resolution)
+    fitted, report = fit_presence(g, samples)
+    out.mkdir(parents=True, exist_ok=True)
+    fitted.save_pretrained(out)
+    report["written"] = str(out / "grounding.json")
+    print(json.dumps(report))
+    return 0
+
+
 def cmd_train_demo(args) -> int:
     import logging
 
-    from .demo import DemoConfig, train_demo
+    from .demo import DemoConfig, export_weights, train_demo
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed)
-    path = train_demo(args.out, cfg)
+    if args.from_weights:
+        print(json.dumps({"out": str(export_weights(args.from_weights, args.out))}))
+        return 0
+    cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed, size=args.size,
+                     dual_blocks=args.dual_blocks, single_blocks=args.single_blocks, width_heads=args.heads,
+                     head_dim=args.head_dim, device=args.device, amp=args.amp, workers=args.workers,
+                     minutes=args.minutes, grounding_loss=args.grounding_loss)
+    path = train_demo(args.out, cfg, weights_only=args.weights_only)
     print(json.dumps({"out": str(path)}))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .demo import DemoConfig
+
     ap = argparse.ArgumentParser(prog="python -m grounding", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
@@ -173,12 +200,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate)
 
+    p = sub.add_parser("calibrate-presence", help="fit the 'referent not in the image' model on generated "
+                                                  "shapes scenes with and without the named object")
+    _add_model_args(p)
+    p.add_argument("--n", type=int, default=300, help="scenes (half without the referent)")
+    p.add_argument("--seed", type=int, default=3)
+    p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
+    p.set_defaults(func=cmd_calibrate_presence)
+
     p = sub.add_parser("train-demo", help="train (or resume) the shapes demo model; checkpoints in OUT/train")
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--vae-steps", type=int, default=400)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=DemoConfig.size, help="image side in pixels")
+    p.add_argument("--dual-blocks", type=int, default=DemoConfig.dual_blocks)
+    p.add_argument("--single-blocks", type=int, default=DemoConfig.single_blocks)
+    p.add_argument("--heads", type=int, default=DemoConfig.width_heads)
+    p.add_argument("--head-dim", type=int, default=DemoConfig.head_dim)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering training scenes")
+    p.add_argument("--minutes", type=float, default=0.0,
+                   help="time budget for stage 2; --steps becomes the most it may run")
+    p.add_argument("--grounding-loss", type=float, default=DemoConfig.grounding_loss,
+                   help="weight of the token grounding loss (0 = flow matching alone)")
+    p.add_argument("--weights-only", action="store_true", help="write OUT/weights.pt (fp16) instead of a pipeline")
+    p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
     p.set_defaults(func=cmd_train_demo)
 
     args = ap.parse_args(argv)

@@ -32,6 +32,9 @@ class MagnetConfig:
     colour_word: str | None = None
     # Weight of the head noun relative to other content words (1.0 = no emphasis).
     head_noun_weight: float = 2.0
+    # Weight of content words in the complement of a relation (the anchor object of "left of the
+    # yellow circle", the bench of "on the left of the bench"); 1.0 = no special treatment.
+    complement_weight: float = 1.0
 
 
 @dataclass
@@ -59,6 +62,39 @@ class RedistributionConfig:
 
 
 @dataclass
+class ViewsConfig:
+    """AGLA-style prompt-masked views (arXiv 2406.12718), adapted from decoding to grounding.
+
+    ``assembled``: the global map G picks the tokens to keep (top ``keep`` fraction of G after a
+    Gaussian blur of ``smooth`` tokens; ``keep=None`` → ``1 − s/2`` with ``s`` the map's match
+    score), the rest of the image is filled (``blur`` / ``mean``: re-encoded and re-noised with the
+    global pass's seeded noise; ``attention``: same image, but text queries may not attend to
+    dropped image keys), a local pass gives L, and
+    ``log F = log G + alpha·log(L + lam/N)`` on the support ``G ≥ beta·max G`` (0 elsewhere).
+    """
+
+    mode: str = "global"  # "global" | "assembled"
+    fill: str = "blur"  # "blur" | "mean" | "attention"
+    keep: float | None = None
+    smooth: float = 1.0
+    alpha: float = 1.0
+    beta: float = 0.2
+    lam: float = 1.0
+
+
+@dataclass
+class PresenceConfig:
+    """Is the referent in the image? A logistic model over map features (``presence.FEATURES``),
+    fitted by ``python -m grounding calibrate-presence``; ``present = score ≥ threshold`` and a
+    non-empty mask. Unfitted (no weights): the score is the map's concentration and ``present``
+    only asks for a non-empty mask."""
+
+    weights: dict[str, float] = field(default_factory=dict)
+    bias: float = 0.0
+    threshold: float = 0.5
+
+
+@dataclass
 class GroundingConfig:
     """Everything that decides how a map is made. Defaults are documented in README."""
 
@@ -79,6 +115,8 @@ class GroundingConfig:
     magnets: MagnetConfig = field(default_factory=MagnetConfig)
     sinks: SinkConfig = field(default_factory=SinkConfig)
     redistribution: RedistributionConfig = field(default_factory=RedistributionConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    presence: PresenceConfig = field(default_factory=PresenceConfig)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = 0.5
     positive_points: int = 1

@@ -41,8 +41,21 @@ class DemoConfig:
     dual_blocks: int = 4
     single_blocks: int = 2
     text_dim: int = 64
-    max_sequence_length: int = 32
+    max_sequence_length: int = 48
     checkpoint_every: int = 100
+    # Training captions: chance that an object gets its position phrase, that only some are named.
+    position_words: float = 0.5
+    subset_captions: float = 0.3
+    # Weight of the token grounding loss (TokenCompose, arXiv 2312.03626) on the dual blocks'
+    # head-mean image→text attention; 0 = flow matching alone.
+    grounding_loss: float = 0.2
+    # Where and how to run (not part of the model): device, bf16 autocast on CUDA, data workers,
+    # and a time budget in minutes for stage 2 (0 = run ``steps``; else ``steps`` is fixed
+    # from the measured step time after the first steps and recorded in train/config.json).
+    device: str = "cpu"
+    amp: bool = False
+    workers: int = 0
+    minutes: float = 0.0
 
 
 def build_components(cfg: DemoConfig):
@@ -76,16 +89,88 @@ def build_components(cfg: DemoConfig):
     return vae, t5, t5_tok, clip, clip_tok, transformer
 
 
-def scene_batch(rng: np.random.RandomState, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
-    from eval.shapes import caption, random_scene
+def scene_batch(rng: np.random.RandomState, n: int, size: int, position: float = 0.0,
+                subset: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    """``n`` random scenes ``[n, 3, size, size]`` in [-1, 1] and their captions."""
+    x, captions, _ = scene_batch_with_spans(rng, n, size, position, subset)
+    return x, captions
 
-    images, captions = [], []
+
+def scene_batch_with_spans(rng: np.random.RandomState, n: int, size: int, position: float = 0.0,
+                           subset: float = 0.0):
+    """Scenes, captions, and per scene ``(masks [K, size, size], spans)`` of the named objects."""
+    from eval.shapes import caption_spans, random_scene
+
+    images, captions, where = [], [], []
     for _ in range(n):
         s = random_scene(rng, size)
         images.append(np.asarray(s.image, dtype=np.float32))
-        captions.append(caption(s, rng))
+        text, spans = caption_spans(s, rng, position, subset)
+        captions.append(text)
+        where.append((np.stack(s.masks), spans))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
-    return x, captions
+    return x, captions, where
+
+
+def token_targets(tokenizer, captions: list[str], where, max_len: int, grid: int) -> torch.Tensor:
+    """float ``[B, N, T]``: for text position ``t`` of a content word of object ``k``'s phrase,
+    the share of each image token's cell covered by object ``k``; zero columns elsewhere
+    (articles, "at", "and", punctuation, EOS, padding)."""
+    from .config import STOP_WORDS
+
+    enc = tokenizer(captions, padding="max_length", max_length=max_len, truncation=True,
+                    return_offsets_mapping=True)
+    out = np.zeros((len(captions), grid * grid, max_len), dtype=np.float32)
+    for b, (text, (masks, spans)) in enumerate(zip(captions, where)):
+        k_, hw = masks.shape[0], masks.shape[1]
+        cells = masks.reshape(k_, grid, hw // grid, grid, hw // grid).mean(axis=(2, 4)).reshape(k_, -1)
+        for t, (s0, e0) in enumerate(enc["offset_mapping"][b]):
+            if e0 <= s0 or text[s0:e0].strip().lower() in STOP_WORDS or not text[s0:e0].strip().isalpha():
+                continue
+            for k, a, e in spans:
+                if a <= s0 and e0 <= e:
+                    out[b, :, t] = cells[k]
+    return torch.from_numpy(out)
+
+
+class SceneBatches(torch.utils.data.IterableDataset):
+    """Batch ``k`` for steps ``start ≤ k < stop``, each drawn from its own seed, so a run is the
+    same however many workers render it (the DataLoader takes workers' batches in turn).
+    Yields ``(x, captions, targets)``; targets (see ``token_targets``) only when ``tokenizer``."""
+
+    def __init__(self, cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True,
+                 tokenizer=None):
+        self.cfg, self.start, self.stop, self.seed_base, self.captions = cfg, start, stop, seed_base, captions
+        self.tokenizer = tokenizer
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        c = self.cfg
+        for k in range(self.start + wid, self.stop, nw):
+            rng = np.random.RandomState(c.seed * self.seed_base + k)
+            x, caps, where = scene_batch_with_spans(rng, c.batch, c.size, c.position_words if self.captions else 0.0,
+                                                    c.subset_captions if self.captions else 0.0)
+            targets = None
+            if self.tokenizer is not None:
+                targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.size // 4)
+            yield x, caps, targets
+
+
+def _batches(cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True, tokenizer=None):
+    ds = SceneBatches(cfg, start, stop, seed_base, captions, tokenizer)
+    if cfg.workers <= 0:
+        return iter(ds)
+    return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
+                                            worker_init_fn=lambda _: torch.set_num_threads(1)))
+
+
+def _autocast(cfg: DemoConfig):
+    import contextlib
+
+    if cfg.amp and cfg.device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _save(path: Path, **state) -> None:
@@ -96,21 +181,24 @@ def _save(path: Path, **state) -> None:
 
 def train_vae(vae, cfg: DemoConfig, work: Path) -> None:
     ckpt = work / "vae.pt"
+    dev = torch.device(cfg.device)
+    vae.to(dev)
     opt = torch.optim.Adam(vae.parameters(), lr=cfg.vae_lr)
     step = 0
     if ckpt.is_file():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=False, map_location=dev)
         vae.load_state_dict(st["model"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
     vae.train()
     t0 = time.time()
-    while step < cfg.vae_steps:
-        x, _ = scene_batch(np.random.RandomState(cfg.seed * 1_000_003 + step), cfg.batch, cfg.size)
-        post = vae.encode(x).latent_dist
-        z = post.sample(generator=torch.Generator().manual_seed(step))
-        rec = vae.decode(z).sample
-        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+    for x, _, _ in _batches(cfg, step, cfg.vae_steps, 1_000_003, captions=False):
+        x = x.to(dev)
+        with _autocast(cfg):
+            post = vae.encode(x).latent_dist
+            z = post.sample(generator=torch.Generator(dev).manual_seed(step))
+            rec = vae.decode(z).sample
+        loss = F.mse_loss(rec.float(), x) + 1e-6 * post.kl().float().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -125,15 +213,17 @@ def train_vae(vae, cfg: DemoConfig, work: Path) -> None:
 @torch.no_grad()
 def latent_stats(vae, cfg: DemoConfig) -> tuple[float, float]:
     x, _ = scene_batch(np.random.RandomState(cfg.seed + 7), 256, cfg.size)
-    z = vae.encode(x).latent_dist.mode()
+    dev = next(vae.parameters()).device
+    z = torch.cat([vae.encode(x[i:i + 64].to(dev)).latent_dist.mode() for i in range(0, len(x), 64)])
     return float(z.mean()), float(1.0 / z.std())
 
 
 def encode_text(t5, t5_tok, clip, clip_tok, captions: list[str], max_len: int):
+    dev = next(t5.parameters()).device
     ids = t5_tok(captions, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-    embeds = t5(ids)[0]
+    embeds = t5(ids.to(dev))[0]
     cids = clip_tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
-    pooled = clip(cids).pooler_output
+    pooled = clip(cids.to(dev)).pooler_output
     return embeds, pooled
 
 
@@ -149,38 +239,103 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
+class _TextLogitsProcessor:
+    """Training-time FLUX processor: the stock attention output, plus the image→text logits
+    ``[B, H, N, T]`` of this block appended to ``sink`` (with gradient) for the grounding loss."""
+
+    def __init__(self, sink: list, n_txt: int):
+        from .attention import FluxCaptureAttnProcessor
+
+        self.sink, self.n_txt = sink, n_txt
+        self._body = FluxCaptureAttnProcessor(None, "train")
+        self._body.attend = self.attend
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        t = self.n_txt
+        self.sink.append((q[:, :, t:] @ k[:, :, :t].transpose(-1, -2)) * q.shape[-1] ** -0.5)
+        return F.scaled_dot_product_attention(q, k, v)
+
+    def __call__(self, *args, **kwargs):
+        return self._body(*args, **kwargs)
+
+
+def grounding_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
+    """TokenCompose's token loss on head-mean attention: for every supervised text position,
+    ``(1 − share of its column's mass on the object's cells)²``, averaged over positions and
+    blocks. Each image token's attention is taken over the text keys (what the engine reads
+    with redistribution on); ``targets`` ``[B, N, T]`` as ``token_targets``."""
+    used = targets.amax(dim=1) > 0  # [B, T]
+    if not used.any():
+        return logits[0].sum() * 0.0
+    losses = []
+    for lg in logits:
+        p = lg.float().softmax(dim=-1).mean(dim=1)  # [B, N, T]
+        col = p / p.sum(dim=1, keepdim=True).clamp_min(1e-12)
+        share = (col * targets).sum(dim=1)  # [B, T]
+        losses.append(((1 - share) ** 2)[used].mean())
+    return torch.stack(losses).mean()
+
+
+def _lr(cfg: DemoConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
+
+
 def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoConfig, work: Path,
                       shift: float, scale: float) -> None:
     ckpt = work / "transformer.pt"
+    dev = torch.device(cfg.device)
+    if dev.type == "cuda":
+        # bf16 autocast backward hit an illegal memory access on an H200 (torch 2.11, cuDNN attention
+        # chosen by default); fp32 with TF32 matmuls and the memory-efficient kernel is what ran.
+        torch.backends.cuda.enable_cudnn_sdp(False)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    for m in (vae, t5, clip, transformer):
+        m.to(dev)
     params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     step = 0
     if ckpt.is_file():
-        st = torch.load(ckpt, weights_only=False)
+        st = torch.load(ckpt, weights_only=False, map_location=dev)
         transformer.load_state_dict(st["transformer"])
         t5.load_state_dict(st["t5"])
         clip.load_state_dict(st["clip"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
+        if cfg.minutes:  # a time-budgeted run resumes with the length it fixed
+            cfg.steps, cfg.minutes = st.get("steps", cfg.steps), 0.0
     transformer.train(), t5.train(), clip.train()
     grid = cfg.size // 2 // 2
-    img_ids = image_ids(grid, grid)
-    txt_ids = torch.zeros(cfg.max_sequence_length, 3)
-    t0, ema = time.time(), None
+    img_ids = image_ids(grid, grid).to(dev)
+    txt_ids = torch.zeros(cfg.max_sequence_length, 3, device=dev)
+    logits: list[torch.Tensor] = []
+    if cfg.grounding_loss:
+        transformer.set_attn_processor({
+            name: (_TextLogitsProcessor(logits, cfg.max_sequence_length) if name.startswith("transformer_blocks.")
+                   else proc)
+            for name, proc in transformer.attn_processors.items()})
+    t0, ema, gema, probe = time.time(), None, None, None
+    batches = _batches(cfg, step, 10 ** 9 if cfg.minutes else cfg.steps, 7_000_003,
+                       tokenizer=t5_tok if cfg.grounding_loss else None)
     while step < cfg.steps:
-        rng = np.random.RandomState(cfg.seed * 7_000_003 + step)
-        x, captions = scene_batch(rng, cfg.batch, cfg.size)
+        x, captions, targets = next(batches)
+        logits.clear()
         with torch.no_grad():
-            x0 = (vae.encode(x).latent_dist.mode() - shift) * scale
+            x0 = (vae.encode(x.to(dev)).latent_dist.mode() - shift) * scale
         g = torch.Generator().manual_seed(step)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.rand(cfg.batch, generator=g)
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.rand(cfg.batch, generator=g).to(dev)
         xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
-        embeds, pooled = encode_text(t5, t5_tok, clip, clip_tok, captions, cfg.max_sequence_length)
-        pred = transformer(hidden_states=pack(xt), timestep=t, pooled_projections=pooled,
-                           encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
-        loss = F.mse_loss(pred, pack(noise - x0))
-        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
+        with _autocast(cfg):
+            embeds, pooled = encode_text(t5, t5_tok, clip, clip_tok, captions, cfg.max_sequence_length)
+            pred = transformer(hidden_states=pack(xt), timestep=t, pooled_projections=pooled,
+                               encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+        loss = flow = F.mse_loss(pred.float(), pack(noise - x0))
+        if cfg.grounding_loss:
+            g_loss = grounding_loss(logits, targets.to(dev))
+            loss = flow + cfg.grounding_loss * g_loss
+            gema = g_loss.item() if gema is None else 0.98 * gema + 0.02 * g_loss.item()
+        lr = _lr(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -188,17 +343,34 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if step % 25 == 0 or step == cfg.steps:
-            log.info("step %d loss %.4f (ema %.4f) lr %.2e (%.1fs)", step, loss.item(), ema, lr, time.time() - t0)
+        if cfg.minutes and step == 20:
+            probe = time.time()
+        if cfg.minutes and step == 60:  # fix the run length from the measured step time
+            per = (time.time() - probe) / 40
+            cfg.steps = max(60, min(cfg.steps, int(cfg.minutes * 60 / per)))
+            (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+            log.info("%.1f ms/step: %d steps fit in %.1f min", per * 1e3, cfg.steps, cfg.minutes)
+        if cfg.minutes and time.time() - t0 > 1.3 * 60 * cfg.minutes and step < cfg.steps:
+            log.warning("step %d: past 1.3 x the time budget (the machine got slower); stopping here", step)
+            cfg.steps = step
+            (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        ema = flow.item() if ema is None else 0.98 * ema + 0.02 * flow.item()
+        if step % 100 == 0 or step == cfg.steps:
+            log.info("step %d flow %.4f (ema %.4f) grounding (ema) %s lr %.2e (%.1fs)", step, flow.item(), ema,
+                     "-" if gema is None else f"{gema:.4f}", lr, time.time() - t0)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
             _save(ckpt, transformer=transformer.state_dict(), t5=t5.state_dict(), clip=clip.state_dict(),
-                  opt=opt.state_dict(), step=step)
+                  opt=opt.state_dict(), step=step, steps=cfg.steps)
+    if cfg.grounding_loss:
+        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
+
+        transformer.set_attn_processor(FluxAttnProcessor())
     transformer.eval(), t5.eval(), clip.eval()
 
 
-def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
-    """Train (or resume) both stages and write the pipeline folder to ``out``."""
+def train_demo(out: str | Path, cfg: DemoConfig | None = None, weights_only: bool = False) -> Path:
+    """Train (or resume) both stages; write the pipeline folder to ``out`` (or, with
+    ``weights_only``, just ``out/weights.pt`` for ``export_weights`` to turn into one elsewhere)."""
     cfg = cfg or DemoConfig()
     out = Path(out)
     work = out / "train"
@@ -211,7 +383,34 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None) -> Path:
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     log.info("latent shift %.4f scale %.4f", shift, scale)
     train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg, work, shift, scale)
+    if weights_only:
+        return save_weights(out / "weights.pt", cfg, vae, t5, clip, transformer)
+    for m in (vae, t5, clip, transformer):
+        m.to("cpu")
     return save_pipeline(out, cfg, vae, t5, t5_tok, clip, clip_tok, transformer)
+
+
+def save_weights(path: Path, cfg: DemoConfig, vae, t5, clip, transformer) -> Path:
+    """Model weights (fp16) and config in one file: small enough to carry off a training machine."""
+    half = {name: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
+            for name, m in (("vae", vae), ("t5", t5), ("clip", clip), ("transformer", transformer))}
+    vcfg = vae.config
+    _save(path, config=asdict(cfg), latent=(vcfg.shift_factor, vcfg.scaling_factor), **half)
+    return path
+
+
+def export_weights(path: str | Path, out: str | Path) -> Path:
+    """A ``save_weights`` file → a complete FluxPipeline folder (fp32) with its grounding.json."""
+    st = torch.load(path, weights_only=False, map_location="cpu")
+    known = set(DemoConfig.__dataclass_fields__)
+    cfg = DemoConfig(**{k: v for k, v in st["config"].items() if k in known})
+    cfg.device, cfg.amp, cfg.workers, cfg.minutes = "cpu", False, 0, 0.0
+    vae, t5, t5_tok, clip, clip_tok, transformer = build_components(cfg)
+    for name, m in (("vae", vae), ("t5", t5), ("clip", clip), ("transformer", transformer)):
+        m.load_state_dict({k: v.float() for k, v in st[name].items()})
+    shift, scale = st["latent"]
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    return save_pipeline(Path(out), cfg, vae.eval(), t5.eval(), t5_tok, clip.eval(), clip_tok, transformer.eval())
 
 
 def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, transformer) -> Path:
@@ -231,11 +430,12 @@ def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, t
 def export_checkpoint(work: Path, out: Path) -> Path:
     """The pipeline as it stands at the last checkpoints in ``work`` (to look at a run in progress)."""
     cfg = DemoConfig(**json.loads((work / "config.json").read_text()))
+    cfg.device = "cpu"
     vae, t5, t5_tok, clip, clip_tok, transformer = build_components(cfg)
-    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False)["model"])
+    vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False, map_location="cpu")["model"])
     shift, scale = latent_stats(vae.eval(), cfg)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    st = torch.load(work / "transformer.pt", weights_only=False)
+    st = torch.load(work / "transformer.pt", weights_only=False, map_location="cpu")
     transformer.load_state_dict(st["transformer"])
     t5.load_state_dict(st["t5"])
     clip.load_state_dict(st["clip"])

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import maps, zoo
+from . import maps, presence, views, zoo
 from .backends import Backend, Capture, load_backend
 from .config import GroundingConfig
 from .images import open_image
@@ -44,6 +44,12 @@ class ReferentMap:
     map: torch.Tensor
     grid: tuple[int, int]
     timings_ms: dict[str, float]
+    # Assembled views only: the global and local maps ``[N]`` and their agreement (cosine).
+    global_map: torch.Tensor | None = None
+    local_map: torch.Tensor | None = None
+    agreement: float | None = None
+    # Presence features (``presence.FEATURES``) known after the map stage.
+    features: dict[str, float | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,9 +126,11 @@ class Grounder:
         cfg = cfg or self.config
         return align(expression, self.backend.streams(self._max_len(cfg)), cfg.magnets)
 
-    def capture(self, images: list[Image.Image], tokens: list[PromptTokens], cfg: GroundingConfig) -> list[tuple[Capture, int]]:
+    def capture(self, images: list[Image.Image], tokens: list[PromptTokens], cfg: GroundingConfig,
+                image_keep: list[torch.Tensor] | None = None) -> list[tuple[Capture, int]]:
         """Run the transformer over (image, prompt) pairs, batched by input size.
 
+        ``image_keep`` (per pair, bool ``[N]``) hides the other image tokens from text queries.
         Returns, per pair, its ``Capture`` and its index inside it.
         """
         groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -133,6 +141,7 @@ class Grounder:
             cap = self.backend.capture(
                 [images[i] for i in idx], [tokens[i] for i in idx], size, cfg.timesteps, cfg.seed,
                 self._max_len(cfg), cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None,
+                image_keep=None if image_keep is None else torch.stack([image_keep[i] for i in idx]),
             )
             for j, i in enumerate(idx):
                 out[i] = (cap, j)
@@ -179,12 +188,39 @@ class Grounder:
         out = []
         for im, tok, (cap, b) in zip(images, tokens, caps):
             s0 = time.perf_counter()
-            A, _ = cap.sample(b)
+            A, kinds = cap.sample(b)
             ref, _ = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
             out.append(ReferentMap(im, tok, ref, cap.grid, {
                 "prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs),
-                "maps": (time.perf_counter() - s0) * 1000}))
+                "maps": (time.perf_counter() - s0) * 1000}, features={"content_share": presence.content_share(A, kinds)}))
+        if cfg.views.mode == "assembled":
+            self._assemble_views(out, cfg)
+        elif cfg.views.mode != "global":
+            raise ValueError(f"views.mode must be 'global' or 'assembled', got {cfg.views.mode!r}")
+        for it in out:
+            it.features["concentration"] = views.match_score(it.map)
+            it.features["agreement"] = it.agreement
         return out
+
+    def _assemble_views(self, items: list[ReferentMap], cfg: GroundingConfig) -> None:
+        """Local pass on prompt-masked views (same seeded noise), then G and L assembled in place."""
+        v = cfg.views
+        if v.fill not in views.FILLS:
+            raise ValueError(f"views.fill must be one of {views.FILLS}, got {v.fill!r}")
+        t0 = time.perf_counter()
+        keeps = [views.keep_tokens(it.map, it.grid, v) for it in items]
+        tokens = [it.tokens for it in items]
+        if v.fill == "attention":
+            caps = self.capture([it.image for it in items], tokens, cfg, image_keep=keeps)
+        else:
+            caps = self.capture([views.masked_view(it.image, k, it.grid, v.fill) for it, k in zip(items, keeps)],
+                                tokens, cfg)
+        for it, (cap, b) in zip(items, caps):
+            local, _ = maps.referent_map(cap.sample(b)[0], it.tokens, cap.columns, cap.block_names, cfg)
+            g, l_ = maps.normalise(it.map), maps.normalise(local)
+            it.global_map, it.local_map, it.agreement = g, l_, views.agreement(g, l_)
+            it.map = views.assemble(g, l_, v)
+            it.timings_ms["views"] = (time.perf_counter() - t0) * 1000 / len(items)
 
     def segment_map(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
                     token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
@@ -211,10 +247,13 @@ class Grounder:
         provider = getattr(segmenter, "provider", None)
         if provider:  # which onnxruntime provider ran SAM, e.g. "segmenter_CPUExecutionProvider"
             timings[f"segmenter_{provider}"] = (s2 - s1) * 1000
+        feats = dict(item.features, sam_iou=None if seg.predicted_iou is None else float(seg.predicted_iou))
+        present, presence_score = presence.is_present(feats, cfg.presence, bool(seg.mask.any()))
         result = GroundingResult(
             expression=item.tokens.expression, mask=seg.mask, box=box_of(seg.mask),
             score=combined_score(heatmap, seg), heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
             segmenter=segmenter.name, warnings=list(item.tokens.warnings), timings_ms=timings,
+            present=present, presence_score=presence_score, features=feats,
         )
         return result, seg
 

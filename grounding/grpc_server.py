@@ -22,7 +22,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Grounding"].full_name
 def _options(msg: pb.Options) -> dict:
     values = {"return_heatmap": msg.return_heatmap, "return_mask_png": msg.return_mask_png,
               "mask_format": msg.mask_format or None}
-    for name in ("threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed"):
+    for name in ("threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views"):
         if msg.HasField(name):
             values[name] = getattr(msg, name)
     return values
@@ -53,7 +53,8 @@ class GroundingServicer(pb_grpc.GroundingServicer):
                                            png=seg.get("png", b""))
             out.append(pb.Result(
                 expression=d["expression"], box=d["box"], box_format=d["box_format"], score=d["score"],
-                segmentation=segmentation, present=d["present"], warnings=d["warnings"],
+                segmentation=segmentation, present=d["present"], presence_score=d["presence_score"],
+                warnings=d["warnings"],
                 points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
                 mask_png=d.get("mask_png", b""), heatmap_png=d.get("heatmap_png", b""),
             ))

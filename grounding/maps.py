@@ -137,8 +137,10 @@ def clean(A: torch.Tensor, kinds: np.ndarray, columns: np.ndarray, cfg: Groundin
 
 
 def column_weights(tokens: PromptTokens, columns: np.ndarray, cfg: GroundingConfig) -> torch.Tensor:
-    """float ``[C]``: content tokens 1, head noun ``head_noun_weight``, everything else 0."""
-    return torch.from_numpy(tokens.token_weights(cfg.magnets.head_noun_weight)[columns])
+    """float ``[C]``: content tokens 1, head noun ``head_noun_weight``, complement words
+    ``complement_weight``, everything else 0."""
+    m = cfg.magnets
+    return torch.from_numpy(tokens.token_weights(m.head_noun_weight, m.complement_weight)[columns])
 
 
 def referent_maps_per_component(cleaned: CleanedAttention, weights: torch.Tensor) -> torch.Tensor:

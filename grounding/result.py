@@ -20,6 +20,9 @@ class GroundingResult:
     segmenter: str = ""
     timings_ms: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    present: bool = True  # see ``PresenceConfig``
+    presence_score: float = 0.0
+    features: dict[str, float | None] = field(default_factory=dict)  # presence features
 
     def to_json(self) -> dict:
         """JSON-ready dict; the mask as COCO RLE (``{"size": [h, w], "counts": str}``)."""
@@ -31,6 +34,8 @@ class GroundingResult:
             "segmentation": mask_to_rle(self.mask),
             "points": [[round(float(x), 2), round(float(y), 2)] for x, y in self.points],
             "point_labels": [int(v) for v in self.point_labels],
+            "present": bool(self.present),
+            "presence_score": round(float(self.presence_score), 6),
             "segmenter": self.segmenter,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),

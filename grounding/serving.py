@@ -23,6 +23,7 @@ from .tokens import validate_expression
 MASK_FORMATS = ("rle", "polygon", "png")
 HEATMAP_FORMATS = ("png", "array")
 SINK_MODES = ("suppress", "redirect")
+VIEW_MODES = ("global", "assembled")
 
 
 class RequestError(ValueError):
@@ -47,6 +48,7 @@ class Options:
     sinks_mode: str | None = None
     redistribution: bool | None = None
     seed: int | None = None
+    views: str | None = None  # "global" | "assembled"
 
     def overrides(self) -> dict[str, Any]:
         """Grounding config overrides these options ask for."""
@@ -63,6 +65,8 @@ class Options:
             out["redistribution.enabled"] = bool(self.redistribution)
         if self.seed is not None:
             out["seed"] = int(self.seed)
+        if self.views is not None:
+            out["views.mode"] = self.views
         return out
 
 
@@ -80,6 +84,8 @@ def parse_options(values: dict[str, Any]) -> Options:
         raise RequestError(f"heatmap_format must be one of {HEATMAP_FORMATS}, got {opts.heatmap_format!r}")
     if opts.sinks_mode is not None and opts.sinks_mode not in SINK_MODES:
         raise RequestError(f"sinks_mode must be one of {SINK_MODES}, got {opts.sinks_mode!r}")
+    if opts.views is not None and opts.views not in VIEW_MODES:
+        raise RequestError(f"views must be one of {VIEW_MODES}, got {opts.views!r}")
     if opts.threshold is not None and not (0.0 < float(opts.threshold) < 1.0):
         raise RequestError(f"threshold must be in (0, 1), got {opts.threshold}")
     return opts
@@ -243,11 +249,6 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
     return polys
 
 
-def present(r: GroundingResult) -> bool:
-    """Whether the referent was found. Until presence calibration lands: a non-empty mask."""
-    return bool(r.mask.any())
-
-
 def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
     """One result as JSON-ready dict; PNGs base64 text (or raw bytes with ``binary``, for gRPC)."""
     png = png_bytes if binary else png_base64
@@ -266,7 +267,8 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
         "segmentation": seg,
         "points": [[round(float(x), 2), round(float(y), 2)] for x, y in r.points],
         "point_labels": [int(v) for v in r.point_labels],
-        "present": present(r),
+        "present": bool(r.present),
+        "presence_score": round(float(r.presence_score), 6),
         "warnings": list(r.warnings),
     }
     if opts.return_mask_png:

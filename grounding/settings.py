@@ -2,7 +2,7 @@
 
 | variable | meaning | default |
 |---|---|---|
-| ``GROUNDING_MODEL`` | hub id, folder or zoo name | the offline default (``tiny-flux``) |
+| ``GROUNDING_MODEL`` | hub id, folder or zoo name | the offline default (``shapes-demo``, the shipped model; ``tiny-flux`` in a checkout without it) |
 | ``GROUNDING_SEGMENTER`` | SAM checkpoint path; empty = map-threshold masks | empty |
 | ``GROUNDING_DEVICE`` | ``cpu`` / ``cuda`` | cuda when available |
 | ``GROUNDING_DTYPE`` | ``float32`` / ``bfloat16`` / ``float16`` | bf16 on cuda, fp32 on cpu |

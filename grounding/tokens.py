@@ -19,6 +19,9 @@ _PHRASE_BREAKS = frozenset(
     sitting standing""".split()
 )
 
+# Words that place the referent itself ("at the top", "on the left of ..."): never part of a complement.
+_SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
+
 # Kinds of text position, in the order used by `PromptTokens.kinds`.
 PAD, SPECIAL, PUNCT, STOP, MAGNET, CONTENT = range(6)
 KIND_NAMES = ("pad", "special", "punct", "stop", "magnet", "content")
@@ -63,11 +66,16 @@ class PromptTokens:
         """Text positions of word ``word`` in every stream."""
         return np.flatnonzero(self.word_index == word).tolist()
 
-    def token_weights(self, head_noun_weight: float) -> np.ndarray:
-        """float32 [T]: 1 for content tokens, ``head_noun_weight`` for the head noun, else 0."""
+    def token_weights(self, head_noun_weight: float, complement_weight: float = 1.0) -> np.ndarray:
+        """float32 [T]: 1 for content tokens, ``head_noun_weight`` for the head noun,
+        ``complement_weight`` for content words of the complement (see ``complement_words``),
+        else 0."""
         w = (self.kinds == CONTENT).astype(np.float32)
         if self.head_word is not None:
             w[self.word_index == self.head_word] *= head_noun_weight
+        if complement_weight != 1.0:
+            for i in complement_words(self.words):
+                w[self.word_index == i] *= complement_weight
         return w
 
 
@@ -96,6 +104,18 @@ def head_noun(words: list[Word]) -> int | None:
             if before:
                 return before[-1]
     return cands[-1]
+
+
+def complement_words(words: list[Word]) -> list[int]:
+    """Indices of content words after the first phrase break ("of", "on", "holding", ...) that
+    do not place the referent itself: in "the square left of the yellow circle" → yellow,
+    circle (the anchor object); in "the circle at the top" → none ("top" places the referent)."""
+    first = next((i for i, w in enumerate(words) if w.text.lower() in _PHRASE_BREAKS
+                  and w.text.lower() not in _SPATIAL), None)
+    if first is None:
+        return []
+    return [i for i in range(first + 1, len(words))
+            if words[i].kind == CONTENT and words[i].text.lower() not in _SPATIAL]
 
 
 def validate_expression(expression: str) -> str:

@@ -58,3 +58,14 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     cfg = json.loads((out / "grounding.json").read_text())
     assert set(cfg["timesteps"]) <= {0.2, 0.3, 0.5}
     assert cfg["resolution"] == 64  # the model's own settings are kept
+
+
+def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
+    out = tmp_path / "presence"
+    p = run("calibrate-presence", "--model", tiny_flux_dir, "--n", 12, "--out", out)
+    report = json.loads(p.stdout.strip().splitlines()[-1])
+    assert report["samples"] == 12 and report["present"] == 6 and 0.0 <= report["roc_auc"] <= 1.0
+    assert report["features"] == ["content_share", "concentration"]
+    cfg = json.loads((out / "grounding.json").read_text())
+    assert set(cfg["presence"]["weights"]) == {"content_share", "concentration"}
+    assert cfg["presence"]["threshold"] == report["threshold"]

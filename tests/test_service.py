@@ -42,7 +42,16 @@ def test_segment_multipart_rle_decodes_to_image_size(server):
     assert res["box_format"] == "xyxy" and len(res["box"]) == 4 and 0 <= res["score"] <= 1
     mask = rle_to_mask(res["segmentation"])
     assert mask.shape == (60, 80) and res["present"] == bool(mask.any())
+    assert 0.0 <= res["presence_score"] <= 1.0
     assert "transformer" in doc["timings_ms"] and "total" in doc["timings_ms"]
+
+
+def test_assembled_views_option(server):
+    plain = segment(server, encode(scene()), return_heatmap="true")
+    views = segment(server, encode(scene()), return_heatmap="true", views="assembled")
+    assert plain.status_code == 200 and views.status_code == 200, views.text
+    assert "views" in views.json()["timings_ms"] and "views" not in plain.json()["timings_ms"]
+    assert views.json()["results"][0]["heatmap_png"] != plain.json()["results"][0]["heatmap_png"]
 
 
 def test_segment_json_base64_several_expressions(server):
@@ -112,6 +121,7 @@ def test_bad_images_are_4xx_and_server_survives(server, content, ctype, status, 
     ({"expression": '["a red circle"' + ', "blue"' * 20 + "]"}, "over the limit"),
     ({"mask_format": "bmp"}, "mask_format"),
     ({"sinks_mode": "nope"}, "sinks_mode"),
+    ({"views": "local"}, "views"),
     ({"threshold": "2"}, "threshold"),
 ])
 def test_bad_fields_are_400(server, fields, message):
@@ -171,6 +181,10 @@ def test_grpc_segment_ground_health_reflection(server):
         r = stub.Segment(pb.SegmentRequest(image=encode(scene(80, 60)), expressions=["red circle", "blue square"],
                                            options=pb.Options(return_heatmap=True)), timeout=60)
         assert (r.image.width, r.image.height) == (80, 60) and len(r.results) == 2
+        assert all(0.0 <= res.presence_score <= 1.0 for res in r.results)
+        assembled = stub.Segment(pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
+                                                   options=pb.Options(views="assembled")), timeout=60)
+        assert "views" in assembled.timings_ms
         for res in r.results:
             mask = rle_to_mask({"size": list(res.segmentation.size), "counts": res.segmentation.counts})
             assert mask.shape == (60, 80) and len(res.box) == 4
@@ -181,7 +195,9 @@ def test_grpc_segment_ground_health_reflection(server):
                          (pb.SegmentRequest(image=encode(scene()), expressions=["the of"]), "no content words"),
                          (pb.SegmentRequest(image=encode(scene())), "expression"),
                          (pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
-                                            options=pb.Options(mask_format="bmp")), "mask_format")]:
+                                            options=pb.Options(mask_format="bmp")), "mask_format"),
+                         (pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
+                                            options=pb.Options(views="local")), "views")]:
             with pytest.raises(grpc.RpcError) as err:
                 stub.Segment(req, timeout=60)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in err.value.details()

@@ -71,6 +71,30 @@ def test_head_noun_rule():
     assert head("left of the car") == "car"
 
 
+def test_complement_words():
+    from grounding.tokens import build_prompt, complement_words
+
+    def comp(expr):
+        _, words = build_prompt(expr, MagnetConfig(enabled=False))
+        return [words[i].text for i in complement_words(words)]
+
+    assert comp("the square left of the yellow circle") == ["yellow", "circle"]
+    assert comp("the dog on the left of the bench") == ["bench"]
+    assert comp("the circle at the top") == []
+    assert comp("the big red circle") == []
+    assert comp("man holding a red cup") == ["red", "cup"]
+
+
+def test_complement_weight_scales_only_the_anchor(backend):
+    tok = align("the square left of the yellow circle", backend.streams(32), MagnetConfig(complement_weight=0.25))
+    w_plain = tok.token_weights(2.0)
+    w = tok.token_weights(2.0, 0.25)
+    by_word = {tok.words[i].text: float(w[tok.positions(i)[0]]) for i in range(len(tok.words)) if tok.positions(i)}
+    assert by_word["square"] == 2.0 and by_word["left"] == 1.0
+    assert by_word["yellow"] == 0.25 and by_word["circle"] == 0.25
+    assert (w_plain[w == 0.25] == 1.0).all()
+
+
 @pytest.mark.parametrize("bad", ["", "   \t\n", "the of a", "?!", "the, and."])
 def test_nothing_to_ground_is_a_value_error(bad):
     with pytest.raises(ValueError):

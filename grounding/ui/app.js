@@ -32,6 +32,7 @@ function formData(extra) {
   fd.append("sinks", $("#sinks").checked);
   fd.append("sinks_mode", $("#sinks-mode").value);
   fd.append("redistribution", $("#redistribution").checked);
+  fd.append("views", $("#views").checked ? "assembled" : "global");
   for (const [k, v] of Object.entries(extra)) fd.append(k, v);
   return fd;
 }

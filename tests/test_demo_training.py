@@ -1,0 +1,82 @@
+"""Demo-model training pieces: grounding-loss targets and loss, and a tiny end-to-end run that
+resumes from its checkpoint and exports a pipeline the Grounder loads."""
+
+import json
+
+import numpy as np
+import torch
+
+from eval.shapes import Obj, caption_spans, render
+from grounding.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
+from grounding.tiny import _t5_tokenizer
+
+
+def _scene():
+    objs = [Obj("circle", "red", "big", 8, 8, 6), Obj("square", "blue", "small", 24, 24, 5)]
+    return render(objs, 32, np.random.RandomState(0))
+
+
+def test_caption_spans_cover_each_named_object():
+    scene = _scene()
+    text, spans = caption_spans(scene, np.random.RandomState(1), position=1.0)
+    for k, a, e in spans:
+        phrase = text[a:e]
+        o = scene.objects[k]
+        assert phrase.startswith("a ") and o.colour in phrase and o.shape in phrase
+    assert {k for k, _, _ in spans} == {0, 1}
+
+
+def test_token_targets_mark_content_words_with_their_object_cells():
+    scene = _scene()
+    text = "a big red circle at the top left and a small blue square"
+    spans = [(0, 0, text.index(" and")), (1, text.index("a small"), len(text))]
+    tok = _t5_tokenizer()
+    T = token_targets(tok, [text], [(np.stack(scene.masks), spans)], 16, 8)[0]  # [N, T]
+    pieces = tok.convert_ids_to_tokens(tok(text).input_ids)
+    cells = [m.reshape(8, 4, 8, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]
+    for t, p in enumerate(pieces):
+        word = p.lstrip("▁")
+        if word in ("big", "red", "circle", "top", "left"):
+            assert np.allclose(T[:, t].numpy(), cells[0], atol=1e-6), word
+        elif word in ("small", "blue", "square"):
+            assert np.allclose(T[:, t].numpy(), cells[1], atol=1e-6), word
+        else:  # a, at, the, and, EOS
+            assert float(T[:, t].abs().sum()) == 0.0, word
+
+
+def test_grounding_loss_is_low_on_the_object_and_has_gradient():
+    n, t = 16, 3
+    targets = torch.zeros(1, n, t)
+    targets[0, :4, 1] = 1.0  # text position 1 names the object on image tokens 0..3
+    on = torch.full((1, 2, n, t), -5.0)
+    on[..., :4, 1] = 5.0
+    on[..., 4:, 0] = 5.0  # background tokens look at position 0 (an article), not at the object word
+    off = torch.full((1, 2, n, t), -5.0, requires_grad=True)
+    with torch.no_grad():
+        off[..., 8:, 1] = 5.0
+        off[..., :8, 0] = 5.0
+    assert float(grounding_loss([on], targets)) < 1e-3
+    loss = grounding_loss([off], targets)
+    assert float(loss) > 0.9  # the word's column lies off the object
+    loss.backward()
+    assert off.grad is not None and off.grad.abs().sum() > 0
+
+
+def test_tiny_training_run_resumes_and_exports(tmp_path):
+    cfg = DemoConfig(size=32, vae_steps=2, steps=3, batch=2, width_heads=2, head_dim=16, dual_blocks=1,
+                     single_blocks=1, text_dim=32, max_sequence_length=24, checkpoint_every=1, warmup=1)
+    out = tmp_path / "run"
+    weights = train_demo(out, cfg, weights_only=True)
+    st = torch.load(out / "train" / "transformer.pt", weights_only=False)
+    assert st["step"] == 3
+    cfg.steps = 4  # resume: one more step from the checkpoint
+    train_demo(out, cfg, weights_only=True)
+    assert torch.load(out / "train" / "transformer.pt", weights_only=False)["step"] == 4
+    model = export_weights(weights, tmp_path / "model")
+    assert json.loads((model / "grounding.json").read_text())["resolution"] == 32
+
+    from grounding import Grounder
+
+    g = Grounder.from_pretrained(model, device="cpu")
+    r = g.segment(_scene().image, "the red circle")
+    assert r.mask.shape == (32, 32) and r.heatmap.shape == (32, 32)
