@@ -86,16 +86,23 @@ class Grounding:
 
     engine = bentoml.depends(GroundingEngine)
 
-    async def _ground(self, args: dict, use_segmenter: bool):
-        """An endpoint's arguments (its ``locals()``): image fields, ``expression``, and options."""
-        options = {k: v for k, v in args.items() if k not in ("self", "image", "image_base64", "expression")}
+    async def _ground(self, args: dict, use_segmenter: bool, answer: bool = False):
+        """An endpoint's arguments (its ``locals()``): image fields, ``expression`` (or
+        ``question`` and ``answer``), and options."""
+        text_fields = ("question", "answer") if answer else ("expression",)
+        options = {k: v for k, v in args.items() if k not in ("self", "image", "image_base64", *text_fields)}
         t0 = time.perf_counter()
         try:
             image, image_base64 = args.get("image"), args.get("image_base64")
             data = image.read_bytes() if image is not None else (
                 serving.decode_base64(image_base64) if image_base64 else None)
-            img, opts, exprs = serving.prepare(SETTINGS, data, args.get("expression"), options)
-            jobs = [asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter)]
+            if answer:
+                opts = serving.parse_options(options)
+                exprs = [serving.parse_question(args.get("question"), args.get("answer"), SETTINGS)]
+                img = serving.decode_image(data, SETTINGS)
+            else:
+                img, opts, exprs = serving.prepare(SETTINGS, data, args.get("expression"), options)
+            jobs = [asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter, answer)]
             results = serving.raise_first_error(await self._run(jobs))
         except serving.RequestError as e:
             raise _http_error(e) from None
@@ -157,6 +164,25 @@ class Grounding:
         """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
         img, opts, results, t0 = await self._ground(locals(), False)
         return serving.response(img, [serving.heatmap_doc(r, opts) for r in results], results, t0)
+
+    @bentoml.api(route="/answer_ground")
+    async def answer_ground(
+        self,
+        image: Path = None,  # type: ignore[assignment]  (BentoML cannot build Optional[Path])
+        image_base64: t.Optional[str] = None,
+        question: t.Optional[str] = None,
+        answer: t.Optional[str] = None,
+        return_heatmap: bool = False,
+        return_mask_png: bool = False,
+        mask_format: str = "rle",
+        threshold: t.Optional[float] = None,
+        seed: t.Optional[int] = None,
+        views: t.Optional[str] = None,
+    ) -> dict:
+        """Evidence region for a visual question (and its answer): the /segment response for the
+        text "question answer", its map sharpened against a generic prompt's map of the image."""
+        img, opts, results, t0 = await self._ground(locals(), True, answer=True)
+        return serving.response(img, [serving.result_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/render")
     async def render(

@@ -18,7 +18,7 @@ STOP_WORDS: frozenset[str] = frozenset(
     into onto upon over under above below near next beside besides between behind before after
     there here some any each every all both either neither one his her their our your my me
     him them us we you he she they i do does did has have had not no yes very too also just
-    so such""".split()
+    so such what how why many much""".split()
 )
 
 
@@ -95,6 +95,17 @@ class PresenceConfig:
 
 
 @dataclass
+class AnswerConfig:
+    """Answer grounding (training-free): the map of "question + answer" divided by the map of a
+    generic prompt (CARVE-style contrast, arXiv 2509.06461): ``G(Q) / (G(generic) + λ)`` with
+    λ the ``percentile`` of the generic map, so regions every prompt lights up are discounted."""
+
+    contrast: bool = True
+    generic_prompt: str = "a photo"
+    percentile: float = 50.0
+
+
+@dataclass
 class GroundingConfig:
     """Everything that decides how a map is made. Defaults are documented in README."""
 
@@ -117,6 +128,7 @@ class GroundingConfig:
     redistribution: RedistributionConfig = field(default_factory=RedistributionConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
+    answer: AnswerConfig = field(default_factory=AnswerConfig)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = 0.5
     positive_points: int = 1

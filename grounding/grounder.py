@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import maps, presence, views, zoo
+from . import answers, maps, presence, views, zoo
 from .backends import Backend, Capture, load_backend
 from .config import GroundingConfig
 from .images import open_image
@@ -88,6 +90,7 @@ class Grounder:
         self.config = config or GroundingConfig()
         self.segmenter = make_segmenter(segmenter, str(backend.device))
         self.model_id = model_id
+        self._generic_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # answer grounding
 
     @classmethod
     def from_pretrained(
@@ -265,6 +268,38 @@ class Grounder:
         """
         cfg = self._cfg(overrides)
         return [self.segment_map(item, cfg, use_segmenter)[0] for item in self.referent_maps(pairs, cfg)]
+
+    def ground_answer(self, image, question: str, answer: str | None = None, use_segmenter: bool = True,
+                      **overrides) -> GroundingResult:
+        """The evidence region for a visual question (and its answer, when given)."""
+        return self.answer_batch([(image, answers.answer_prompt(question, answer))], use_segmenter, **overrides)[0]
+
+    def answer_batch(self, pairs: list[tuple[object, str]], use_segmenter: bool = True,
+                     **overrides) -> list[GroundingResult]:
+        """(image, "question answer" text) pairs; with ``answer.contrast`` each map is divided by
+        the image's generic-prompt map (cached per image and config)."""
+        cfg = self._cfg(overrides)
+        items = self.referent_maps(pairs, cfg)
+        if cfg.answer.contrast:
+            for it, generic in zip(items, self._generic_maps([it.image for it in items], cfg)):
+                it.map = answers.contrast(it.map, generic, cfg.answer.percentile)
+        return [self.segment_map(it, cfg, use_segmenter)[0] for it in items]
+
+    def _generic_maps(self, images: list[Image.Image], cfg: GroundingConfig, cache_size: int = 32) -> list[torch.Tensor]:
+        setting = json.dumps(cfg.to_dict(), sort_keys=True)
+        keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode() + setting.encode()).hexdigest() for im in images]
+        missing = [i for i, k in enumerate(keys) if k not in self._generic_cache]
+        if missing:
+            prompt = cfg.answer.generic_prompt
+            for i, it in zip(missing, self.referent_maps([(images[i], prompt) for i in missing], cfg)):
+                self._generic_cache[keys[i]] = it.map
+        out = []
+        for k in keys:
+            self._generic_cache.move_to_end(k)
+            out.append(self._generic_cache[k])
+        while len(self._generic_cache) > cache_size:
+            self._generic_cache.popitem(last=False)
+        return out
 
     def segment_video(self, frames, expression: str, video: "VideoConfig | None" = None, **overrides):
         """Referring segmentation over a video (path, frame folder, zip of frames, or a sequence /

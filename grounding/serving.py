@@ -18,6 +18,7 @@ from PIL import Image
 from .images import ImageTooLarge, open_image
 from .result import GroundingResult, mask_to_rle
 from .settings import Settings
+from .answers import answer_prompt
 from .tokens import validate_expression
 
 MASK_FORMATS = ("rle", "polygon", "png")
@@ -120,6 +121,23 @@ def parse_expressions(expression, settings: Settings) -> list[str]:
     return out
 
 
+def parse_question(question, answer, settings: Settings) -> str:
+    """A visual question (+ optional answer) → the text to ground; ``RequestError`` if bad."""
+    if question is None or (isinstance(question, str) and not question.strip()):
+        raise RequestError("missing field: question")
+    for name, value in (("question", question), ("answer", answer)):
+        if value is not None and not isinstance(value, str):
+            raise RequestError(f"{name} must be a string, got {type(value).__name__}")
+    text = answer_prompt(question, answer)
+    if len(text) > settings.max_expression_chars:
+        raise RequestError(f"question and answer are {len(text)} characters, over the limit of "
+                           f"{settings.max_expression_chars}")
+    try:
+        return validate_expression(text)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
+
+
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"\x00\x00\x00\x0cjP")
 
 
@@ -159,6 +177,7 @@ class Job:
     expression: str
     overrides: dict
     use_segmenter: bool = True
+    answer: bool = False  # a visual question (+ answer): grounded with the generic-prompt contrast
 
 
 class Engine:
@@ -197,15 +216,15 @@ class Engine:
         """Results in job order; a job whose overrides are invalid gets its ``RequestError``."""
         groups: dict[tuple, list[int]] = {}
         for i, j in enumerate(jobs):
-            groups.setdefault((json.dumps(j.overrides, sort_keys=True), j.use_segmenter), []).append(i)
+            groups.setdefault((json.dumps(j.overrides, sort_keys=True), j.use_segmenter, j.answer), []).append(i)
         out: list[Any] = [None] * len(jobs)
-        for (key, use_seg), idx in groups.items():
+        for (key, use_seg, answer), idx in groups.items():
             t0 = time.perf_counter()
+            run = self.grounder.answer_batch if answer else self.grounder.segment_batch
             try:
                 with self.lock:
-                    results = self.grounder.segment_batch(
-                        [(jobs[i].image, jobs[i].expression) for i in idx], use_segmenter=use_seg, **json.loads(key)
-                    )
+                    results = run([(jobs[i].image, jobs[i].expression) for i in idx], use_segmenter=use_seg,
+                                  **json.loads(key))
             except ValueError as e:
                 for i in idx:
                     out[i] = RequestError(str(e))
@@ -311,9 +330,10 @@ def prepare(settings: Settings, data: bytes | None, expression, option_values: d
     return decode_image(data, settings, content_type), opts, exprs
 
 
-def jobs_for(image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool) -> list[Job]:
+def jobs_for(image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool,
+             answer: bool = False) -> list[Job]:
     rgb = np.asarray(image)
-    return [Job(rgb, e, opts.overrides(), use_segmenter) for e in exprs]
+    return [Job(rgb, e, opts.overrides(), use_segmenter, answer) for e in exprs]
 
 
 def raise_first_error(results: list) -> list[GroundingResult]:

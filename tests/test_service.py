@@ -46,6 +46,21 @@ def test_segment_multipart_rle_decodes_to_image_size(server):
     assert "transformer" in doc["timings_ms"] and "total" in doc["timings_ms"]
 
 
+def test_answer_ground(server):
+    r = post(server, "/answer_ground", files={"image": ("a.png", encode(scene()), "image/png")},
+             data={"question": "what is left of the blue square?", "answer": "a red circle", "return_heatmap": "true"})
+    assert r.status_code == 200, r.text
+    (res,) = r.json()["results"]
+    assert res["expression"] == "what is left of the blue square? a red circle"
+    assert rle_to_mask(res["segmentation"]).shape == (48, 64) and res["heatmap_png"]
+    for data, message in [({"answer": "red"}, "missing field: question"),
+                          ({"question": "what is the?"}, "no content words"),
+                          ({"question": "what? " + "red " * 600}, "over the limit"),
+                          ({"question": "what is red?", "views": "local"}, "views")]:
+        bad = post(server, "/answer_ground", files={"image": ("a.png", encode(scene()), "image/png")}, data=data)
+        assert bad.status_code == 400 and message in bad.text, bad.text
+
+
 def test_assembled_views_option(server):
     plain = segment(server, encode(scene()), return_heatmap="true")
     views = segment(server, encode(scene()), return_heatmap="true", views="assembled")
