@@ -1,4 +1,4 @@
-"""``python -m eval``: refcoco, davis, ytvos, mevis runs; merge shards."""
+"""``python -m eval``: refcoco, davis, ytvos, mevis, vizwiz runs; merge shards; make-shapes."""
 
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=what)
         _common(p)
         p.set_defaults(default_split=default_split)
+    p = sub.add_parser("vizwiz", help="answer grounding, VizWiz-VQA-Grounding layout (mask IoU)")
+    _common(p)
     p = sub.add_parser("make-shapes", help="write the synthetic shapes referring world in the refer format")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, default=500)
@@ -77,7 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device,
                                      dtype=args.dtype)
-        if args.cmd == "refcoco":
+        if args.cmd == "vizwiz":
+            from .answers import VizWizGrounding, evaluate
+
+            summary = evaluate(g, VizWizGrounding(args.data_root, args.split or "val"), args.limit, **overrides)
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        elif args.cmd == "refcoco":
             summary = run_refcoco(cfg, g, Path(args.out), args.save_overlays)
         else:
             summary = run_video(cfg, g, Path(args.out))

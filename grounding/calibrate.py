@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from . import maps
 from .config import GroundingConfig
-from .images import open_image
 
 
 @dataclass
@@ -43,17 +42,12 @@ def collect(grounder, samples, timesteps: tuple[float, ...]) -> Collected:
     cfg = grounder.config.replace(timesteps=tuple(timesteps), blocks=None)
     pers, insides, names, grid0 = [], [], None, None
     for image, sentence, mask in tqdm(samples, desc="calibrate: collect", leave=False):
-        im = open_image(image, cfg.max_image_pixels)
-        tok = grounder.tokens(sentence, cfg)
-        cap, b = grounder.capture([im], [tok], cfg)[0]
-        A, _ = cap.sample(b)
-        cleaned = maps.clean(A, tok.kinds[cap.columns], cap.columns, cfg)
-        per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg))
-        if grid0 is not None and cap.grid != grid0:
+        per, grid, names = grounder.component_maps(image, sentence, cfg)
+        if grid0 is not None and grid != grid0:
             raise ValueError("calibration images must share one aspect ratio (token grids differ)")
-        grid0, names = cap.grid, cap.block_names
+        grid0 = grid
         pers.append(per)
-        insides.append(torch.from_numpy(token_centres_inside(np.asarray(mask, dtype=bool), cap.grid)))
+        insides.append(torch.from_numpy(token_centres_inside(np.asarray(mask, dtype=bool), grid)))
     return Collected(torch.stack(pers), torch.stack(insides), names, tuple(timesteps))
 
 

@@ -136,6 +136,27 @@ def cmd_calibrate_presence(args) -> int:
     return 0
 
 
+def cmd_train_answer_head(args) -> int:
+    from eval.answers import VizWizGrounding
+
+    from .answer_head import train
+    from .answers import answer_prompt
+    from .zoo import resolve
+
+    out = Path(args.out or resolve(args.model))
+    if not args.out and not (out / "model_index.json").is_file():
+        raise ValueError("--out is needed when --model is not a local pipeline folder")
+    g = _grounder(args)
+    ds = VizWizGrounding(args.data, args.split)
+    n = len(ds) if args.limit is None else min(args.limit, len(ds))
+    samples = [(s.image_path, answer_prompt(s.question, s.answer), s.mask) for s in (ds[i] for i in range(n))]
+    head, report = train(g, samples, epochs=args.epochs, lr=args.lr, seed=args.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    report["written"] = str(head.save_pretrained(out, **head.meta))
+    print(json.dumps(report))
+    return 0
+
+
 def cmd_train_demo(args) -> int:
     import logging
 
@@ -207,6 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate_presence)
+
+    p = sub.add_parser("train-answer-head", help="train the sentence-attention answer head on a "
+                                                 "VizWiz-VQA-Grounding-layout set; writes answer_head.safetensors")
+    _add_model_args(p)
+    p.add_argument("--data", required=True, help="root with <split>_grounding.json and <split>/ images")
+    p.add_argument("--split", default="train")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="folder for the head (default: the model folder)")
+    p.set_defaults(func=cmd_train_answer_head)
 
     p = sub.add_parser("train-demo", help="train (or resume) the shapes demo model; checkpoints in OUT/train")
     p.add_argument("--out", required=True)

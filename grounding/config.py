@@ -103,6 +103,8 @@ class AnswerConfig:
     contrast: bool = True
     generic_prompt: str = "a photo"
     percentile: float = 50.0
+    # Use the model folder's trained answer head (``answer_head.safetensors``) when it has one.
+    head: bool = True
 
 
 @dataclass

@@ -91,6 +91,8 @@ class Grounder:
         self.segmenter = make_segmenter(segmenter, str(backend.device))
         self.model_id = model_id
         self._generic_cache: OrderedDict[str, torch.Tensor] = OrderedDict()  # answer grounding
+        self.answer_head = None  # grounding.answer_head.AnswerHead, loaded with the model when it has one
+        self._sentence_encoder = None
 
     @classmethod
     def from_pretrained(
@@ -115,7 +117,12 @@ class Grounder:
             config = _config_for(model)
         if overrides:
             config = config.replace(**overrides)
-        return cls(backend, config, segmenter, model_id=str(model))
+        g = cls(backend, config, segmenter, model_id=str(model))
+        if Path(model).is_dir():
+            from .answer_head import AnswerHead
+
+            g.answer_head = AnswerHead.from_pretrained(model)
+        return g
 
     # --- stages ----------------------------------------------------------------------------------
     def _cfg(self, overrides: dict) -> GroundingConfig:
@@ -225,6 +232,16 @@ class Grounder:
             it.map = views.assemble(g, l_, v)
             it.timings_ms["views"] = (time.perf_counter() - t0) * 1000 / len(items)
 
+    def component_maps(self, image, text: str, cfg: GroundingConfig) -> tuple[torch.Tensor, tuple[int, int], list[str]]:
+        """Normalised referent map of every captured (block, noise level, head): ``[L, V, H, N]``,
+        the token grid and the block names (for calibration and the answer head)."""
+        im = open_image(image, cfg.max_image_pixels)
+        tok = self.tokens(text, cfg)
+        cap, b = self.capture([im], [tok], cfg)[0]
+        A, _ = cap.sample(b)
+        cleaned = maps.clean(A, tok.kinds[cap.columns], cap.columns, cfg)
+        return maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)), cap.grid, cap.block_names
+
     def segment_map(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
                     token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
                     mask_prompt: np.ndarray | None = None, identity_weight: float = 0.5
@@ -280,10 +297,29 @@ class Grounder:
         the image's generic-prompt map (cached per image and config)."""
         cfg = self._cfg(overrides)
         items = self.referent_maps(pairs, cfg)
+        if self.answer_head is not None and cfg.answer.head:
+            self._apply_answer_head(items, cfg)
         if cfg.answer.contrast:
             for it, generic in zip(items, self._generic_maps([it.image for it in items], cfg)):
                 it.map = answers.contrast(it.map, generic, cfg.answer.percentile)
         return [self.segment_map(it, cfg, use_segmenter)[0] for it in items]
+
+    @torch.no_grad()
+    def _apply_answer_head(self, items: list[ReferentMap], cfg: GroundingConfig) -> None:
+        """Replace each item's map by the answer head's (sentence-weighted channels + decoder)."""
+        from .answer_head import SentenceEncoder, head_inputs
+
+        if self._sentence_encoder is None:
+            self._sentence_encoder = SentenceEncoder()
+        emb = self._sentence_encoder([it.tokens.expression for it in items])
+        for it, e in zip(items, emb):
+            ch, grid, names, shape = head_inputs(self, it.image, it.tokens.expression, cfg)
+            meta = getattr(self.answer_head, "meta", {})
+            if ch.shape[0] != self.answer_head.channels or meta.get("block_names", names) != names:
+                raise ValueError("the answer head was trained with other blocks / heads / noise levels than "
+                                 "this config captures")
+            m, _ = self.answer_head(ch[None], e[None])
+            it.map = m[0].reshape(-1)
 
     def _generic_maps(self, images: list[Image.Image], cfg: GroundingConfig, cache_size: int = 32) -> list[torch.Tensor]:
         setting = json.dumps(cfg.to_dict(), sort_keys=True)
