@@ -52,6 +52,9 @@ class ReferentMap:
     agreement: float | None = None
     # Presence features (``presence.FEATURES``) known after the map stage.
     features: dict[str, float | None] = field(default_factory=dict)
+    # ``components=True`` only: every (block, level, head) map ``[L, V, H, N]`` and the block names.
+    components: torch.Tensor | None = None
+    block_names: list[str] | None = None
 
 
 @dataclass
@@ -187,8 +190,10 @@ class Grounder:
         """Mask, box, score and heatmap of the referent of ``expression`` in ``image``."""
         return self.segment_batch([(image, expression)], **overrides)[0]
 
-    def referent_maps(self, pairs: list[tuple[object, str]], cfg: GroundingConfig) -> list[ReferentMap]:
-        """Stages up to the map: images and prompts in, token-grid referent maps out (batched)."""
+    def referent_maps(self, pairs: list[tuple[object, str]], cfg: GroundingConfig,
+                      components: bool = False) -> list[ReferentMap]:
+        """Stages up to the map: images and prompts in, token-grid referent maps out (batched).
+        ``components`` also keeps every (block, level, head) map (calibration, the answer head)."""
         t0 = time.perf_counter()
         images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
         tokens = [self.tokens(expr, cfg) for _, expr in pairs]
@@ -199,10 +204,13 @@ class Grounder:
         for im, tok, (cap, b) in zip(images, tokens, caps):
             s0 = time.perf_counter()
             A, kinds = cap.sample(b)
-            ref, _ = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+            ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+            per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
+                if components else None
             out.append(ReferentMap(im, tok, ref, cap.grid, {
                 "prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs),
-                "maps": (time.perf_counter() - s0) * 1000}, features={"content_share": presence.content_share(A, kinds)}))
+                "maps": (time.perf_counter() - s0) * 1000}, features={"content_share": presence.content_share(A, kinds)},
+                components=per, block_names=cap.block_names))
         if cfg.views.mode == "assembled":
             self._assemble_views(out, cfg)
         elif cfg.views.mode != "global":
@@ -235,12 +243,8 @@ class Grounder:
     def component_maps(self, image, text: str, cfg: GroundingConfig) -> tuple[torch.Tensor, tuple[int, int], list[str]]:
         """Normalised referent map of every captured (block, noise level, head): ``[L, V, H, N]``,
         the token grid and the block names (for calibration and the answer head)."""
-        im = open_image(image, cfg.max_image_pixels)
-        tok = self.tokens(text, cfg)
-        cap, b = self.capture([im], [tok], cfg)[0]
-        A, _ = cap.sample(b)
-        cleaned = maps.clean(A, tok.kinds[cap.columns], cap.columns, cfg)
-        return maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)), cap.grid, cap.block_names
+        it = self.referent_maps([(image, text)], cfg.replace(**{"views.mode": "global"}), components=True)[0]
+        return it.components, it.grid, it.block_names
 
     def segment_map(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
                     token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
@@ -296,8 +300,9 @@ class Grounder:
         """(image, "question answer" text) pairs; with ``answer.contrast`` each map is divided by
         the image's generic-prompt map (cached per image and config)."""
         cfg = self._cfg(overrides)
-        items = self.referent_maps(pairs, cfg)
-        if self.answer_head is not None and cfg.answer.head:
+        use_head = self.answer_head is not None and cfg.answer.head
+        items = self.referent_maps(pairs, cfg, components=use_head)
+        if use_head:
             self._apply_answer_head(items, cfg)
         if cfg.answer.contrast:
             for it, generic in zip(items, self._generic_maps([it.image for it in items], cfg)):
@@ -307,13 +312,13 @@ class Grounder:
     @torch.no_grad()
     def _apply_answer_head(self, items: list[ReferentMap], cfg: GroundingConfig) -> None:
         """Replace each item's map by the answer head's (sentence-weighted channels + decoder)."""
-        from .answer_head import SentenceEncoder, head_inputs
+        from .answer_head import SentenceEncoder
 
         if self._sentence_encoder is None:
             self._sentence_encoder = SentenceEncoder()
         emb = self._sentence_encoder([it.tokens.expression for it in items])
         for it, e in zip(items, emb):
-            ch, grid, names, shape = head_inputs(self, it.image, it.tokens.expression, cfg)
+            ch, names = it.components.reshape(-1, *it.grid), it.block_names
             meta = getattr(self.answer_head, "meta", {})
             if ch.shape[0] != self.answer_head.channels or meta.get("block_names", names) != names:
                 raise ValueError("the answer head was trained with other blocks / heads / noise levels than "
