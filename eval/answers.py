@@ -1,11 +1,11 @@
 """Answer grounding data in the VizWiz-VQA-Grounding layout, a generated shapes set in that
-layout, and the evaluation (mask IoU).
+layout, run by ``eval.runner.run_answers``.
 
 Layout (``root``): ``<split>_grounding.json`` — a dict keyed by image file name with
 ``question``, ``answers`` (strings or ``{"answer": ...}``), ``most_common_answer``, ``height``,
 ``width`` and ``answer_grounding`` (a polygon: list of ``{"x", "y"}``); images in ``<split>/``;
 optional binary masks in ``binary_masks_png/<split>/<stem>.png`` (used when present, as the
-2025 challenge ships them).
+2025 challenge ships them). Runs: ``eval.runner.run_answers`` (``python -m eval vizwiz``).
 """
 
 from __future__ import annotations
@@ -37,6 +37,9 @@ class VizWizGrounding:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def sample_id(self, i: int) -> str:
+        return f"{self.split}:{self.entries[i][0]}"
 
     def __getitem__(self, i: int) -> AnswerSample:
         name, e = self.entries[i]
@@ -91,15 +94,3 @@ def _outline(mask: np.ndarray) -> list[tuple[float, float]]:
     ys, xs = np.nonzero(mask)
     pts = np.concatenate([np.stack([xs + dx, ys + dy], 1) for dx in (0, 1) for dy in (0, 1)]).astype(np.float32)
     return [tuple(p) for p in cv2.convexHull(pts)[:, 0]]
-
-
-def evaluate(grounder, ds: VizWizGrounding, limit: int | None = None, **overrides) -> dict:
-    """Mean IoU (and the share with IoU ≥ 0.5) of ``grounder.ground_answer`` masks."""
-    ious = []
-    for i in range(len(ds) if limit is None else min(limit, len(ds))):
-        s = ds[i]
-        r = grounder.ground_answer(s.image_path, s.question, s.answer, **overrides)
-        union = (r.mask | s.mask).sum()
-        ious.append(float((r.mask & s.mask).sum() / union) if union else 1.0)
-    ious = np.array(ious)
-    return {"n": int(len(ious)), "miou": float(ious.mean()), "prec@0.5": float((ious >= 0.5).mean())}

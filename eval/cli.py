@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .runner import RunConfig, merge, parse_shard, run_refcoco, run_video
+from .runner import RunConfig, merge, parse_shard, run_answers, run_refcoco, run_video
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         from grounding import Grounder
 
         overrides = _overrides(args.set)
-        split = args.split or ("val" if args.cmd == "refcoco" else args.default_split)
+        split = args.split or ("val" if args.cmd in ("refcoco", "vizwiz") else args.default_split)
         cfg = RunConfig(
             task=args.cmd, data_root=str(args.data_root), dataset=getattr(args, "dataset", args.cmd), split=split,
             model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
@@ -80,11 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device,
                                      dtype=args.dtype)
         if args.cmd == "vizwiz":
-            from .answers import VizWizGrounding, evaluate
-
-            summary = evaluate(g, VizWizGrounding(args.data_root, args.split or "val"), args.limit, **overrides)
-            Path(args.out).mkdir(parents=True, exist_ok=True)
-            (Path(args.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            summary = run_answers(cfg, g, Path(args.out))
         elif args.cmd == "refcoco":
             summary = run_refcoco(cfg, g, Path(args.out), args.save_overlays)
         else:

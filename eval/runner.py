@@ -136,6 +136,30 @@ def run_refcoco(cfg: RunConfig, grounder, run_dir: Path, save_overlays: int = 0)
     return summary
 
 
+def run_answers(cfg: RunConfig, grounder, run_dir: Path) -> dict:
+    """Answer grounding (VizWiz-VQA-Grounding layout): ``grounder.ground_answer`` per question,
+    mask IoU / pointing, resumable and shardable like ``run_refcoco``."""
+    from .answers import VizWizGrounding
+
+    ds = VizWizGrounding(cfg.data_root, cfg.split)
+    log = open_run(run_dir, cfg)
+    todo = [i for i in select(len(ds), cfg.limit, cfg.shard) if ds.sample_id(i) not in log.done]
+    try:
+        for i in tqdm(todo, desc=f"answers {cfg.split}", initial=len(log.records),
+                      total=len(log.records) + len(todo), dynamic_ncols=True):
+            s = ds[i]
+            t = time.perf_counter()
+            r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
+            inter, union = metrics.intersection_union(r.mask, s.mask)
+            log.append({"id": ds.sample_id(i), "image": s.image_path.name, "question": s.question, "answer": s.answer,
+                        "inter": inter, "union": union, "iou": inter / union if union else 0.0,
+                        "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score,
+                        "ms": (time.perf_counter() - t) * 1000})
+    finally:
+        log.close()
+    return write_summary(run_dir)
+
+
 def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
     s = metrics.ImageScores()
     for r in records:
@@ -225,7 +249,7 @@ def make_submission_zip(run_dir: Path) -> Path:
 # --- summaries -----------------------------------------------------------------------------------
 def summarise(task: str, records: list[dict]) -> dict:
     """Flat metric dict of a list of result records."""
-    if task == "refcoco":
+    if task in ("refcoco", "vizwiz"):
         out = image_scores(records).summary()
         for kind in sorted({r["type"] for r in records if r.get("type")}):
             part = image_scores(r for r in records if r.get("type") == kind).summary()

@@ -88,9 +88,14 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
     without = g.ground_answer(s.image_path, s.question, s.answer, **{"answer.head": False})
     assert with_head.mask.shape == s.mask.shape
     assert not np.array_equal(with_head.heatmap, without.heatmap)
-    e = subprocess.run([sys.executable, "-m", "eval", "vizwiz", "--data-root", str(data), "--split", "train",
-                        "--model", str(model), "--limit", "4", "--out", str(tmp_path / "run")], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert e.returncode == 0, e.stderr[-3000:]
-    summary = json.loads(e.stdout.strip().splitlines()[-1])
-    assert summary["n"] == 4 and 0.0 <= summary["miou"] <= 1.0
+    run = tmp_path / "run"
+    results = []
+    for _ in range(2):  # the second run finds every sample done (resumable results.jsonl)
+        e = subprocess.run([sys.executable, "-m", "eval", "vizwiz", "--data-root", str(data), "--split", "train",
+                            "--model", str(model), "--limit", "4", "--out", str(run)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert e.returncode == 0, e.stderr[-3000:]
+        results.append(json.loads(e.stdout.strip().splitlines()[-1]))
+        assert len((run / "results.jsonl").read_text().splitlines()) == 4
+    assert results[0] == results[1]
+    assert results[0]["n"] == 4 and 0.0 <= results[0]["miou"] <= 1.0 and "pointing" in results[0]
