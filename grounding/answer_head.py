@@ -83,8 +83,11 @@ class AnswerHead(nn.Module):
         fine = fine + F.interpolate(coarse, size=(h, w), mode="nearest")
         logm = torch.log(m.clamp_min(1e-12)) + self.out(fine)[:, 0]
         out = logm.flatten(1).softmax(dim=-1).view(b, h, w)
-        peak = out.flatten(1).amax(dim=-1)[:, None, None]
-        return out, self.scale * (out / peak - self.threshold)
+        return out, self.mask_logits(out)
+
+    def mask_logits(self, m: torch.Tensor) -> torch.Tensor:
+        """Answer maps ``[B, h, w]`` → mask logits: ``scale·(m / max m − threshold)``."""
+        return self.scale * (m / m.flatten(1).amax(dim=-1)[:, None, None] - self.threshold)
 
     # --- persistence ---------------------------------------------------------------------------
     def save_pretrained(self, folder: str | Path, block_names: list[str], n_levels: int, n_heads: int) -> Path:
@@ -176,8 +179,7 @@ def train(grounder, samples: list[tuple[object, str, np.ndarray]], epochs: int =
         if cfg.answer.contrast:
             m = torch.stack([answers.contrast(m[j].flatten(), generics[int(i)].flatten(), cfg.answer.percentile)
                              .view_as(m[j]) for j, i in enumerate(idx)])
-        logits = head.scale * (m / m.flatten(1).amax(-1)[:, None, None] - head.threshold)
-        return loss_fn(logits, Y[idx])
+        return loss_fn(head.mask_logits(m), Y[idx])
 
     everything = torch.arange(len(X))
     with torch.no_grad():

@@ -95,45 +95,50 @@ def cmd_tiny_model(args) -> int:
     return 0
 
 
-def cmd_calibrate(args) -> int:
-    from eval.refcoco import RefDataset
-
-    from .calibrate import collect, fit
+def _output_folder(args) -> Path:
+    """``--out``, or the model's own folder when ``--model`` is a local pipeline folder."""
     from .zoo import resolve
 
     out = Path(args.out or resolve(args.model))
     if not args.out and not (out / "model_index.json").is_file():
         raise ValueError("--out is needed when --model is not a local pipeline folder")
+    return out
+
+
+def _write_config(fitted, out: Path, report: dict) -> int:
+    """Save a fitted ``grounding.json`` into ``out`` and print the report with its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    fitted.save_pretrained(out)
+    report["written"] = str(out / "grounding.json")
+    print(json.dumps(report))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from eval.refcoco import RefDataset
+
+    from .calibrate import collect, fit
+
+    out = _output_folder(args)
     g = _grounder(args)
     ds = RefDataset(args.data, args.dataset, args.split_by, args.split, args.image_root)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     samples = [(s.image_path, s.sentence, s.mask) for s in (ds[i] for i in range(n))]
     levels = tuple(sorted(set(args.timesteps) | set(g.config.timesteps)))
     fitted, report = fit(collect(g, samples, levels), g.config)
-    out.mkdir(parents=True, exist_ok=True)
-    fitted.save_pretrained(out)
-    report["written"] = str(out / "grounding.json")
-    print(json.dumps(report))
-    return 0
+    return _write_config(fitted, out, report)
 
 
 def cmd_calibrate_presence(args) -> int:
     from eval.shapes import presence_scenes
 
     from .calibrate import fit_presence
-    from .zoo import resolve
 
-    out = Path(args.out or resolve(args.model))
-    if not args.out and not (out / "model_index.json").is_file():
-        raise ValueError("--out is needed when --model is not a local pipeline folder")
+    out = _output_folder(args)
     g = _grounder(args)
     samples = presence_scenes(args.n, args.seed, g.config.resolution)
     fitted, report = fit_presence(g, samples)
-    out.mkdir(parents=True, exist_ok=True)
-    fitted.save_pretrained(out)
-    report["written"] = str(out / "grounding.json")
-    print(json.dumps(report))
-    return 0
+    return _write_config(fitted, out, report)
 
 
 def cmd_train_answer_head(args) -> int:
@@ -141,11 +146,8 @@ def cmd_train_answer_head(args) -> int:
 
     from .answer_head import train
     from .answers import answer_prompt
-    from .zoo import resolve
 
-    out = Path(args.out or resolve(args.model))
-    if not args.out and not (out / "model_index.json").is_file():
-        raise ValueError("--out is needed when --model is not a local pipeline folder")
+    out = _output_folder(args)
     g = _grounder(args)
     ds = VizWizGrounding(args.data, args.split)
     n = len(ds) if args.limit is None else min(args.limit, len(ds))

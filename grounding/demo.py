@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .attention import FluxCaptureAttnProcessor
 from .config import GroundingConfig
 
 log = logging.getLogger("grounding.demo")
@@ -239,24 +240,18 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-class _TextLogitsProcessor:
+class _TextLogitsProcessor(FluxCaptureAttnProcessor):
     """Training-time FLUX processor: the stock attention output, plus the image→text logits
     ``[B, H, N, T]`` of this block appended to ``sink`` (with gradient) for the grounding loss."""
 
     def __init__(self, sink: list, n_txt: int):
-        from .attention import FluxCaptureAttnProcessor
-
+        super().__init__(None, "train")
         self.sink, self.n_txt = sink, n_txt
-        self._body = FluxCaptureAttnProcessor(None, "train")
-        self._body.attend = self.attend
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         t = self.n_txt
         self.sink.append((q[:, :, t:] @ k[:, :, :t].transpose(-1, -2)) * q.shape[-1] ** -0.5)
         return F.scaled_dot_product_attention(q, k, v)
-
-    def __call__(self, *args, **kwargs):
-        return self._body(*args, **kwargs)
 
 
 def grounding_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:

@@ -112,13 +112,18 @@ def parse_expressions(expression, settings: Settings) -> list[str]:
     for e in items:
         if not isinstance(e, str):
             raise RequestError(f"expression must be a string, got {type(e).__name__}")
-        if len(e) > settings.max_expression_chars:
-            raise RequestError(f"expression is {len(e)} characters, over the limit of {settings.max_expression_chars}")
-        try:
-            out.append(validate_expression(e))
-        except ValueError as err:
-            raise RequestError(str(err)) from None
+        out.append(_checked_text(e, "expression is", settings))
     return out
+
+
+def _checked_text(text: str, what: str, settings: Settings) -> str:
+    """Length limit, then ``validate_expression``; ``RequestError`` naming what is wrong."""
+    if len(text) > settings.max_expression_chars:
+        raise RequestError(f"{what} {len(text)} characters, over the limit of {settings.max_expression_chars}")
+    try:
+        return validate_expression(text)
+    except ValueError as err:
+        raise RequestError(str(err)) from None
 
 
 def parse_question(question, answer, settings: Settings) -> str:
@@ -128,14 +133,7 @@ def parse_question(question, answer, settings: Settings) -> str:
     for name, value in (("question", question), ("answer", answer)):
         if value is not None and not isinstance(value, str):
             raise RequestError(f"{name} must be a string, got {type(value).__name__}")
-    text = answer_prompt(question, answer)
-    if len(text) > settings.max_expression_chars:
-        raise RequestError(f"question and answer are {len(text)} characters, over the limit of "
-                           f"{settings.max_expression_chars}")
-    try:
-        return validate_expression(text)
-    except ValueError as err:
-        raise RequestError(str(err)) from None
+    return _checked_text(answer_prompt(question, answer), "question and answer are", settings)
 
 
 _IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF", b"\x00\x00\x00\x0cjP")
