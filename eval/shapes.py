@@ -165,6 +165,15 @@ def caption(scene: Scene, rng: np.random.RandomState, position: float = 0.0, sub
 
 def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tuple[Scene, int, str]:
     """A scene, its target index and an unambiguous expression of type ``kind``."""
+    scene, target, expr, _ = referring_example(rng, kind, size)
+    return scene, target, expr
+
+
+def referring_example(rng: np.random.RandomState, kind: str,
+                      size: int = 64) -> tuple[Scene, int, str, list[tuple[int, int, int]]]:
+    """``referring_scene`` plus, as ``caption_spans`` gives them, ``(object, start, end)`` of the
+    words that describe each object: the whole expression describes the target, except a
+    relation's complement ("the square left | of the yellow circle"), which describes its anchor."""
     shapes, colours = list(SHAPES), list(COLOURS)
     while True:
         shape, colour = shapes[rng.randint(3)], colours[rng.randint(6)]
@@ -212,7 +221,9 @@ def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tu
             if (other.x < a.x) == (t.x < a.x) or abs(t.x - a.x) < 8:
                 continue
             expr = f"the {t.shape} {side} of the {a.colour} {a.shape}"
-        return render(objs, size, rng), 0, expr
+            head = len(f"the {t.shape} {side}")
+            return render(objs, size, rng), 0, expr, [(0, 0, head), (2, head, len(expr))]
+        return render(objs, size, rng), 0, expr, [(0, 0, len(expr))]
 
 
 def presence_scenes(n: int, seed: int, size: int = 64) -> list[tuple[Image.Image, str, int]]:

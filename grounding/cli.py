@@ -171,7 +171,8 @@ def cmd_train_demo(args) -> int:
     cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed, size=args.size,
                      dual_blocks=args.dual_blocks, single_blocks=args.single_blocks, width_heads=args.heads,
                      head_dim=args.head_dim, device=args.device, amp=args.amp, workers=args.workers,
-                     minutes=args.minutes, grounding_loss=args.grounding_loss)
+                     minutes=args.minutes, grounding_loss=args.grounding_loss, refer_steps=args.refer_steps,
+                     referring=args.referring)
     path = train_demo(args.out, cfg, weights_only=args.weights_only)
     print(json.dumps({"out": str(path)}))
     return 0
@@ -261,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="time budget for stage 2; --steps becomes the most it may run")
     p.add_argument("--grounding-loss", type=float, default=DemoConfig.grounding_loss,
                    help="weight of the token grounding loss (0 = flow matching alone)")
+    p.add_argument("--refer-steps", type=int, default=DemoConfig.refer_steps,
+                   help="stage 3: referring fine-tune steps after the caption steps (0 = none)")
+    p.add_argument("--referring", type=float, default=DemoConfig.referring,
+                   help="stage 3: share of each batch that are referring examples")
     p.add_argument("--weights-only", action="store_true", help="write OUT/weights.pt (fp16) instead of a pipeline")
     p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
     p.set_defaults(func=cmd_train_demo)

@@ -50,6 +50,13 @@ class DemoConfig:
     # Weight of the token grounding loss (TokenCompose, arXiv 2312.03626) on the dual blocks'
     # head-mean image→text attention; 0 = flow matching alone.
     grounding_loss: float = 0.2
+    # Stage 3, referring fine-tune: ``refer_steps`` more steps (lr ``refer_lr``, fresh optimiser) in
+    # which a share ``referring`` of the scenes are referring examples (``eval.shapes.referring_example``:
+    # distractors, size, position, relations) captioned by their expression, its words supervised
+    # onto the referent (a relation's complement onto its anchor); the rest are captions as before.
+    refer_steps: int = 0
+    referring: float = 0.5
+    refer_lr: float = 2e-4
     # Where and how to run (not part of the model): device, bf16 autocast on CUDA, data workers,
     # and a time budget in minutes for stage 2 (0 = run ``steps``; else ``steps`` is fixed
     # from the measured step time after the first steps and recorded in train/config.json).
@@ -98,15 +105,20 @@ def scene_batch(rng: np.random.RandomState, n: int, size: int, position: float =
 
 
 def scene_batch_with_spans(rng: np.random.RandomState, n: int, size: int, position: float = 0.0,
-                           subset: float = 0.0):
-    """Scenes, captions, and per scene ``(masks [K, size, size], spans)`` of the named objects."""
-    from eval.shapes import caption_spans, random_scene
+                           subset: float = 0.0, referring: float = 0.0):
+    """Scenes, captions, and per scene ``(masks [K, size, size], spans)`` of the named objects;
+    with probability ``referring`` a scene is a referring example captioned by its expression."""
+    from eval.shapes import TYPE_WEIGHTS, caption_spans, random_scene, referring_example
 
+    kinds = list(TYPE_WEIGHTS)
     images, captions, where = [], [], []
     for _ in range(n):
-        s = random_scene(rng, size)
+        if referring and rng.rand() < referring:
+            s, _, text, spans = referring_example(rng, kinds[rng.randint(len(kinds))], size)
+        else:
+            s = random_scene(rng, size)
+            text, spans = caption_spans(s, rng, position, subset)
         images.append(np.asarray(s.image, dtype=np.float32))
-        text, spans = caption_spans(s, rng, position, subset)
         captions.append(text)
         where.append((np.stack(s.masks), spans))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
@@ -140,9 +152,9 @@ class SceneBatches(torch.utils.data.IterableDataset):
     Yields ``(x, captions, targets)``; targets (see ``token_targets``) only when ``tokenizer``."""
 
     def __init__(self, cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True,
-                 tokenizer=None):
+                 tokenizer=None, referring: float = 0.0):
         self.cfg, self.start, self.stop, self.seed_base, self.captions = cfg, start, stop, seed_base, captions
-        self.tokenizer = tokenizer
+        self.tokenizer, self.referring = tokenizer, referring
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -151,15 +163,16 @@ class SceneBatches(torch.utils.data.IterableDataset):
         for k in range(self.start + wid, self.stop, nw):
             rng = np.random.RandomState(c.seed * self.seed_base + k)
             x, caps, where = scene_batch_with_spans(rng, c.batch, c.size, c.position_words if self.captions else 0.0,
-                                                    c.subset_captions if self.captions else 0.0)
+                                                    c.subset_captions if self.captions else 0.0, self.referring)
             targets = None
             if self.tokenizer is not None:
                 targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.size // 4)
             yield x, caps, targets
 
 
-def _batches(cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True, tokenizer=None):
-    ds = SceneBatches(cfg, start, stop, seed_base, captions, tokenizer)
+def _batches(cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True, tokenizer=None,
+             referring: float = 0.0):
+    ds = SceneBatches(cfg, start, stop, seed_base, captions, tokenizer, referring)
     if cfg.workers <= 0:
         return iter(ds)
     return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
@@ -271,13 +284,19 @@ def grounding_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.T
     return torch.stack(losses).mean()
 
 
-def _lr(cfg: DemoConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * min(step / cfg.steps, 1.0)))
+def _lr(base: float, warmup: int, total: int, step: int) -> float:
+    """Linear warm-up, then cosine decay to zero at ``total``."""
+    return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
 
 
 def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoConfig, work: Path,
-                      shift: float, scale: float) -> None:
-    ckpt = work / "transformer.pt"
+                      shift: float, scale: float, refer: bool = False) -> None:
+    """Stage 2 (captions; ``train/transformer.pt``) or, with ``refer``, stage 3 (referring
+    fine-tune from stage 2's weights; ``train/refer.pt``)."""
+    ckpt = work / ("refer.pt" if refer else "transformer.pt")
+    total = cfg.refer_steps if refer else cfg.steps
+    base_lr = cfg.refer_lr if refer else cfg.lr
+    minutes = 0.0 if refer else cfg.minutes
     dev = torch.device(cfg.device)
     if dev.type == "cuda":
         # bf16 autocast backward hit an illegal memory access on an H200 (torch 2.11, cuDNN attention
@@ -288,7 +307,7 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
     for m in (vae, t5, clip, transformer):
         m.to(dev)
     params = list(transformer.parameters()) + list(t5.parameters()) + list(clip.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=base_lr, weight_decay=0.01)
     step = 0
     if ckpt.is_file():
         st = torch.load(ckpt, weights_only=False, map_location=dev)
@@ -297,8 +316,9 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
         clip.load_state_dict(st["clip"])
         opt.load_state_dict(st["opt"])
         step = st["step"]
-        if cfg.minutes:  # a time-budgeted run resumes with the length it fixed
-            cfg.steps, cfg.minutes = st.get("steps", cfg.steps), 0.0
+        if minutes:  # a time-budgeted run resumes with the length it fixed
+            cfg.steps = total = st.get("steps", cfg.steps)
+            cfg.minutes = minutes = 0.0
     transformer.train(), t5.train(), clip.train()
     grid = cfg.size // 2 // 2
     img_ids = image_ids(grid, grid).to(dev)
@@ -310,9 +330,9 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
                    else proc)
             for name, proc in transformer.attn_processors.items()})
     t0, ema, gema, probe = time.time(), None, None, None
-    batches = _batches(cfg, step, 10 ** 9 if cfg.minutes else cfg.steps, 7_000_003,
-                       tokenizer=t5_tok if cfg.grounding_loss else None)
-    while step < cfg.steps:
+    batches = _batches(cfg, step, 10 ** 9 if minutes else total, 9_000_011 if refer else 7_000_003,
+                       tokenizer=t5_tok if cfg.grounding_loss else None, referring=cfg.referring if refer else 0.0)
+    while step < total:
         x, captions, targets = next(batches)
         logits.clear()
         with torch.no_grad():
@@ -330,7 +350,7 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
             g_loss = grounding_loss(logits, targets.to(dev))
             loss = flow + cfg.grounding_loss * g_loss
             gema = g_loss.item() if gema is None else 0.98 * gema + 0.02 * g_loss.item()
-        lr = _lr(cfg, step)
+        lr = _lr(base_lr, cfg.warmup, total, step)
         for group in opt.param_groups:
             group["lr"] = lr
         opt.zero_grad(set_to_none=True)
@@ -338,24 +358,24 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        if cfg.minutes and step == 20:
+        if minutes and step == 20:
             probe = time.time()
-        if cfg.minutes and step == 60:  # fix the run length from the measured step time
+        if minutes and step == 60:  # fix the run length from the measured step time
             per = (time.time() - probe) / 40
-            cfg.steps = max(60, min(cfg.steps, int(cfg.minutes * 60 / per)))
+            cfg.steps = total = max(60, min(cfg.steps, int(minutes * 60 / per)))
             (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-            log.info("%.1f ms/step: %d steps fit in %.1f min", per * 1e3, cfg.steps, cfg.minutes)
-        if cfg.minutes and time.time() - t0 > 1.3 * 60 * cfg.minutes and step < cfg.steps:
+            log.info("%.1f ms/step: %d steps fit in %.1f min", per * 1e3, total, minutes)
+        if minutes and time.time() - t0 > 1.3 * 60 * minutes and step < total:
             log.warning("step %d: past 1.3 x the time budget (the machine got slower); stopping here", step)
-            cfg.steps = step
+            cfg.steps = total = step
             (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         ema = flow.item() if ema is None else 0.98 * ema + 0.02 * flow.item()
-        if step % 100 == 0 or step == cfg.steps:
-            log.info("step %d flow %.4f (ema %.4f) grounding (ema) %s lr %.2e (%.1fs)", step, flow.item(), ema,
+        if step % 100 == 0 or step == total:
+            log.info("%s step %d flow %.4f (ema %.4f) grounding (ema) %s lr %.2e (%.1fs)", "refer" if refer else "caption", step, flow.item(), ema,
                      "-" if gema is None else f"{gema:.4f}", lr, time.time() - t0)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        if step % cfg.checkpoint_every == 0 or step == total:
             _save(ckpt, transformer=transformer.state_dict(), t5=t5.state_dict(), clip=clip.state_dict(),
-                  opt=opt.state_dict(), step=step, steps=cfg.steps)
+                  opt=opt.state_dict(), step=step, steps=total)
     if cfg.grounding_loss:
         from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
 
@@ -378,6 +398,8 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None, weights_only: boo
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
     log.info("latent shift %.4f scale %.4f", shift, scale)
     train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg, work, shift, scale)
+    if cfg.refer_steps:
+        train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg, work, shift, scale, refer=True)
     if weights_only:
         return save_weights(out / "weights.pt", cfg, vae, t5, clip, transformer)
     for m in (vae, t5, clip, transformer):
@@ -430,7 +452,8 @@ def export_checkpoint(work: Path, out: Path) -> Path:
     vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False, map_location="cpu")["model"])
     shift, scale = latent_stats(vae.eval(), cfg)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    st = torch.load(work / "transformer.pt", weights_only=False, map_location="cpu")
+    st = torch.load(work / ("refer.pt" if (work / "refer.pt").is_file() else "transformer.pt"),
+                    weights_only=False, map_location="cpu")
     transformer.load_state_dict(st["transformer"])
     t5.load_state_dict(st["t5"])
     clip.load_state_dict(st["clip"])

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import torch
 
-from eval.shapes import Obj, caption_spans, render
+from eval.shapes import Obj, caption_spans, referring_example, render
 from grounding.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
 from grounding.tiny import _t5_tokenizer
 
@@ -24,6 +24,25 @@ def test_caption_spans_cover_each_named_object():
         o = scene.objects[k]
         assert phrase.startswith("a ") and o.colour in phrase and o.shape in phrase
     assert {k for k, _, _ in spans} == {0, 1}
+
+
+def test_relation_examples_supervise_the_complement_onto_the_anchor():
+    rng = np.random.RandomState(3)
+    scene, target, expr, spans = referring_example(rng, "relation", 64)
+    anchor = scene.objects[2]
+    assert expr.endswith(f"of the {anchor.colour} {anchor.shape}")
+    tok = _t5_tokenizer()
+    T = token_targets(tok, [expr], [(np.stack(scene.masks), spans)], 16, 16)[0]  # [N, T]
+    cells = [m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]
+    words = [p.lstrip("▁") for p in tok.convert_ids_to_tokens(tok(expr).input_ids)]
+    side = "left" if "left" in words else "right"
+    for t, w in enumerate(words):
+        if w in (scene.objects[target].shape, side) and t < words.index("of"):
+            assert np.allclose(T[:, t].numpy(), cells[target], atol=1e-6), w
+        elif w in (anchor.colour, anchor.shape) and t > words.index("of"):
+            assert np.allclose(T[:, t].numpy(), cells[2], atol=1e-6), w
+        else:
+            assert float(T[:, t].abs().sum()) == 0.0, w
 
 
 def test_token_targets_mark_content_words_with_their_object_cells():
@@ -72,6 +91,12 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     cfg.steps = 4  # resume: one more step from the checkpoint
     train_demo(out, cfg, weights_only=True)
     assert torch.load(out / "train" / "transformer.pt", weights_only=False)["step"] == 4
+    cfg.refer_steps, cfg.referring = 2, 1.0  # stage 3 starts from stage 2's weights
+    before = torch.load(out / "train" / "transformer.pt", weights_only=False)["transformer"]
+    weights = train_demo(out, cfg, weights_only=True)
+    after = torch.load(out / "train" / "refer.pt", weights_only=False)
+    assert after["step"] == 2 and torch.load(out / "train" / "transformer.pt", weights_only=False)["step"] == 4
+    assert any(not torch.equal(before[k], v) for k, v in after["transformer"].items())
     model = export_weights(weights, tmp_path / "model")
     assert json.loads((model / "grounding.json").read_text())["resolution"] == 32
 
