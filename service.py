@@ -97,9 +97,8 @@ class Grounding:
             data = image.read_bytes() if image is not None else (
                 serving.decode_base64(image_base64) if image_base64 else None)
             if answer:
-                opts = serving.parse_options(options)
-                exprs = [serving.parse_question(args.get("question"), args.get("answer"), SETTINGS)]
-                img = serving.decode_image(data, SETTINGS)
+                img, opts, exprs = serving.prepare_question(SETTINGS, data, args.get("question"), args.get("answer"),
+                                                            options)
             else:
                 img, opts, exprs = serving.prepare(SETTINGS, data, args.get("expression"), options)
             jobs = [asdict(j) for j in serving.jobs_for(img, exprs, opts, use_segmenter, answer)]

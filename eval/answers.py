@@ -69,10 +69,10 @@ def write_shapes_vizwiz(root: str | Path, n: int, seed: int, split: str = "train
     ann = {}
     for i in range(n):
         ask_shape = i % 2 == 0
+        key = (lambda x: x.colour) if ask_shape else (lambda x: x.shape)
         t = None
         while t is None:  # an object whose asked-about attribute is unique in its scene
             scene, _, _ = referring_scene(rng, "attribute", size)
-            key = (lambda x: x.colour) if ask_shape else (lambda x: x.shape)
             unique = [j for j, x in enumerate(scene.objects) if sum(key(y) == key(x) for y in scene.objects) == 1]
             t = unique[rng.randint(len(unique))] if unique else None
         o = scene.objects[t]

@@ -34,8 +34,7 @@ def prior_weights(cfg: GroundingConfig, block_names: list[str], n_levels: int, n
     bw, hw = maps.weights_for(block_names, n_heads, cfg)
     if cfg.blocks:
         bw = bw * torch.tensor([float(n in cfg.blocks) for n in block_names])
-    hw = hw / hw.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-    bw = bw / bw.sum().clamp_min(1e-12)
+    bw, hw = maps.normalised_weights(bw, hw)
     w = bw[:, None, None] * hw[:, None, :] / n_levels  # [L, 1, H] → broadcast over V
     return w.expand(len(block_names), n_levels, n_heads).reshape(-1)
 

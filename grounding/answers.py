@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .maps import normalise
+
 
 def answer_prompt(question: str, answer: str | None = None) -> str:
     """The text grounded for a (question, answer): "what is on the plate? pizza"."""
@@ -27,7 +29,6 @@ def contrast(G: torch.Tensor, generic: torch.Tensor, percentile: float) -> torch
     its near-zero tokens explode); the result sums to 1."""
     if not 0.0 <= percentile <= 100.0:
         raise ValueError(f"answer.percentile must be in [0, 100], got {percentile}")
-    g = generic.float() / generic.sum().clamp_min(1e-12)
+    g = normalise(generic.float())
     lam = float(np.percentile(g.numpy(), percentile))
-    out = (G.float() / G.sum().clamp_min(1e-12)) / (g + max(lam, 1e-12))
-    return out / out.sum().clamp_min(1e-12)
+    return normalise(normalise(G.float()) / (g + max(lam, 1e-12)))

@@ -134,12 +134,9 @@ def chunked_lse(q: torch.Tensor, k: torch.Tensor, rows: slice, chunk: int = 1024
 def _attend(store: AttentionStore, block: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Attention output for q, k, v ``[B, H, S, D]``; records the block's text probabilities."""
     mask = store.text_mask(q.shape[2], q.device)
-    if mask is not None:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        rows, _ = store.slices(q.shape[2], q.device)
-        store.record(block, q, k, chunked_lse(q, k, rows))
-        return out
-    if store.lse_source == "fused":
+    if mask is not None:  # the fused kernels take no mask: stock SDPA, lse computed below
+        out, lse = F.scaled_dot_product_attention(q, k, v, attn_mask=mask), None
+    elif store.lse_source == "fused":
         out, lse = sdpa_with_lse(q, k, v)
     else:
         out, lse = F.scaled_dot_product_attention(q, k, v), None

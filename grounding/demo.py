@@ -65,6 +65,11 @@ class DemoConfig:
     workers: int = 0
     minutes: float = 0.0
 
+    @property
+    def grid(self) -> int:
+        """Image tokens per side: the VAE halves the image, packing halves it again."""
+        return self.size // 4
+
 
 def build_components(cfg: DemoConfig):
     from diffusers import AutoencoderKL, FluxTransformer2DModel
@@ -166,7 +171,7 @@ class SceneBatches(torch.utils.data.IterableDataset):
                                                     c.subset_captions if self.captions else 0.0, self.referring)
             targets = None
             if self.tokenizer is not None:
-                targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.size // 4)
+                targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.grid)
             yield x, caps, targets
 
 
@@ -320,8 +325,7 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
             cfg.steps = total = st.get("steps", cfg.steps)
             cfg.minutes = minutes = 0.0
     transformer.train(), t5.train(), clip.train()
-    grid = cfg.size // 2 // 2
-    img_ids = image_ids(grid, grid).to(dev)
+    img_ids = image_ids(cfg.grid, cfg.grid).to(dev)
     txt_ids = torch.zeros(cfg.max_sequence_length, 3, device=dev)
     logits: list[torch.Tensor] = []
     if cfg.grounding_loss:
@@ -331,7 +335,8 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
             for name, proc in transformer.attn_processors.items()})
     t0, ema, gema, probe = time.time(), None, None, None
     batches = _batches(cfg, step, 10 ** 9 if minutes else total, 9_000_011 if refer else 7_000_003,
-                       tokenizer=t5_tok if cfg.grounding_loss else None, referring=cfg.referring if refer else 0.0)
+                       tokenizer=t5_tok if cfg.grounding_loss else None,
+                       referring=cfg.referring if refer else 0.0) if step < total else iter(())
     while step < total:
         x, captions, targets = next(batches)
         logits.clear()

@@ -91,12 +91,16 @@ def normalise(M: torch.Tensor) -> torch.Tensor:
     return M / M.sum(dim=-1, keepdim=True).clamp_min(_EPS)
 
 
+def normalised_weights(block_w: torch.Tensor, head_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block weights ``[L]`` scaled to sum 1, and each block's head weights ``[L, H]`` too."""
+    return block_w / block_w.sum().clamp_min(_EPS), head_w / head_w.sum(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
 def aggregate(M: torch.Tensor, block_w: torch.Tensor, head_w: torch.Tensor) -> torch.Tensor:
     """``[..., L, V, H, N] → [..., N]``: weighted mean over heads within a block (``head_w``
     ``[L, H]``), then over blocks (``block_w`` ``[L]``), plain mean over noise levels."""
-    hw = head_w / head_w.sum(dim=-1, keepdim=True).clamp_min(_EPS)
+    bw, hw = normalised_weights(block_w, head_w)
     per_block = (M * hw[:, None, :, None]).sum(dim=-2)  # [..., L, V, N]
-    bw = block_w / block_w.sum().clamp_min(_EPS)
     return (per_block * bw[:, None, None]).sum(dim=-3).mean(dim=-2)
 
 

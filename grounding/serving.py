@@ -328,6 +328,14 @@ def prepare(settings: Settings, data: bytes | None, expression, option_values: d
     return decode_image(data, settings, content_type), opts, exprs
 
 
+def prepare_question(settings: Settings, data: bytes | None, question, answer,
+                     option_values: dict) -> tuple[Image.Image, Options, list[str]]:
+    """``prepare`` for a visual question (+ answer): options, the one text to ground, then image."""
+    opts = parse_options(option_values)
+    texts = [parse_question(question, answer, settings)]
+    return decode_image(data, settings), opts, texts
+
+
 def jobs_for(image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool,
              answer: bool = False) -> list[Job]:
     rgb = np.asarray(image)

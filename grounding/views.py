@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
 from .config import ViewsConfig
+from .maps import normalise
 
 FILLS = ("blur", "mean", "attention")
 
@@ -37,7 +38,7 @@ def match_score(m: torch.Tensor) -> float:
     rescaled so a uniform map gives 0 and a map with all mass there gives 1 (AGLA's ``s``)."""
     n = m.numel()
     k = max(1, n // 10)
-    top = float(torch.topk(m.float() / m.sum().clamp_min(1e-12), k).values.sum())
+    top = float(torch.topk(normalise(m.float()), k).values.sum())
     return float(np.clip((top - k / n) / (1 - k / n), 0.0, 1.0))
 
 
