@@ -17,12 +17,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+_RAW = "refine.enabled=false"  # rows before "+ refinement" threshold the plain upsampled map
 CONFIGS = {
-    "baseline": ["magnets.enabled=false", "sinks.enabled=false", "redistribution.enabled=false"],
-    "+ magnets": ["sinks.enabled=false", "redistribution.enabled=false"],
-    "+ sink handling": ["redistribution.enabled=false"],
-    "+ redistribution (full)": [],
-    "+ assembled views": ["views.mode=assembled"],
+    "baseline": ["magnets.enabled=false", "sinks.enabled=false", "redistribution.enabled=false", _RAW],
+    "+ magnets": ["sinks.enabled=false", "redistribution.enabled=false", _RAW],
+    "+ sink handling": ["redistribution.enabled=false", _RAW],
+    "+ redistribution (RefAM)": [_RAW],
+    "+ refinement (full)": ["refine.enabled=true"],
+    "+ assembled views": ["refine.enabled=true", "views.mode=assembled"],
 }
 
 

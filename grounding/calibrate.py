@@ -146,3 +146,33 @@ def fit_presence(grounder, samples, use_segmenter: bool = True) -> tuple[Groundi
     feats = collect_presence(grounder, samples, use_segmenter)
     fitted, report = presence.fit(feats, [label for _, _, label in samples])
     return grounder.config.replace(presence=dataclasses.asdict(fitted)), report
+
+
+MASK_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
+REFINE_RADII = (2.0, 4.0, 6.0)  # token cells; refinement off is always a candidate too
+
+
+def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLDS,
+              radii=REFINE_RADII) -> tuple[GroundingConfig, dict]:
+    """Pick the map threshold and the heatmap refinement (off, or a guided filter of each radius)
+    maximising mean IoU of the map-threshold masks of ``(image, sentence, mask)`` samples. Maps
+    are made once; each candidate only reruns heatmap → prompts → mask. Ties keep the earlier
+    candidate (refinement off first, thresholds in the given order)."""
+    from .segmenter import mask_iou
+
+    items = []
+    for image, sentence, mask in tqdm(samples, desc="calibrate: masks", leave=False):
+        items.append((grounder.referent_maps([(image, sentence)], cfg)[0], np.asarray(mask, dtype=bool)))
+
+    def miou(c: GroundingConfig) -> float:
+        return float(np.mean([mask_iou(grounder.segment_map(it, c, use_segmenter=False)[0].mask, gt) for it, gt in items]))
+
+    refines = [{"refine.enabled": False}] + [{"refine.enabled": True, "refine.radius": r} for r in radii]
+    scores = [(miou(c), c) for c in (cfg.replace(threshold=t, **r) for r in refines for t in thresholds)]
+    now = miou(cfg)
+    best, fitted = max(scores, key=lambda x: x[0])  # max keeps the first of equal scores
+    if best <= now:
+        fitted, best = cfg, now
+    report = {"miou_before": now, "miou_after": best, "threshold": fitted.threshold,
+              "refine": dataclasses.asdict(fitted.refine), "samples": len(items)}
+    return fitted, report

@@ -76,7 +76,7 @@ def cmd_segment_video(args) -> int:
     from .video import VideoConfig, iter_video, video_fps, write_outputs
 
     g = _grounder(args)
-    video = VideoConfig(batch_frames=args.batch_frames, window=args.window)
+    video = VideoConfig(batch_frames=args.batch_frames, window=args.window, motion=args.motion)
     out = Path(args.out)
     doc = write_outputs(iter_video(g, args.video, args.expression, video), out, video_fps(args.video),
                         overlay_video=not args.no_overlay)
@@ -117,7 +117,7 @@ def _write_config(fitted, out: Path, report: dict) -> int:
 def cmd_calibrate(args) -> int:
     from eval.refcoco import RefDataset
 
-    from .calibrate import collect, fit
+    from .calibrate import collect, fit, fit_masks
 
     out = _output_folder(args)
     g = _grounder(args)
@@ -126,6 +126,8 @@ def cmd_calibrate(args) -> int:
     samples = [(s.image_path, s.sentence, s.mask) for s in (ds[i] for i in range(n))]
     levels = tuple(sorted(set(args.timesteps) | set(g.config.timesteps)))
     fitted, report = fit(collect(g, samples, levels), g.config)
+    if args.masks:
+        fitted, report["masks"] = fit_masks(g, samples, fitted)
     return _write_config(fitted, out, report)
 
 
@@ -198,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="folder for masks/NNNNN.png (DAVIS palette), overlay.mp4, result.json")
     p.add_argument("--batch-frames", type=int, default=4)
     p.add_argument("--window", type=int, default=2, help="temporal aggregation: frames on each side (0 = off)")
+    p.add_argument("--motion", type=int, default=2,
+                   help="motion compensation of the aggregation: tokens per frame step (0 = off)")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=cmd_segment_video)
 
@@ -221,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--timesteps", type=lambda s: [float(v) for v in s.split(",")], default=[0.15, 0.3, 0.5],
                    help="candidate noise levels, comma-separated (the current ones are always included)")
+    p.add_argument("--no-masks", dest="masks", action="store_false",
+                   help="keep the map threshold and refinement (default: fit them for map-threshold mask IoU)")
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate)
 
@@ -246,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train-demo", help="train (or resume) the shapes demo model; checkpoints in OUT/train")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--vae-steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=DemoConfig.steps)
+    p.add_argument("--vae-steps", type=int, default=DemoConfig.vae_steps)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=DemoConfig.size, help="image side in pixels")

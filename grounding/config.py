@@ -83,6 +83,20 @@ class ViewsConfig:
 
 
 @dataclass
+class RefineConfig:
+    """Edge-aware refinement of the upsampled heatmap (``refine``): a colour guided filter with
+    the image as guide, window radius ``radius`` token cells, regulariser ``eps`` (smaller = edges
+    followed more closely). Off by default: SAM draws the mask edges; the map-threshold segmenter
+    gains most from it. Images with a side over ``max_side`` px are filtered at that size and the
+    filter's coefficients upsampled (bounded memory)."""
+
+    enabled: bool = False
+    radius: float = 4.0
+    eps: float = 0.01
+    max_side: int = 512
+
+
+@dataclass
 class PresenceConfig:
     """Is the referent in the image? A logistic model over map features (``presence.FEATURES``),
     fitted by ``python -m grounding calibrate-presence``; ``present = score ≥ threshold`` and a
@@ -131,6 +145,7 @@ class GroundingConfig:
     views: ViewsConfig = field(default_factory=ViewsConfig)
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = 0.5
     positive_points: int = 1

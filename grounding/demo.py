@@ -29,11 +29,13 @@ log = logging.getLogger("grounding.demo")
 
 @dataclass
 class DemoConfig:
+    """Defaults are the shipped ``models/shapes-demo`` recipe (README)."""
+
     size: int = 64
     seed: int = 0
-    vae_steps: int = 400
+    vae_steps: int = 300
     vae_lr: float = 1e-3
-    steps: int = 3000
+    steps: int = 2200
     batch: int = 32
     lr: float = 4e-4
     warmup: int = 100
@@ -49,13 +51,13 @@ class DemoConfig:
     subset_captions: float = 0.3
     # Weight of the token grounding loss (TokenCompose, arXiv 2312.03626) on the dual blocks'
     # head-mean image→text attention; 0 = flow matching alone.
-    grounding_loss: float = 0.2
+    grounding_loss: float = 0.5
     # Stage 3, referring fine-tune: ``refer_steps`` more steps (lr ``refer_lr``, fresh optimiser) in
     # which a share ``referring`` of the scenes are referring examples (``eval.shapes.referring_example``:
     # distractors, size, position, relations) captioned by their expression, its words supervised
     # onto the referent (a relation's complement onto its anchor); the rest are captions as before.
-    refer_steps: int = 0
-    referring: float = 0.5
+    refer_steps: int = 4500
+    referring: float = 0.75
     refer_lr: float = 2e-4
     # Where and how to run (not part of the model): device, bf16 autocast on CUDA, data workers,
     # and a time budget in minutes for stage 2 (0 = run ``steps``; else ``steps`` is fixed

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import answers, maps, presence, views, zoo
+from . import answers, maps, presence, refine, views, zoo
 from .backends import Backend, Capture, load_backend
 from .config import GroundingConfig
 from .images import open_image
@@ -179,7 +179,7 @@ class Grounder:
         return AttentionMaps(
             expression=tok.expression, prompt=tok.prompt, words=[w.text for w in tok.words],
             word_kinds=[KIND_NAMES[w.kind] for w in tok.words], head_word=tok.head_word, word_maps=word_maps,
-            referent=maps.normalise(ref).reshape(cap.grid).numpy(), heatmap=maps.to_image(ref, cap.grid, im.size),
+            referent=maps.normalise(ref).reshape(cap.grid).numpy(), heatmap=refine.heatmap(ref, cap.grid, im, cfg.refine),
             grid=cap.grid, block_names=cap.block_names, timesteps=cap.timesteps, warnings=tok.warnings,
             attention=cleaned.A if detail else None,
             column_kinds=[KIND_NAMES[k] for k in cleaned.kinds] if detail else None,
@@ -254,7 +254,7 @@ class Grounder:
         temporally aggregated); ``prev_mask`` / ``mask_prompt`` carry the previous frame's mask."""
         s0 = time.perf_counter()
         ref = item.map if token_map is None else token_map
-        heatmap = maps.to_image(ref, item.grid, item.image.size)
+        heatmap = refine.heatmap(ref, item.grid, item.image, cfg.refine)
         prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points,
                                    prev_mask, identity_weight)
         s1 = time.perf_counter()

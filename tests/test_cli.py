@@ -58,6 +58,9 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     cfg = json.loads((out / "grounding.json").read_text())
     assert set(cfg["timesteps"]) <= {0.2, 0.3, 0.5}
     assert cfg["resolution"] == 64  # the model's own settings are kept
+    masks = report["masks"]  # the mask stage is fitted too, and what it chose is what was written
+    assert 0.0 <= masks["miou_before"] <= masks["miou_after"] <= 1.0
+    assert cfg["threshold"] == masks["threshold"] and cfg["refine"] == masks["refine"]
 
 
 def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):

@@ -83,7 +83,8 @@ def test_grounding_loss_is_low_on_the_object_and_has_gradient():
 
 def test_tiny_training_run_resumes_and_exports(tmp_path):
     cfg = DemoConfig(size=32, vae_steps=2, steps=3, batch=2, width_heads=2, head_dim=16, dual_blocks=1,
-                     single_blocks=1, text_dim=32, max_sequence_length=24, checkpoint_every=1, warmup=1)
+                     single_blocks=1, text_dim=32, max_sequence_length=24, checkpoint_every=1, warmup=1,
+                     refer_steps=0)
     out = tmp_path / "run"
     weights = train_demo(out, cfg, weights_only=True)
     st = torch.load(out / "train" / "transformer.pt", weights_only=False)

@@ -17,7 +17,7 @@ from conftest import ROOT
 from fixtures import moving_video
 from grounding.prompts import prompts_from_map
 from grounding.segmenter import MapSegmenter
-from grounding.video import OverlayWriter, VideoConfig, aggregate, iter_video, read_frames
+from grounding.video import OverlayWriter, VideoConfig, aggregate, iter_video, read_frames, translate
 
 
 def test_aggregate_weights_and_edges():
@@ -39,6 +39,29 @@ def test_one_bad_frame_does_not_flip_the_referent():
     seq = [good, good, bad, good, good]
     assert int(aggregate(seq, 2, window=2, decay=0.6).argmax()) == 5
     assert int(aggregate(seq, 2, window=0, decay=0.6).argmax()) == 12
+
+
+def test_motion_compensation_follows_a_moving_referent_past_a_static_lookalike():
+    grid = (8, 12)
+    frames = []
+    for t in range(5):
+        m = torch.zeros(grid)
+        m[4, 2 + 2 * t] = 1.0  # the referent, 2 tokens right per frame
+        m[1, 10] = 0.8  # a static look-alike, a little weaker in every frame
+        frames.append(m.reshape(-1))
+    plain = aggregate(frames, 2, window=2, decay=0.6)
+    assert divmod(int(plain.argmax()), 12) == (1, 10)  # uncompensated, the static one adds up
+    moved = aggregate(frames, 2, window=2, decay=0.6, grid=grid, motion=2)
+    assert divmod(int(moved.argmax()), 12) == (4, 6)  # where the referent is in the centre frame
+    assert float(moved.max()) == pytest.approx(1 / 1.8)  # every frame's referent laid onto it
+    short = aggregate(frames, 2, window=2, decay=0.6, grid=grid, motion=1)  # reach 1 token per frame
+    assert divmod(int(short.argmax()), 12) == (1, 10)
+    # a static map is left where it is; a one-frame outlier farther than the reach cannot pull the rest
+    good, bad = torch.zeros(grid), torch.zeros(grid)
+    good[2, 2], bad[6, 10] = 1.0, 1.2
+    seq = [good.reshape(-1)] * 2 + [bad.reshape(-1)] + [good.reshape(-1)] * 2
+    assert torch.equal(aggregate([good.reshape(-1)] * 3, 1, 1, 0.6, grid, 2), good.reshape(-1))
+    assert divmod(int(aggregate(seq, 2, 2, 0.6, grid, 2).argmax()), 12) == (2, 2)
 
 
 def test_region_choice_keeps_identity_by_overlap():
@@ -142,3 +165,10 @@ def test_cli_segment_video(tmp_path, tiny_flux_dir):
                         str(tmp_path / "missing.mp4"), "red circle", "--out", str(out)], cwd=ROOT,
                        env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "not found" in p.stderr
+
+
+def test_translate_moves_and_clears():
+    m = torch.arange(6.0).reshape(2, 3)
+    assert translate(m, 0, 1).tolist() == [[0, 0, 1], [0, 3, 4]]
+    assert translate(m, -1, 0).tolist() == [[3, 4, 5], [0, 0, 0]]
+    assert not translate(m, 3, 0).any() and not translate(m, 0, -5).any()  # moved off the grid
