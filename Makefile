@@ -38,4 +38,4 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. grounding/proto/grounding.proto
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. grounding/serving/proto/grounding.proto

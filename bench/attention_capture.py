@@ -11,6 +11,7 @@ final JSON line with ``capture_overhead`` (time ratio ours / plain) and ``map_me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -21,16 +22,31 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from grounding.attention import AttentionStore, FluxCaptureAttnProcessor  # noqa: E402
+from grounding.backends.capture import AttentionStore, SequenceLayout, dispatcher_capture  # noqa: E402
 
 
-class NaiveCaptureProcessor(FluxCaptureAttnProcessor):
+class NaiveRecorder:
     """The obvious way: build P = softmax(QKᵀ/√d) [B, H, S, S], output P·V, keep the full P."""
 
-    def attend(self, q, k, v):
+    def __init__(self):
+        self.maps = {}
+
+    def attend(self, block, q, k, v, attn_mask=None, scale=None):
         p = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1)
-        self.store.maps.setdefault(self.block, []).append(p)
+        self.maps.setdefault(block, []).append(p)
         return torch.matmul(p, v)
+
+
+def modules(model) -> dict:
+    """Block name → attention module, for every dual- and single-stream block."""
+    return {f"{lst}.{i}": b.attn for lst in ("transformer_blocks", "single_transformer_blocks")
+            for i, b in enumerate(getattr(model, lst))}
+
+
+def flux_store(text: int, columns: torch.Tensor) -> AttentionStore:
+    """The engine's recorder for FLUX's layout (text first, then image)."""
+    return AttentionStore(layout=lambda block, q, k: SequenceLayout(image=slice(text, q), text=slice(0, text)),
+                          columns=columns)
 
 
 def build(width: int, heads: int, dual: int, single: int, joint_dim: int = 256, pooled_dim: int = 128):
@@ -80,20 +96,15 @@ def main() -> None:
 
     model = build(args.width, args.heads, 4, 4)
     kw = inputs(args.image_side, args.text)
-    stock = dict(model.attn_processors)
-    names = [k.removesuffix(".attn.processor") for k in stock]
     columns = torch.arange(args.text)
 
     def run(variant: str) -> tuple[float, int, torch.Tensor]:
-        store = AttentionStore(text_len=args.text, columns=columns)
-        if variant != "plain":
-            cls = FluxCaptureAttnProcessor if variant == "ours" else NaiveCaptureProcessor
-            model.set_attn_processor({f"{n}.attn.processor": cls(store, n) for n in names})
+        store = flux_store(args.text, columns) if variant == "ours" else NaiveRecorder()
+        capture = dispatcher_capture(modules(model), store) if variant != "plain" else contextlib.nullcontext()
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), capture:
             out = model(**kw)[0]
         dt = time.perf_counter() - t
-        model.set_attn_processor(dict(stock))  # diffusers pops from the dict it is given
         nbytes = sum(x.numel() * x.element_size() for v in store.maps.values() for x in v)
         return dt, nbytes, out
 

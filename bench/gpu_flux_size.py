@@ -11,6 +11,7 @@ is bit-identical to the stock processors'). Smaller shapes run anywhere for a sm
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -22,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from attention_capture import build, inputs  # noqa: E402
+from attention_capture import build, flux_store, inputs, modules  # noqa: E402
 
-from grounding.attention import AttentionStore, FluxCaptureAttnProcessor  # noqa: E402
+from grounding.backends.capture import dispatcher_capture  # noqa: E402
 
 
 def main() -> None:
@@ -47,27 +48,23 @@ def main() -> None:
         model = build(3072, 24, args.dual, args.single, joint_dim=4096, pooled_dim=768)
         torch.set_default_dtype(prev)
     kw = inputs(args.side, args.text, 4096, 768, dev, dtype)
-    stock = dict(model.attn_processors)
-    names = [k.removesuffix(".attn.processor") for k in stock]
 
     def sync():
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
     def run(capture: bool):
-        store = AttentionStore(text_len=args.text, columns=torch.arange(args.captured_text))
-        if capture:
-            model.set_attn_processor({f"{n}.attn.processor": FluxCaptureAttnProcessor(store, n) for n in names})
+        store = flux_store(args.text, torch.arange(args.captured_text))
+        ctx = dispatcher_capture(modules(model), store) if capture else contextlib.nullcontext()
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         sync()
         t = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), ctx:
             out = model(**kw)[0]
         sync()
         dt = time.perf_counter() - t
         peak = torch.cuda.max_memory_allocated() if dev.type == "cuda" else 0
-        model.set_attn_processor(dict(stock))
         maps = sum(x.numel() * x.element_size() for v in store.maps.values() for x in v)
         return dt, peak, maps, out
 

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.sam import export_sam  # noqa: E402
-from grounding.segmenter import OnnxSamSegmenter, SamSegmenter  # noqa: E402
+from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter  # noqa: E402
 
 
 def median_time(fn, reps: int) -> float:

@@ -12,7 +12,7 @@ from .runner import RunConfig, merge, parse_shard, run_answers, run_refcoco, run
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from grounding.zoo import default_model
+    from grounding.backends.zoo import default_model
 
     p.add_argument("--data-root", required=True)
     p.add_argument("--split", default=None)
@@ -28,7 +28,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from grounding.cli import _overrides
+    from grounding.cli import parse_overrides as _overrides
 
     ap = argparse.ArgumentParser(prog="python -m eval", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)

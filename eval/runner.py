@@ -169,7 +169,7 @@ def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
 
 def write_overlays(ds, grounder, cfg: RunConfig, run_dir: Path, k: int) -> list[Path]:
     """Overlay PNGs of the k best, k worst and k random samples (seed 0) of the run."""
-    from grounding.result import overlay
+    from grounding.pipeline.result import overlay
 
     records = read_results(run_dir / RESULTS)
     by_iou = sorted(records, key=lambda r: (-r["iou"], r["id"]))
@@ -192,9 +192,9 @@ def write_overlays(ds, grounder, cfg: RunConfig, run_dir: Path, k: int) -> list[
 
 # --- video runs ----------------------------------------------------------------------------------
 def run_video(cfg: RunConfig, grounder, run_dir: Path, frame_batch: int = 4) -> dict:
-    """Each (video, expression) through ``grounding.video.iter_video`` (temporal aggregation,
+    """Each (video, expression) through ``grounding.pipeline.video.iter_video`` (temporal aggregation,
     mask propagation); masks written as ``Annotations/<video>/<exp_id>/<frame>.png``."""
-    from grounding.video import VideoConfig, iter_video
+    from grounding.pipeline.video import VideoConfig, iter_video
 
     from .rvos import VIDEO_DATASETS
 

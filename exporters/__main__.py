@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     p.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 weight quantization")
     args = ap.parse_args(argv)
 
-    from grounding.segmenter import load_sam, sam_type_from_name
+    from grounding.segment.segmenters import load_sam, sam_type_from_name
 
     from .sam import export_sam
 

@@ -8,14 +8,13 @@
   ``[1, 3, 256, 256]`` (logits) and ``iou_predictions`` ``[1, 3]``. ``N`` is dynamic.
 
 Unlike segment-anything's ``SamOnnxModel``, nothing about the original image size is in the graph:
-upscaling to the image happens outside (``grounding.segmenter.upscale_masks``).
+upscaling to the image happens outside (``grounding.segment.segmenters.upscale_masks``).
 A ``manifest.json`` beside the graphs records model type, opset, precision, tensor names and
 SHA-256 hashes; loading checks it.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -23,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-MANIFEST = "manifest.json"
+from grounding.segment.manifest import FORMAT, MANIFEST, sha256, validate  # noqa: F401  (validate: re-exported)
+
 ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
@@ -71,14 +71,6 @@ class DecoderGraph(nn.Module):
             dense_prompt_embeddings=self.embed_mask(mask_input, has_mask_input),
         )
         return masks[:, 1:], iou[:, 1:]
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int,
@@ -138,7 +130,7 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
             files[part] = [src.name]
         precision = "int8"
     manifest = {
-        "format": "dit-grounding/sam-onnx/1",
+        "format": FORMAT,
         "model_type": model_type,
         "opset": opset,
         "precision": precision,
@@ -157,29 +149,4 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
         "torch": torch.__version__,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
-def validate(folder: str | Path, check_hashes: bool = True) -> dict:
-    """The manifest of an export folder, after checking every file it lists is there, whole and
-    unchanged; raises ``ValueError`` naming the problem."""
-    folder = Path(folder)
-    path = folder / MANIFEST
-    if not path.is_file():
-        raise ValueError(f"{folder} has no {MANIFEST}: not a SAM ONNX export (python -m exporters sam ...)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if manifest.get("format") != "dit-grounding/sam-onnx/1":
-        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}")
-    for name, meta in manifest["files"].items():
-        f = folder / name
-        if not f.is_file():
-            raise ValueError(f"{folder}: {name} is missing")
-        size = f.stat().st_size
-        if size != meta["bytes"]:
-            raise ValueError(f"{folder}: {name} is {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)")
-        if check_hashes and sha256(f) != meta["sha256"]:
-            raise ValueError(f"{folder}: {name} does not match its SHA-256 in the manifest")
     return manifest

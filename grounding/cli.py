@@ -1,4 +1,5 @@
-"""``python -m grounding``: segment, tiny-model, calibrate."""
+"""``python -m grounding``: segment, segment-video, tiny-model (inference only; the training and
+fitting commands are ``python -m training``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+# Commands of ``python -m training`` (said so when asked of this CLI).
+MOVED = ("calibrate", "calibrate-presence", "train-answer-head", "train-demo")
 
-def _overrides(pairs: list[str]) -> dict:
+
+def parse_overrides(pairs: list[str]) -> dict:
     """``--set key=value`` (value parsed as JSON when it parses) → config overrides."""
     out = {}
     for pair in pairs or []:
@@ -24,8 +28,8 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    from .zoo import default_model
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    from .backends.zoo import default_model
 
     p.add_argument("--model", default=default_model(),
                    help="diffusers FLUX/SD3 pipeline: hub id, local folder or a zoo name such as tiny-flux "
@@ -39,11 +43,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="override a grounding.json field, e.g. --set sinks.mode=suppress --set 'timesteps=[0.2]'")
 
 
-def _grounder(args):
-    from .grounder import Grounder
+def grounder_from_args(args):
+    from .pipeline.grounder import Grounder
 
     return Grounder.from_pretrained(args.model, segmenter=args.segmenter, device=args.device, dtype=args.dtype,
-                                    **_overrides(args.set))
+                                    **parse_overrides(args.set))
 
 
 def cmd_segment(args) -> int:
@@ -51,10 +55,10 @@ def cmd_segment(args) -> int:
     from PIL import Image
 
     from .images import open_image
-    from .result import colorize, overlay
+    from .pipeline.result import colorize, overlay
 
     t0 = time.perf_counter()
-    g = _grounder(args)
+    g = grounder_from_args(args)
     t1 = time.perf_counter()
     image = open_image(args.image, g.config.max_image_pixels)
     r = g.segment(image, args.expression)
@@ -73,9 +77,9 @@ def cmd_segment(args) -> int:
 
 
 def cmd_segment_video(args) -> int:
-    from .video import VideoConfig, iter_video, video_fps, write_outputs
+    from .pipeline.video import VideoConfig, iter_video, video_fps, write_outputs
 
-    g = _grounder(args)
+    g = grounder_from_args(args)
     video = VideoConfig(batch_frames=args.batch_frames, window=args.window, motion=args.motion)
     out = Path(args.out)
     doc = write_outputs(iter_video(g, args.video, args.expression, video), out, video_fps(args.video),
@@ -88,113 +92,26 @@ def cmd_segment_video(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
-    from .tiny import save_tiny_model
+    from .backends.tiny import save_tiny_model
 
     path = save_tiny_model(args.dir, args.arch, args.seed, args.size)
     print(f"wrote a tiny random {args.arch} pipeline to {path} (its attention maps are meaningless)")
     return 0
 
 
-def _output_folder(args) -> Path:
-    """``--out``, or the model's own folder when ``--model`` is a local pipeline folder."""
-    from .zoo import resolve
-
-    out = Path(args.out or resolve(args.model))
-    if not args.out and not (out / "model_index.json").is_file():
-        raise ValueError("--out is needed when --model is not a local pipeline folder")
-    return out
-
-
-def _write_config(fitted, out: Path, report: dict) -> int:
-    """Save a fitted ``grounding.json`` into ``out`` and print the report with its path."""
-    out.mkdir(parents=True, exist_ok=True)
-    fitted.save_pretrained(out)
-    report["written"] = str(out / "grounding.json")
-    print(json.dumps(report))
-    return 0
-
-
-def cmd_calibrate(args) -> int:
-    from eval.refcoco import RefDataset
-
-    from .calibrate import collect, fit, fit_masks
-
-    out = _output_folder(args)
-    g = _grounder(args)
-    ds = RefDataset(args.data, args.dataset, args.split_by, args.split, args.image_root)
-    n = len(ds) if args.limit is None else min(args.limit, len(ds))
-    samples = [(s.image_path, s.sentence, s.mask) for s in (ds[i] for i in range(n))]
-    levels = tuple(sorted(set(args.timesteps) | set(g.config.timesteps)))
-    fitted, report = fit(collect(g, samples, levels), g.config)
-    if args.masks:
-        fitted, report["masks"] = fit_masks(g, samples, fitted)
-    return _write_config(fitted, out, report)
-
-
-def cmd_calibrate_presence(args) -> int:
-    from eval.shapes import presence_scenes
-
-    from .calibrate import fit_presence
-
-    out = _output_folder(args)
-    g = _grounder(args)
-    samples = presence_scenes(args.n, args.seed, g.config.resolution)
-    fitted, report = fit_presence(g, samples)
-    return _write_config(fitted, out, report)
-
-
-def cmd_train_answer_head(args) -> int:
-    from eval.answers import VizWizGrounding
-
-    from .answer_head import train
-    from .answers import answer_prompt
-
-    out = _output_folder(args)
-    g = _grounder(args)
-    ds = VizWizGrounding(args.data, args.split)
-    n = len(ds) if args.limit is None else min(args.limit, len(ds))
-    samples = [(s.image_path, answer_prompt(s.question, s.answer), s.mask) for s in (ds[i] for i in range(n))]
-    head, report = train(g, samples, epochs=args.epochs, lr=args.lr, seed=args.seed)
-    out.mkdir(parents=True, exist_ok=True)
-    report["written"] = str(head.save_pretrained(out, **head.meta))
-    print(json.dumps(report))
-    return 0
-
-
-def cmd_train_demo(args) -> int:
-    import logging
-
-    from .demo import DemoConfig, export_weights, train_demo
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.from_weights:
-        print(json.dumps({"out": str(export_weights(args.from_weights, args.out))}))
-        return 0
-    cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed, size=args.size,
-                     dual_blocks=args.dual_blocks, single_blocks=args.single_blocks, width_heads=args.heads,
-                     head_dim=args.head_dim, device=args.device, amp=args.amp, workers=args.workers,
-                     minutes=args.minutes, grounding_loss=args.grounding_loss, refer_steps=args.refer_steps,
-                     referring=args.referring)
-    path = train_demo(args.out, cfg, weights_only=args.weights_only)
-    print(json.dumps({"out": str(path)}))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    from .demo import DemoConfig
-
     ap = argparse.ArgumentParser(prog="python -m grounding", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("segment", help="segment the referent of EXPRESSION in IMAGE")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("image")
     p.add_argument("expression")
     p.add_argument("--out", required=True, help="folder for mask.png, heatmap.png, overlay.png, result.json")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("segment-video", help="segment the referent in every frame of a video")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("video", help="video file (mp4, webm, …), folder of frames or zip of frames")
     p.add_argument("expression")
     p.add_argument("--out", required=True, help="folder for masks/NNNNN.png (DAVIS palette), overlay.mp4, result.json")
@@ -214,68 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dir")
     p.set_defaults(func=cmd_tiny_model)
 
-    p = sub.add_parser("calibrate", help="fit noise levels and block/head weights on a refer-format set; "
-                                         "writes grounding.json")
-    _add_model_args(p)
-    p.add_argument("--data", required=True, help="refer-layout data root")
-    p.add_argument("--dataset", default="refcoco")
-    p.add_argument("--split-by", default=None)
-    p.add_argument("--split", default="val")
-    p.add_argument("--image-root", default=None)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--timesteps", type=lambda s: [float(v) for v in s.split(",")], default=[0.15, 0.3, 0.5],
-                   help="candidate noise levels, comma-separated (the current ones are always included)")
-    p.add_argument("--no-masks", dest="masks", action="store_false",
-                   help="keep the map threshold and refinement (default: fit them for map-threshold mask IoU)")
-    p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
-    p.set_defaults(func=cmd_calibrate)
-
-    p = sub.add_parser("calibrate-presence", help="fit the 'referent not in the image' model on generated "
-                                                  "shapes scenes with and without the named object")
-    _add_model_args(p)
-    p.add_argument("--n", type=int, default=300, help="scenes (half without the referent)")
-    p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
-    p.set_defaults(func=cmd_calibrate_presence)
-
-    p = sub.add_parser("train-answer-head", help="train the sentence-attention answer head on a "
-                                                 "VizWiz-VQA-Grounding-layout set; writes answer_head.safetensors")
-    _add_model_args(p)
-    p.add_argument("--data", required=True, help="root with <split>_grounding.json and <split>/ images")
-    p.add_argument("--split", default="train")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for the head (default: the model folder)")
-    p.set_defaults(func=cmd_train_answer_head)
-
-    p = sub.add_parser("train-demo", help="train (or resume) the shapes demo model; checkpoints in OUT/train")
-    p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=DemoConfig.steps)
-    p.add_argument("--vae-steps", type=int, default=DemoConfig.vae_steps)
-    p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=DemoConfig.size, help="image side in pixels")
-    p.add_argument("--dual-blocks", type=int, default=DemoConfig.dual_blocks)
-    p.add_argument("--single-blocks", type=int, default=DemoConfig.single_blocks)
-    p.add_argument("--heads", type=int, default=DemoConfig.width_heads)
-    p.add_argument("--head-dim", type=int, default=DemoConfig.head_dim)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
-    p.add_argument("--workers", type=int, default=0, help="processes rendering training scenes")
-    p.add_argument("--minutes", type=float, default=0.0,
-                   help="time budget for stage 2; --steps becomes the most it may run")
-    p.add_argument("--grounding-loss", type=float, default=DemoConfig.grounding_loss,
-                   help="weight of the token grounding loss (0 = flow matching alone)")
-    p.add_argument("--refer-steps", type=int, default=DemoConfig.refer_steps,
-                   help="stage 3: referring fine-tune steps after the caption steps (0 = none)")
-    p.add_argument("--referring", type=float, default=DemoConfig.referring,
-                   help="stage 3: share of each batch that are referring examples")
-    p.add_argument("--weights-only", action="store_true", help="write OUT/weights.pt (fp16) instead of a pipeline")
-    p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
-    p.set_defaults(func=cmd_train_demo)
-
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in MOVED:
+        print(f"error: '{argv[0]}' is training code and moved out of the inference package: "
+              f"python -m training {argv[0]} ...", file=sys.stderr)
+        return 2
     args = ap.parse_args(argv)
     try:
         return args.func(args)

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+SinkMode = Literal["redirect", "suppress"]
+ViewMode = Literal["global", "assembled"]
+ViewFill = Literal["blur", "mean", "attention"]
 
 CONFIG_NAME = "grounding.json"
 
@@ -22,9 +28,32 @@ STOP_WORDS: frozenset[str] = frozenset(
 )
 
 
+class _Checked:
+    """Every config dataclass checks its fields when it is built: ``Literal`` choices (ValueError
+    listing the allowed values), bools, numbers, and tuples (a single value is a 1-tuple).
+    ``_shorthand`` maps a plain value's type to the field it sets when the whole sub-config is
+    given as that value (``views="assembled"`` → ``views.mode``)."""
+
+    _shorthand: typing.ClassVar[dict[type, str]] = {}
+    _group: typing.ClassVar[str] = ""  # the field of GroundingConfig that holds this group
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            name = f"{self._group}.{f.name}" if self._group else f.name
+            value = _check(name, hints[f.name], getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        pass
+
+
 @dataclass
-class MagnetConfig:
+class MagnetConfig(_Checked):
     """Attention magnets: stop words appended to the expression, then left out of the map."""
+
+    _group = "magnets"
 
     enabled: bool = True
     words: tuple[str, ...] = ("and", "of", "with", "the", "a")
@@ -36,9 +65,11 @@ class MagnetConfig:
     # yellow circle", the bench of "on the left of the bench"); 1.0 = no special treatment.
     complement_weight: float = 1.0
 
+    _shorthand = {bool: "enabled"}
+
 
 @dataclass
-class SinkConfig:
+class SinkConfig(_Checked):
     """Global attention sinks: image tokens bright in the map of (nearly) every text token.
 
     Per block, each text token's column is normalised over image tokens, so uniform attention
@@ -46,23 +77,35 @@ class SinkConfig:
     the valid text tokens, exceeds ``threshold × (1/N)``: it is bright regardless of the word.
     """
 
+    _group = "sinks"
+
     enabled: bool = True
     threshold: float = 8.0
     quantile: float = 0.1
-    mode: str = "redirect"  # "suppress" (zero + renormalise) | "redirect" (mass → magnets)
+    mode: SinkMode = "redirect"  # "suppress" (zero + renormalise) | "redirect" (mass → magnets)
     # Blocks are checked from this fraction of depth on (0.0 = every block).
     min_depth: float = 0.0
 
+    _shorthand = {bool: "enabled", str: "mode"}
+
+    def _check_ranges(self) -> None:
+        _in_range("sinks.quantile", self.quantile, 0.0, 1.0)
+        _in_range("sinks.min_depth", self.min_depth, 0.0, 1.0)
+
 
 @dataclass
-class RedistributionConfig:
+class RedistributionConfig(_Checked):
     """Per image token, renormalise attention over the captured text tokens (magnets included)."""
+
+    _group = "redistribution"
 
     enabled: bool = True
 
+    _shorthand = {bool: "enabled"}
+
 
 @dataclass
-class ViewsConfig:
+class ViewsConfig(_Checked):
     """AGLA-style prompt-masked views (arXiv 2406.12718), adapted from decoding to grounding.
 
     ``assembled``: the global map G picks the tokens to keep (top ``keep`` fraction of G after a
@@ -73,35 +116,49 @@ class ViewsConfig:
     ``log F = log G + alpha·log(L + lam/N)`` on the support ``G ≥ beta·max G`` (0 elsewhere).
     """
 
-    mode: str = "global"  # "global" | "assembled"
-    fill: str = "blur"  # "blur" | "mean" | "attention"
+    _group = "views"
+
+    mode: ViewMode = "global"
+    fill: ViewFill = "blur"
     keep: float | None = None
     smooth: float = 1.0
     alpha: float = 1.0
     beta: float = 0.2
     lam: float = 1.0
 
+    _shorthand = {str: "mode"}
+
+    def _check_ranges(self) -> None:
+        if self.keep is not None:
+            _in_range("views.keep", self.keep, 0.0, 1.0, low_open=True)
+
 
 @dataclass
-class RefineConfig:
+class RefineConfig(_Checked):
     """Edge-aware refinement of the upsampled heatmap (``refine``): a colour guided filter with
     the image as guide, window radius ``radius`` token cells, regulariser ``eps`` (smaller = edges
     followed more closely). Off by default: SAM draws the mask edges; the map-threshold segmenter
     gains most from it. Images with a side over ``max_side`` px are filtered at that size and the
     filter's coefficients upsampled (bounded memory)."""
 
+    _group = "refine"
+
     enabled: bool = False
     radius: float = 4.0
     eps: float = 0.01
     max_side: int = 512
 
+    _shorthand = {bool: "enabled"}
+
 
 @dataclass
-class PresenceConfig:
+class PresenceConfig(_Checked):
     """Is the referent in the image? A logistic model over map features (``presence.FEATURES``),
     fitted by ``python -m grounding calibrate-presence``; ``present = score ≥ threshold`` and a
     non-empty mask. Unfitted (no weights): the score is the map's concentration and ``present``
     only asks for a non-empty mask."""
+
+    _group = "presence"
 
     weights: dict[str, float] = field(default_factory=dict)
     bias: float = 0.0
@@ -109,10 +166,12 @@ class PresenceConfig:
 
 
 @dataclass
-class AnswerConfig:
+class AnswerConfig(_Checked):
     """Answer grounding (training-free): the map of "question + answer" divided by the map of a
     generic prompt (CARVE-style contrast, arXiv 2509.06461): ``G(Q) / (G(generic) + λ)`` with
     λ the ``percentile`` of the generic map, so regions every prompt lights up are discounted."""
+
+    _group = "answer"
 
     contrast: bool = True
     generic_prompt: str = "a photo"
@@ -122,7 +181,7 @@ class AnswerConfig:
 
 
 @dataclass
-class GroundingConfig:
+class GroundingConfig(_Checked):
     """Everything that decides how a map is made. Defaults are documented in README."""
 
     # Long side of the image fed to the VAE (rounded to the model's patch multiple).
@@ -152,24 +211,66 @@ class GroundingConfig:
     negative_points: int = 0
     max_image_pixels: int = 40_000_000
 
+    def _check_ranges(self) -> None:
+        if self.resolution < 1:
+            raise ConfigError(f"resolution must be a positive number of pixels, got {self.resolution}")
+        if not self.timesteps:
+            raise ConfigError("timesteps must hold at least one noise level")
+        for t in self.timesteps:
+            _in_range("timesteps", t, 0.0, 1.0, high_open=True)
+        if self.seed < 0 or self.seed > 2**63 - 1:
+            raise ConfigError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
+        if self.max_sequence_length is not None and self.max_sequence_length < 1:
+            raise ConfigError(f"max_sequence_length must be positive or None, got {self.max_sequence_length}")
+        if self.blocks is not None and not self.blocks:
+            raise ConfigError("blocks must name at least one block, or be None for all")
+        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
+        if self.positive_points < 1 or self.negative_points < 0:
+            raise ConfigError("positive_points must be ≥ 1 and negative_points ≥ 0")
+        if self.max_image_pixels < 1:
+            raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GroundingConfig":
-        return _from_dict(cls, data)
+        return _from_dict(cls, data, "")
 
     def replace(self, **changes: Any) -> "GroundingConfig":
-        """A copy with top-level fields or dotted sub-fields (``"sinks.mode"``) changed."""
+        """A checked copy with fields changed: top-level (``seed=1``), dotted or double-underscore
+        sub-fields (``"sinks.mode"``, ``sinks__mode``), or a group's shorthand (``views="assembled"``
+        is ``views__mode="assembled"``, ``magnets=False`` is ``magnets__enabled=False``)."""
         data = self.to_dict()
+        groups = {f.name: f.default_factory for f in dataclasses.fields(self)
+                  if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
         for key, value in changes.items():
+            path = key.replace("__", ".").split(".")
+            if len(path) == 1 and path[0] in groups:
+                group, cls = path[0], groups[path[0]]
+                if dataclasses.is_dataclass(value):
+                    value = dataclasses.asdict(value)
+                if isinstance(value, dict):
+                    unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+                    if unknown:
+                        raise ConfigError(f"unknown {group} options {sorted(unknown)}; known: "
+                                          f"{[f.name for f in dataclasses.fields(cls)]}")
+                    data[group].update(value)
+                    continue
+                target = cls._shorthand.get(type(value))
+                if target is None:
+                    fields = [f.name for f in dataclasses.fields(cls)]
+                    raise TypeError(f"{key}={value!r}: {group} is a group of options; set one of them, e.g. "
+                                    f"{group}__{fields[0]}=... (options: {', '.join(fields)})")
+                path = [group, target]
             node = data
-            *parents, leaf = key.replace("__", ".").split(".")
-            for p in parents:
-                node = node[p]
-            if leaf not in node:
-                raise ValueError(f"unknown grounding option {key!r}")
-            node[leaf] = value
+            for depth, part in enumerate(path):
+                if not isinstance(node, dict) or part not in node:
+                    raise ConfigError(_unknown_option(key, data))
+                if depth == len(path) - 1:
+                    node[part] = value
+                else:
+                    node = node[part]
         return GroundingConfig.from_dict(data)
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -179,21 +280,116 @@ class GroundingConfig:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "GroundingConfig":
+        """``folder/grounding.json``, checked (a malformed file is an error); defaults when absent."""
         path = Path(folder) / CONFIG_NAME
-        return cls.from_dict(json.loads(path.read_text())) if path.is_file() else cls()
+        if not path.is_file():
+            return cls()
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a JSON object, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    @classmethod
+    def for_model(cls, model: str | Path) -> "GroundingConfig":
+        """``grounding.json`` of a model folder or hub repo; defaults when it has none."""
+        path = Path(model)
+        if path.is_dir():
+            return cls.from_pretrained(path)
+        try:
+            from huggingface_hub import hf_hub_download
+
+            folder = Path(hf_hub_download(str(model), CONFIG_NAME)).parent
+        except Exception:  # no such file in the repo, or offline: the defaults
+            return cls()
+        return cls.from_pretrained(folder)
 
 
-def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+class ConfigError(ValueError):
+    """A config value that is not allowed (raised when the config is built)."""
+
+
+def _unknown_option(key: str, data: dict) -> str:
+    known = sorted([k for k, v in data.items() if not isinstance(v, dict)]
+                   + [f"{k}__{s}" for k, v in data.items() if isinstance(v, dict) and k not in ("block_weights", "head_weights") for s in v])
+    hint = ""
+    if "_" in key and "__" not in key and "." not in key:
+        guess = key.replace("_", "__", 1)
+        if guess in known:
+            hint = f" (did you mean {guess}?)"
+    return f"unknown grounding option {key!r}{hint}"
+
+
+def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        raise ConfigError(f"{name} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, "
+                          f"got {value}")
+
+
+def _check(name: str, hint: Any, value: Any) -> Any:
+    """``value`` checked against the annotation ``hint`` (and normalised: ints → floats for float
+    fields, a single value or a list → a tuple for tuple fields)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name} must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        return _check(name, rest[0], value) if len(rest) == 1 else value
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = (value,)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}")
+        return tuple(_check(f"{name}[{i}]", args[0], v) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}")
+        return {_check(f"{name} key", args[0], k): _check(f"{name}[{k!r}]", args[1], v) for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        out = float(value)
+        if out != out or out in (float("inf"), float("-inf")):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        return out
+    if hint is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or hasattr(value, "__index__")):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return int(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+        raise ConfigError(f"{name} must be a {hint.__name__}, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__} must be an object, got {data!r}")
     names = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(names)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+        raise ConfigError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        default = getattr(cls(), name)
-        if dataclasses.is_dataclass(default) and isinstance(value, dict):
-            value = _from_dict(type(default), value)
-        elif isinstance(default, tuple) or (name == "blocks" and value is not None):
-            value = tuple(value)
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict):
+            value = _from_dict(hints[name], value, f"{prefix}{name}.")
         kwargs[name] = value
     return cls(**kwargs)

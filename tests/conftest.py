@@ -21,14 +21,14 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory):
-    from grounding.tiny import save_tiny_model
+    from grounding.backends.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-flux", "flux")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory):
-    from grounding.tiny import save_tiny_model
+    from grounding.backends.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd3", "sd3")
 
@@ -42,7 +42,7 @@ def flux_grounder(tiny_flux_dir):
 
 @pytest.fixture(scope="session")
 def sam_tiny_path(tmp_path_factory):
-    from grounding.segmenter import build_sam_tiny
+    from grounding.segment.segmenters import build_sam_tiny
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("sam") / "sam_tiny.pth"

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from eval.answers import VizWizGrounding, write_shapes_vizwiz
-from grounding import maps
-from grounding.answer_head import AnswerHead, SentenceAttentionBlock, loss_fn, prior_weights, target_cells
+from grounding.readout import maps
+from grounding.readout.answer_head import AnswerHead, SentenceAttentionBlock, loss_fn, prior_weights, target_cells
 from grounding.config import GroundingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
 
     shutil.copytree(tiny_flux_dir, model)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "grounding", "train-answer-head", "--model", str(model), "--data",
+    p = subprocess.run([sys.executable, "-m", "training", "train-answer-head", "--model", str(model), "--data",
                         str(data), "--epochs", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads(p.stdout.strip().splitlines()[-1])

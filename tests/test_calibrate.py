@@ -2,7 +2,7 @@
 
 import torch
 
-from grounding.calibrate import Collected, fit, pointing, token_centres_inside
+from training.calibrate import Collected, fit, pointing, token_centres_inside
 from grounding.config import GroundingConfig
 
 import numpy as np
@@ -48,5 +48,5 @@ def test_fit_picks_the_one_head_that_grounds():
     fitted, report = fit(c, GroundingConfig(timesteps=(0.3,)))
     assert report["after"] == 1.0 and report["heads"] == 1
     assert fitted.blocks == ("b0",) and fitted.head_weights == {"b0/0": 0.0, "b0/1": 0.0, "b0/3": 0.0}
-    bw, hw = __import__("grounding.maps", fromlist=["weights_for"]).weights_for(["b0"], H, fitted)
+    bw, hw = __import__("grounding.readout.maps", fromlist=["weights_for"]).weights_for(["b0"], H, fitted)
     assert hw.tolist() == [[0.0, 0.0, 1.0, 0.0]]

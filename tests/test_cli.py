@@ -11,14 +11,14 @@ from PIL import Image
 
 from conftest import scene
 from fixtures import write_refer_fixture
-from grounding.result import rle_to_mask
+from grounding.pipeline.result import rle_to_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, check=True):
+def run(*args, check=True, package="grounding"):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "grounding", *map(str, args)], cwd=ROOT, env=env,
+    p = subprocess.run([sys.executable, "-m", package, *map(str, args)], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=300)
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     data = write_refer_fixture(tmp_path / "data")
     out = tmp_path / "cal"
     p = run("calibrate", "--model", tiny_flux_dir, "--data", data, "--dataset", "refcoco",
-            "--timesteps", "0.2,0.5", "--out", out)
+            "--timesteps", "0.2,0.5", "--out", out, package="training")
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert 0.0 <= report["before"] <= report["after"] <= 1.0
     cfg = json.loads((out / "grounding.json").read_text())
@@ -65,10 +65,15 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
 
 def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
     out = tmp_path / "presence"
-    p = run("calibrate-presence", "--model", tiny_flux_dir, "--n", 12, "--out", out)
+    p = run("calibrate-presence", "--model", tiny_flux_dir, "--n", 12, "--out", out, package="training")
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["samples"] == 12 and report["present"] == 6 and 0.0 <= report["roc_auc"] <= 1.0
     assert report["features"] == ["content_share", "concentration"]
     cfg = json.loads((out / "grounding.json").read_text())
     assert set(cfg["presence"]["weights"]) == {"content_share", "concentration"}
     assert cfg["presence"]["threshold"] == report["threshold"]
+
+
+def test_training_commands_are_not_in_the_inference_cli(tmp_path, tiny_flux_dir):
+    p = run("calibrate", "--model", tiny_flux_dir, "--data", tmp_path, check=False)
+    assert p.returncode == 2 and "python -m training calibrate" in p.stderr

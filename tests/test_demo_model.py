@@ -10,8 +10,9 @@ import pytest
 
 from eval.runner import RunConfig, run_refcoco
 from eval.shapes import COLOURS, Obj, presence_scenes, render, write_refer
-from grounding import Grounder, presence
-from grounding.zoo import default_model, resolve
+from grounding import Grounder
+from grounding.readout import presence
+from grounding.backends.zoo import default_model, resolve
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "shapes-demo"
 
@@ -40,7 +41,7 @@ def test_a_transposed_map_loses_accuracy(demo, tmp_path):
     """The oracle catches map bugs: the same maps read with rows and columns swapped point badly."""
     write_refer(tmp_path, n=40, seed=12, size=64)
     from eval.refcoco import RefDataset
-    from grounding.calibrate import token_centres_inside
+    from training.calibrate import token_centres_inside
 
     ds = RefDataset(tmp_path, "shapes", split="val")
     right = wrong = 0
@@ -58,8 +59,8 @@ def test_mask_calibration_picks_what_scores_best(demo, tmp_path):
     """``fit_masks`` on real maps: it never hands back a worse config, and the chosen threshold /
     refinement score what the report says when rerun through ``segment``."""
     from eval.refcoco import RefDataset
-    from grounding.calibrate import fit_masks
-    from grounding.segmenter import mask_iou
+    from training.calibrate import fit_masks
+    from grounding.segment.segmenters import mask_iou
 
     write_refer(tmp_path, n=16, seed=13, size=64)
     ds = RefDataset(tmp_path, "shapes", split="val")

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from eval.shapes import Obj, caption_spans, referring_example, render
-from grounding.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
-from grounding.tiny import _t5_tokenizer
+from training.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
+from grounding.backends.tiny import _t5_tokenizer
 
 
 def _scene():

@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from grounding import maps
+from grounding.readout import maps
 from grounding.config import GroundingConfig, RedistributionConfig, SinkConfig
-from grounding.tokens import CONTENT, MAGNET, PAD, SPECIAL, STOP
+from grounding.readout.tokens import CONTENT, MAGNET, PAD, SPECIAL, STOP
 
 # columns: content, content, stop, magnet, magnet, EOS, pad
 KINDS = np.array([CONTENT, CONTENT, STOP, MAGNET, MAGNET, SPECIAL, PAD], dtype=np.int8)

@@ -13,7 +13,7 @@ import torch
 
 from conftest import scene
 from exporters.sam import validate
-from grounding.segmenter import OnnxSamSegmenter, SamSegmenter, load_sam
+from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter, load_sam
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [(1024, 1024), (480, 640), (1500, 2250), (720, 405)]

@@ -19,7 +19,8 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 50051" in dockerfile
     assert "GROUNDING_GRPC_PORT=50051" in dockerfile.replace('"', "")
     src = bento / "src"
-    for f in ("service.py", "grounding/proto/grounding_pb2.py", "grounding/proto/grounding.proto", "grounding/maps.py"):
+    for f in ("service.py", "grounding/serving/proto/grounding_pb2.py", "grounding/serving/proto/grounding.proto",
+              "grounding/readout/maps.py"):
         assert (src / f).is_file(), f
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "bentoml==1.4.40" in reqs

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from grounding import presence
+from grounding.readout import presence
 from grounding.config import PresenceConfig
 
 

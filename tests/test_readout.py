@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from conftest import scene
-from grounding.attention import AttentionStore
+from grounding.backends.capture import AttentionStore
 from grounding.backends import load_backend
 from grounding.config import MagnetConfig
-from grounding.tokens import align
+from grounding.readout.tokens import align
 
 MAX_LEN = 24
 
@@ -34,23 +34,32 @@ class RecordSDPA(TorchFunctionMode):
 
 
 def _inputs(backend, expressions):
-    tokens = [align(e, backend.streams(MAX_LEN), MagnetConfig()) for e in expressions]
+    tokens = [align(e, lambda p: backend.tokenize([p], MAX_LEN)[0], MagnetConfig()) for e in expressions]
     size = backend.input_size(64, 48, 64)
-    latents = backend.encode_images([scene(seed=i) for i in range(len(tokens))], size)
+    latents = backend.encode_pixels([scene(seed=i) for i in range(len(tokens))], size)
     g = torch.Generator().manual_seed(3)
     noisy = 0.7 * latents + 0.3 * torch.randn(latents.shape, generator=g)
-    cond = backend.encode_text([t.prompt for t in tokens], MAX_LEN)
+    cond = backend.encode_prompts([t.sequence for t in tokens])
     used = np.zeros(len(tokens[0].kinds), dtype=bool)
     for t in tokens:
         used |= t.kinds != 0
     return tokens, noisy, cond, np.flatnonzero(used)
 
 
+def _store(backend, tokens, columns, **kw):
+    text_len = len(tokens[0].kinds)
+    return AttentionStore(layout=lambda block, q, k: backend.layout(block, q, k, text_len),
+                          columns=torch.from_numpy(columns), **kw)
+
+
 @pytest.mark.parametrize("arch", ["flux", "sd3"])
 @pytest.mark.parametrize("lse_source", ["fused", "separate"])
 def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_source, tiny_flux_dir, tiny_sd3_dir):
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
     backend = load_backend(tiny_flux_dir if arch == "flux" else tiny_sd3_dir)
     tokens, noisy, cond, columns = _inputs(backend, ["the red circle on the left", "blue square"])
+    active = _AttentionBackendRegistry._active_backend
 
     rec = RecordSDPA()
     with rec:
@@ -58,25 +67,22 @@ def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_s
     names = backend.block_names
     assert len(rec.calls) == len(names)
 
-    text_len = backend.text_length(MAX_LEN)
-    store = AttentionStore(text_len=text_len, image_first=backend.image_first,
-                           columns=torch.from_numpy(columns), lse_source=lse_source)
+    store = _store(backend, tokens, columns, lse_source=lse_source)
     with backend.capturing(store, names):
         ours = backend.forward(noisy, 0.3, cond, 1.0)
     assert torch.equal(stock, ours), "capture changed the transformer output"
-    # processors are restored afterwards
+    # processors, hooks and diffusers' active attention backend are restored afterwards
     assert all(type(p).__name__ in ("FluxAttnProcessor", "JointAttnProcessor2_0")
                for p in backend.transformer.attn_processors.values())
+    assert _AttentionBackendRegistry._active_backend == active
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in backend.transformer.modules())
 
+    text_len = len(tokens[0].kinds)
     for name, (q, k) in zip(names, rec.calls):
-        s = q.shape[2]
-        n_img = s - text_len
+        lay = backend.layout(name, q.shape[2], k.shape[2], text_len)
         logits = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
         full = torch.softmax(logits, dim=-1)
-        if backend.image_first:
-            ref = full[:, :, :n_img][..., n_img + torch.from_numpy(columns)]
-        else:
-            ref = full[:, :, text_len:][..., torch.from_numpy(columns)]
+        ref = full[:, :, lay.image][..., lay.text.start + torch.from_numpy(columns)]
         got = store.maps[name][0].double()
         assert got.shape == ref.shape
         rel = ((got - ref).abs().max() / ref.abs().max()).item()
@@ -86,14 +92,45 @@ def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_s
 def test_capture_of_selected_blocks_only(tiny_flux_dir):
     backend = load_backend(tiny_flux_dir)
     tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
-    store = AttentionStore(text_len=backend.text_length(MAX_LEN), columns=torch.from_numpy(columns))
+    stock = backend.forward(noisy, 0.3, cond, 1.0)
+    store = _store(backend, tokens, columns)
     chosen = [backend.block_names[0], backend.block_names[-1]]
     with backend.capturing(store, chosen):
-        backend.forward(noisy, 0.3, cond, 1.0)
-    assert sorted(store.maps) == sorted(chosen)
+        ours = backend.forward(noisy, 0.3, cond, 1.0)
+    assert sorted(store.maps) == sorted(chosen) and all(len(v) == 1 for v in store.maps.values())
     assert chosen[-1].startswith("single_transformer_blocks")
+    assert torch.equal(stock, ours), "the blocks left alone run on the previous backend, unchanged"
 
 
+def test_capture_reaches_processors_pinned_to_a_backend(tiny_flux_dir):
+    """A model set to a backend (``set_attention_backend``) is captured too, and keeps its setting."""
+    backend = load_backend(tiny_flux_dir)
+    backend.transformer.set_attention_backend("native")
+    tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
+    stock = backend.forward(noisy, 0.3, cond, 1.0)
+    store = _store(backend, tokens, columns)
+    with backend.capturing(store, backend.block_names):
+        ours = backend.forward(noisy, 0.3, cond, 1.0)
+    assert sorted(store.maps) == sorted(backend.block_names) and torch.equal(stock, ours)
+    assert all(str(p._attention_backend) in ("native", "AttentionBackendName.NATIVE")
+               for p in backend.transformer.attn_processors.values())
+
+
+def test_other_threads_forwards_are_not_captured(tiny_flux_dir):
+    """The dispatcher backend is process-wide while a capture runs; a forward in another thread
+    (no capture of its own) passes straight through and records nothing."""
+    import threading
+
+    backend = load_backend(tiny_flux_dir)
+    tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
+    stock = backend.forward(noisy, 0.3, cond, 1.0)
+    store = _store(backend, tokens, columns)
+    other = {}
+    with backend.capturing(store, [backend.block_names[0]]):
+        t = threading.Thread(target=lambda: other.update(out=backend.forward(noisy, 0.3, cond, 1.0)))
+        t.start()
+        t.join()
+    assert store.maps == {} and torch.equal(other["out"], stock)
 def test_unknown_block_is_a_clear_error(flux_grounder, scene_image):
     with pytest.raises(ValueError, match="unknown blocks"):
         flux_grounder.segment(scene_image, "red circle", blocks=("nope.0",))

@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding import refine
+from grounding.segment import refine
 from grounding.config import RefineConfig
-from grounding.prompts import region_at_peak
-from grounding.segmenter import mask_iou
+from grounding.segment.prompts import region_at_peak
+from grounding.segment.segmenters import mask_iou
 
 
 def _disc_scene(size: int = 64, grid: int = 16):

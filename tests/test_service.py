@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import MAX_PIXELS, scene
-from grounding.result import rle_to_mask
+from grounding.pipeline.result import rle_to_mask
 
 
 def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -188,8 +188,8 @@ def test_grpc_segment_ground_health_reflection(server):
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from grounding.proto import grounding_pb2 as pb
-    from grounding.proto import grounding_pb2_grpc as pb_grpc
+    from grounding.serving.proto import grounding_pb2 as pb
+    from grounding.serving.proto import grounding_pb2_grpc as pb_grpc
 
     with grpc.insecure_channel(server["grpc"]) as ch:
         stub = pb_grpc.GroundingStub(ch)
@@ -226,7 +226,7 @@ def test_grpc_segment_ground_health_reflection(server):
 
 def _video_bytes(tmp_path, n: int, name: str = "v.mp4") -> bytes:
     from fixtures import moving_video
-    from grounding.video import OverlayWriter
+    from grounding.pipeline.video import OverlayWriter
 
     frames, _ = moving_video(n, 64, 48)
     w = OverlayWriter(tmp_path / name, 8)
@@ -268,7 +268,7 @@ def test_video_task_end_to_end(server, tmp_path):
         assert rle_to_mask(f["segmentation"]).shape == (48, 64) and isinstance(f["present"], bool)
     overlay = tmp_path / "overlay.mp4"
     overlay.write_bytes(base64.b64decode(doc["overlay_mp4_base64"]))
-    from grounding.video import read_frames
+    from grounding.pipeline.video import read_frames
 
     assert len(list(read_frames(overlay))) == 6
     assert _progress(server, task) == {"task_id": task, "state": "done", "done": 6, "total": 6, "resumed_from": 0}

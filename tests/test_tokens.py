@@ -1,10 +1,11 @@
 """Words ↔ token positions for both backends."""
 
+import numpy as np
 import pytest
 
-from grounding.backends import load_backend
+from grounding.backends import ROLE_NAMES, load_backend
 from grounding.config import MagnetConfig
-from grounding.tokens import CONTENT, MAGNET, PAD, PUNCT, SPECIAL, STOP, align, head_noun, split_words, validate_expression
+from grounding.readout.tokens import CONTENT, MAGNET, PAD, PUNCT, SPECIAL, STOP, align, head_noun, split_words, validate_expression
 
 
 def _clean(piece: str) -> str:
@@ -16,35 +17,66 @@ def backend(request, tiny_flux_dir, tiny_sd3_dir):
     return load_backend(tiny_flux_dir if request.param == "flux" else tiny_sd3_dir)
 
 
+def _align(backend, expression, n, magnets=None):
+    return align(expression, lambda p: backend.tokenize([p], n)[0], magnets or MagnetConfig())
+
+
+def _streams(backend, tok):
+    """(name, tokenizer, positions in the text sequence) per stream the transformer receives."""
+    pipe = backend.pipe
+    tokenizers = ({"t5": pipe.tokenizer_2} if backend.arch == "flux" else {"clip": pipe.tokenizer, "t5": pipe.tokenizer_3})
+    seq = tok.sequence
+    return [(name, tokenizers[name], np.flatnonzero(seq.stream == i)) for i, name in enumerate(seq.streams)]
+
+
 def test_every_word_maps_to_its_own_pieces(backend):
     expr = "The DOG's bench, next to Zebra-like trees!"
-    streams = backend.streams(48)
-    tok = align(expr, streams, MagnetConfig())
+    tok = _align(backend, expr, 48)
     assert tok.prompt.startswith(expr)
-    for stream in streams:
-        ids = tok.input_ids[stream.name]
-        pieces = stream.tokenizer.convert_ids_to_tokens(ids)
+    streams = _streams(backend, tok)
+    for name, tokenizer, where in streams:
+        pieces = tokenizer.convert_ids_to_tokens(tok.sequence.ids[where].tolist())
         for w, word in enumerate(tok.words):
-            pos = [p - stream.offset for p in tok.positions(w) if stream.offset <= p < stream.offset + stream.length]
-            assert pos, f"{word.text!r} has no token in {stream.name}"
+            pos = [int(p - where[0]) for p in tok.positions(w) if p in set(where.tolist())]
+            assert pos, f"{word.text!r} has no token in {name}"
             assert pos == list(range(pos[0], pos[0] + len(pos))), "a word's tokens are contiguous"
             text = "".join(_clean(pieces[p]) for p in pos)
-            assert text == word.text.lower(), (stream.name, word.text, [pieces[p] for p in pos])
+            assert text == word.text.lower(), (name, word.text, [pieces[p] for p in pos])
     # a word split into several tokens in every stream
     bench = [i for i, w in enumerate(tok.words) if w.text == "bench"][0]
-    for stream in streams:
-        n = sum(stream.offset <= p < stream.offset + stream.length for p in tok.positions(bench))
-        assert n > 1, stream.name
+    for name, _, where in streams:
+        n = sum(p in set(where.tolist()) for p in tok.positions(bench))
+        assert n > 1, name
+
+
+def test_sequence_is_what_the_pipeline_feeds_the_transformer(backend):
+    """The backend's token ids are the pipeline's own tokenisation, and its embeddings of them
+    are ``encode_prompt``'s, bit for bit (so words align by construction)."""
+    import torch
+
+    prompts = ["the red circle, left of a cat and of with the a", "blue square"]
+    seqs = backend.tokenize(prompts, 32)
+    ours = backend.encode_prompts(seqs)
+    pipe = backend.pipe
+    with torch.no_grad():  # as the engine runs it (autograd mode picks other kernels)
+        if backend.arch == "flux":
+            embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=32)
+            assert torch.equal(ours["text_ids"], text_ids)
+        else:
+            embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                                      do_classifier_free_guidance=False, max_sequence_length=32)
+    assert torch.equal(ours["embeds"], embeds) and torch.equal(ours["pooled"], pooled)
+    assert all(len(s) == embeds.shape[1] for s in seqs)
+    assert {ROLE_NAMES[r] for r in seqs[0].roles} >= {"text", "special", "padding"}
 
 
 def test_kinds_and_layout(backend):
-    streams = backend.streams(32)
-    tok = align("the red circle, left of a cat", streams, MagnetConfig())
+    tok = _align(backend, "the red circle, left of a cat", 32)
     kinds = {w.text: w.kind for w in tok.words[:8]}
     assert kinds["the"] == STOP and kinds["red"] == CONTENT and kinds[","] == PUNCT and kinds["of"] == STOP
     assert all(w.kind == MAGNET for w in tok.words[8:]) and len(tok.words) == 8 + 5
-    for stream in streams:
-        seg = tok.kinds[stream.offset: stream.offset + stream.length]
+    for name, _, where in _streams(backend, tok):
+        seg = tok.kinds[where]
         assert SPECIAL in seg  # EOS (and BOS for CLIP) known by position
         assert seg[-1] == PAD
         used = (seg != PAD).sum()
@@ -53,12 +85,12 @@ def test_kinds_and_layout(backend):
 
 
 def test_magnets_can_be_switched_off(backend):
-    tok = align("red circle", backend.streams(32), MagnetConfig(enabled=False))
+    tok = _align(backend, "red circle", 32, MagnetConfig(enabled=False))
     assert tok.prompt == "red circle" and MAGNET not in tok.kinds
 
 
 def test_head_noun_rule():
-    from grounding.tokens import build_prompt
+    from grounding.readout.tokens import build_prompt
 
     def head(expr):
         _, words = build_prompt(expr, MagnetConfig(enabled=False))
@@ -72,7 +104,7 @@ def test_head_noun_rule():
 
 
 def test_complement_words():
-    from grounding.tokens import build_prompt, complement_words
+    from grounding.readout.tokens import build_prompt, complement_words
 
     def comp(expr):
         _, words = build_prompt(expr, MagnetConfig(enabled=False))
@@ -86,7 +118,7 @@ def test_complement_words():
 
 
 def test_complement_weight_scales_only_the_anchor(backend):
-    tok = align("the square left of the yellow circle", backend.streams(32), MagnetConfig(complement_weight=0.25))
+    tok = _align(backend, "the square left of the yellow circle", 32, MagnetConfig(complement_weight=0.25))
     w_plain = tok.token_weights(2.0)
     w = tok.token_weights(2.0, 0.25)
     by_word = {tok.words[i].text: float(w[tok.positions(i)[0]]) for i in range(len(tok.words)) if tok.positions(i)}
@@ -104,7 +136,7 @@ def test_nothing_to_ground_is_a_value_error(bad):
 def test_overlong_expression_is_truncated_with_a_warning(backend):
     long = " ".join(["red circle near the blue square"] * 20)
     with pytest.warns(UserWarning, match="truncated"):
-        tok = align(long, backend.streams(32), MagnetConfig())
+        tok = _align(backend, long, 32)
     assert len(tok.expression) < len(long) and tok.warnings
     assert (tok.kinds == MAGNET).sum() > 0, "magnets survive truncation"
 

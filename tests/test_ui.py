@@ -73,7 +73,7 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
 
 def test_page_video_progress(server, browser, tmp_path):
     from fixtures import moving_video
-    from grounding.video import OverlayWriter
+    from grounding.pipeline.video import OverlayWriter
 
     frames, _ = moving_video(12, 64, 48)
     w = OverlayWriter(tmp_path / "clip.mp4", 8)

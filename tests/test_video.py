@@ -15,9 +15,9 @@ from PIL import Image
 
 from conftest import ROOT
 from fixtures import moving_video
-from grounding.prompts import prompts_from_map
-from grounding.segmenter import MapSegmenter
-from grounding.video import OverlayWriter, VideoConfig, aggregate, iter_video, read_frames, translate
+from grounding.segment.prompts import prompts_from_map
+from grounding.segment.segmenters import MapSegmenter
+from grounding.pipeline.video import OverlayWriter, VideoConfig, aggregate, iter_video, read_frames, translate
 
 
 def test_aggregate_weights_and_edges():

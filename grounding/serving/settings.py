@@ -66,7 +66,7 @@ def load_settings(environ: dict | None = None) -> Settings:
             v = values[f.name]
             out[f.name] = int(v) if f.type in (int, "int") else ("" if v is None else str(v))
     s = Settings(**out)
-    from .zoo import cache_dir, default_model
+    from ..backends.zoo import cache_dir, default_model
 
     if not s.model:
         s = dataclasses.replace(s, model=default_model())

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import maps
-from .segmenter import map_confidence
+from ..readout import maps
+from ..segment.segmenters import map_confidence
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -218,7 +218,7 @@ def iter_video(grounder, frames, expression: str, video: VideoConfig | None = No
     ``prev_mask`` is the mask of frame ``start - 1`` (the first resumed frame gets no SAM mask
     prompt)."""
     video = video or VideoConfig()
-    cfg = grounder._cfg(overrides)
+    cfg = grounder.config_for(overrides)
     grounder.tokens(expression, cfg)  # a bad expression fails before any frame is read
     pending: deque = deque()  # ReferentMap items not yet finished, with their global index
     history: deque = deque(maxlen=video.window)  # token maps of finished frames (for the past side)

@@ -13,17 +13,23 @@ from grpc_reflection.v1alpha import reflection
 
 from .proto import grounding_pb2 as pb
 from .proto import grounding_pb2_grpc as pb_grpc
-from .serving import (Engine, RequestError, heatmap_u8, jobs_for, merged_timings, png_bytes, prepare,
-                      raise_first_error, result_doc)
+from .documents import heatmap_u8, merged_timings, png_bytes, result_doc
+from .engine import Engine, jobs_for, raise_first_error
+from .requests import prepare
+from .schema import ENDPOINT_OPTIONS, RequestError
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Grounding"].full_name
 
 
-def _options(msg: pb.Options) -> dict:
-    values = {"return_heatmap": msg.return_heatmap, "return_mask_png": msg.return_mask_png,
-              "mask_format": msg.mask_format or None}
-    for name in ("threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views"):
-        if msg.HasField(name):
+def _options(msg: pb.Options, endpoint: str) -> dict:
+    """The schema's options of ``endpoint`` read off ``grounding.v1.Options`` by name: fields with
+    presence when set, plain proto3 fields when not at their zero value."""
+    values = {}
+    for name in ENDPOINT_OPTIONS[endpoint]:
+        fd = msg.DESCRIPTOR.fields_by_name.get(name)
+        if fd is None:  # heatmap_format: gRPC heatmaps are always PNG bytes
+            continue
+        if (msg.HasField(name) if fd.has_presence else getattr(msg, name) != fd.default_value):
             values[name] = getattr(msg, name)
     return values
 
@@ -35,8 +41,9 @@ class GroundingServicer(pb_grpc.GroundingServicer):
     def _run(self, request, context, use_segmenter: bool):
         t0 = time.perf_counter()
         try:
+            endpoint = "segment" if use_segmenter else "ground"
             image, opts, exprs = prepare(self.engine.settings, request.image, list(request.expressions) or None,
-                                         _options(request.options))
+                                         _options(request.options, endpoint), endpoint=endpoint)
             results = raise_first_error(self.engine.run(jobs_for(image, exprs, opts, use_segmenter)))
         except RequestError as e:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

@@ -5,10 +5,12 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from .config import STOP_WORDS, MagnetConfig
+from ..backends.base import PADDING, TEXT, TokenSequence
+from ..config import STOP_WORDS, MagnetConfig
 
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
 
@@ -36,21 +38,12 @@ class Word:
 
 
 @dataclass
-class TextStream:
-    """One tokenizer's slice of the joint text sequence."""
-
-    name: str
-    tokenizer: object
-    offset: int  # first position of this stream in the text sequence
-    length: int  # positions this stream occupies (padding included)
-
-
-@dataclass
 class PromptTokens:
-    """Token layout of one prompt (expression + magnets) over all streams.
+    """Token layout of one prompt (expression + magnets) as the transformer receives it.
 
-    ``kinds[t]`` and ``word_index[t]`` describe text position ``t`` of the joint text sequence
-    (all streams concatenated, length ``T``); ``word_index`` is -1 for positions of no word.
+    ``kinds[t]`` and ``word_index[t]`` describe text position ``t`` of the backend's
+    ``TokenSequence`` (all streams, template and padding included, length ``T``);
+    ``word_index`` is -1 for positions of no word.
     """
 
     expression: str
@@ -59,7 +52,7 @@ class PromptTokens:
     kinds: np.ndarray  # int8 [T]
     word_index: np.ndarray  # int32 [T]
     head_word: int | None
-    input_ids: dict[str, list[int]] = field(default_factory=dict)
+    sequence: TokenSequence  # what the transformer receives (ids, streams, roles)
     warnings: list[str] = field(default_factory=list)
 
     def positions(self, word: int) -> list[int]:
@@ -146,73 +139,47 @@ def build_prompt(expression: str, magnets: MagnetConfig) -> tuple[str, list[Word
     return prompt, words
 
 
-def _tokenize(tokenizer, text: str, length: int) -> dict:
-    return tokenizer(
-        text,
-        padding="max_length",
-        max_length=length,
-        truncation=True,
-        return_offsets_mapping=True,
-        return_attention_mask=True,
-    )
+Tokenize = Callable[[str], TokenSequence]  # prompt → its sequence (``Backend.tokenize`` for one prompt)
 
 
-def _n_tokens(tokenizer, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=True)["input_ids"])
-
-
-def _fit_expression(expression: str, magnets: MagnetConfig, streams: list[TextStream]) -> tuple[str, list[str]]:
-    """Drop trailing expression words until expression + magnets fit in every stream that has room."""
-    notes = []
+def _fit_expression(expression: str, magnets: MagnetConfig, tokenize: Tokenize) -> tuple[str, TokenSequence, list[str]]:
+    """Drop trailing expression words until expression + magnets fit in every text stream."""
     words = split_words(expression)
-    for stream in streams:
-        while len(words) > 1:
-            text = expression[: words[-1][2]]
-            prompt, _ = build_prompt(text, magnets)
-            if _n_tokens(stream.tokenizer, prompt) <= stream.length:
-                break
-            words = words[:-1]
-        cut = expression[: words[-1][2]]
-        if cut != expression:
-            msg = (f"expression truncated to {len(words)} words to fit the {stream.name} stream "
-                   f"({stream.length} tokens): {cut!r}")
-            warnings.warn(msg, stacklevel=3)
-            notes.append(msg)
-            expression = cut
-    return expression, notes
+    seq = tokenize(build_prompt(expression, magnets)[0])
+    first = seq.overflow
+    while seq.overflow and len(words) > 1:
+        words = words[:-1]
+        seq = tokenize(build_prompt(expression[: words[-1][2]], magnets)[0])
+    notes = []
+    cut = expression[: words[-1][2]]
+    if cut != expression:
+        msg = (f"expression truncated to {len(words)} words to fit the {', '.join(first)} text stream"
+               f"{'s' if len(first) > 1 else ''}: {cut!r}")
+        warnings.warn(msg, stacklevel=3)
+        notes.append(msg)
+    return cut, seq, notes
 
 
-def align(expression: str, streams: list[TextStream], magnets: MagnetConfig) -> PromptTokens:
-    """Tokenize expression + magnets in every stream and map each word to its positions.
-
-    Expressions too long for a stream are cut at a word boundary, with a warning.
-    """
+def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptTokens:
+    """Expression + magnets → the backend's token sequence, each position mapped to its word
+    through its character span (so template, system-message and special tokens never match a
+    word). Expressions too long for a stream are cut at a word boundary, with a warning."""
     expression = validate_expression(expression)
-    expression, notes = _fit_expression(expression, magnets, streams)
+    expression, seq, notes = _fit_expression(expression, magnets, tokenize)
     prompt, words = build_prompt(expression, magnets)
-    total = sum(s.length for s in streams)
-    kinds = np.full(total, PAD, dtype=np.int8)
-    word_index = np.full(total, -1, dtype=np.int32)
-    ids: dict[str, list[int]] = {}
+    kinds = np.full(len(seq), PAD, dtype=np.int8)
+    word_index = np.full(len(seq), -1, dtype=np.int32)
     spans = [(w.start, w.end) for w in words]
-    for stream in streams:
-        enc = _tokenize(stream.tokenizer, prompt, stream.length)
-        ids[stream.name] = list(enc["input_ids"])
-        special = set(stream.tokenizer.all_special_ids)
-        for i, (tok, (s, e), m) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], enc["attention_mask"])):
-            pos = stream.offset + i
-            if not m:
-                continue  # padding
-            if tok in special and e <= s:
-                kinds[pos] = SPECIAL
-                continue
-            w = _word_at(spans, s, e)
-            if w is None:
-                kinds[pos] = SPECIAL
-                continue
-            kinds[pos] = words[w].kind
-            word_index[pos] = w
-    return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), ids, notes)
+    for pos, (role, (s, e)) in enumerate(zip(seq.roles, seq.spans)):
+        if role == PADDING:
+            continue
+        w = _word_at(spans, int(s), int(e)) if role == TEXT else None
+        if w is None:
+            kinds[pos] = SPECIAL
+            continue
+        kinds[pos] = words[w].kind
+        word_index[pos] = w
+    return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), seq, notes)
 
 
 def _word_at(spans: list[tuple[int, int]], s: int, e: int) -> int | None:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import GroundingConfig, SinkConfig
+from ..config import GroundingConfig, SinkConfig
 from .tokens import MAGNET, PAD, PromptTokens
 
 _EPS = 1e-12

@@ -222,7 +222,7 @@ class OnnxSamSegmenter(SamSegmenterBase):
     def __init__(self, folder: str | Path, providers: list[str] | None = None, use_box: bool = True):
         import onnxruntime as ort
 
-        from exporters.sam import validate
+        from .manifest import validate
 
         super().__init__(use_box)
         self.folder = Path(folder)

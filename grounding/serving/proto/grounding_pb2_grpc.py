@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from grounding.proto import grounding_pb2 as grounding_dot_proto_dot_grounding__pb2
+from grounding.serving.proto import grounding_pb2 as grounding_dot_serving_dot_proto_dot_grounding__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in grounding/proto/grounding_pb2_grpc.py depends on'
+        + ' but the generated code in grounding/serving/proto/grounding_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class GroundingStub:
         """
         self.Segment = channel.unary_unary(
                 '/grounding.v1.Grounding/Segment',
-                request_serializer=grounding_dot_proto_dot_grounding__pb2.SegmentRequest.SerializeToString,
-                response_deserializer=grounding_dot_proto_dot_grounding__pb2.SegmentResponse.FromString,
+                request_serializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentRequest.SerializeToString,
+                response_deserializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentResponse.FromString,
                 _registered_method=True)
         self.Ground = channel.unary_unary(
                 '/grounding.v1.Grounding/Ground',
-                request_serializer=grounding_dot_proto_dot_grounding__pb2.GroundRequest.SerializeToString,
-                response_deserializer=grounding_dot_proto_dot_grounding__pb2.GroundResponse.FromString,
+                request_serializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundRequest.SerializeToString,
+                response_deserializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundResponse.FromString,
                 _registered_method=True)
 
 
@@ -68,13 +68,13 @@ def add_GroundingServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Segment': grpc.unary_unary_rpc_method_handler(
                     servicer.Segment,
-                    request_deserializer=grounding_dot_proto_dot_grounding__pb2.SegmentRequest.FromString,
-                    response_serializer=grounding_dot_proto_dot_grounding__pb2.SegmentResponse.SerializeToString,
+                    request_deserializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentRequest.FromString,
+                    response_serializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentResponse.SerializeToString,
             ),
             'Ground': grpc.unary_unary_rpc_method_handler(
                     servicer.Ground,
-                    request_deserializer=grounding_dot_proto_dot_grounding__pb2.GroundRequest.FromString,
-                    response_serializer=grounding_dot_proto_dot_grounding__pb2.GroundResponse.SerializeToString,
+                    request_deserializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundRequest.FromString,
+                    response_serializer=grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -102,8 +102,8 @@ class Grounding:
             request,
             target,
             '/grounding.v1.Grounding/Segment',
-            grounding_dot_proto_dot_grounding__pb2.SegmentRequest.SerializeToString,
-            grounding_dot_proto_dot_grounding__pb2.SegmentResponse.FromString,
+            grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentRequest.SerializeToString,
+            grounding_dot_serving_dot_proto_dot_grounding__pb2.SegmentResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -129,8 +129,8 @@ class Grounding:
             request,
             target,
             '/grounding.v1.Grounding/Ground',
-            grounding_dot_proto_dot_grounding__pb2.GroundRequest.SerializeToString,
-            grounding_dot_proto_dot_grounding__pb2.GroundResponse.FromString,
+            grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundRequest.SerializeToString,
+            grounding_dot_serving_dot_proto_dot_grounding__pb2.GroundResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFilter
 
-from .config import ViewsConfig
+from ..config import ViewsConfig
 from .maps import normalise
 
 FILLS = ("blur", "mean", "attention")

@@ -16,7 +16,7 @@ import math
 import numpy as np
 import torch
 
-from .config import PresenceConfig
+from ..config import PresenceConfig
 from .tokens import CONTENT, PAD
 
 FEATURES = ("content_share", "concentration", "agreement", "sam_iou")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .config import GroundingConfig
+from ..config import GroundingConfig
 
 # A small English vocabulary; words outside it are split into several pieces.
 VOCAB_WORDS = """the a an of on in at to and with left right top bottom middle center next near

@@ -10,6 +10,7 @@ loads through ``Grounder.from_pretrained`` like FLUX.1 does.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .attention import FluxCaptureAttnProcessor
-from .config import GroundingConfig
+from grounding.backends.capture import dispatcher_capture
+from grounding.config import GroundingConfig
 
 log = logging.getLogger("grounding.demo")
 
@@ -77,7 +78,7 @@ def build_components(cfg: DemoConfig):
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from .tiny import _clip_tokenizer, _t5_tokenizer
+    from grounding.backends.tiny import _clip_tokenizer, _t5_tokenizer
 
     torch.manual_seed(cfg.seed)
     t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
@@ -136,7 +137,7 @@ def token_targets(tokenizer, captions: list[str], where, max_len: int, grid: int
     """float ``[B, N, T]``: for text position ``t`` of a content word of object ``k``'s phrase,
     the share of each image token's cell covered by object ``k``; zero columns elsewhere
     (articles, "at", "and", punctuation, EOS, padding)."""
-    from .config import STOP_WORDS
+    from grounding.config import STOP_WORDS
 
     enc = tokenizer(captions, padding="max_length", max_length=max_len, truncation=True,
                     return_offsets_mapping=True)
@@ -260,18 +261,18 @@ def image_ids(h: int, w: int) -> torch.Tensor:
     return ids.reshape(-1, 3)
 
 
-class _TextLogitsProcessor(FluxCaptureAttnProcessor):
-    """Training-time FLUX processor: the stock attention output, plus the image→text logits
-    ``[B, H, N, T]`` of this block appended to ``sink`` (with gradient) for the grounding loss."""
+class _TextLogitsRecorder:
+    """Training-time recorder (``grounding.backends.capture``): the stock attention output, plus
+    the image→text logits ``[B, H, N, T]`` of each captured block appended to ``sink`` (with
+    gradient) for the grounding loss. FLUX puts the ``n_txt`` text tokens first."""
 
     def __init__(self, sink: list, n_txt: int):
-        super().__init__(None, "train")
         self.sink, self.n_txt = sink, n_txt
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, block, q, k, v, attn_mask=None, scale=None):
         t = self.n_txt
         self.sink.append((q[:, :, t:] @ k[:, :, :t].transpose(-1, -2)) * q.shape[-1] ** -0.5)
-        return F.scaled_dot_product_attention(q, k, v)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
 
 
 def grounding_loss(logits: list[torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
@@ -330,11 +331,11 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
     img_ids = image_ids(cfg.grid, cfg.grid).to(dev)
     txt_ids = torch.zeros(cfg.max_sequence_length, 3, device=dev)
     logits: list[torch.Tensor] = []
-    if cfg.grounding_loss:
-        transformer.set_attn_processor({
-            name: (_TextLogitsProcessor(logits, cfg.max_sequence_length) if name.startswith("transformer_blocks.")
-                   else proc)
-            for name, proc in transformer.attn_processors.items()})
+    capture = contextlib.ExitStack()
+    if cfg.grounding_loss:  # the dual-stream blocks' attention, through the engine's capture mechanism
+        capture.enter_context(dispatcher_capture(
+            {f"transformer_blocks.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)},
+            _TextLogitsRecorder(logits, cfg.max_sequence_length)))
     t0, ema, gema, probe = time.time(), None, None, None
     batches = _batches(cfg, step, 10 ** 9 if minutes else total, 9_000_011 if refer else 7_000_003,
                        tokenizer=t5_tok if cfg.grounding_loss else None,
@@ -383,10 +384,7 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
         if step % cfg.checkpoint_every == 0 or step == total:
             _save(ckpt, transformer=transformer.state_dict(), t5=t5.state_dict(), clip=clip.state_dict(),
                   opt=opt.state_dict(), step=step, steps=total)
-    if cfg.grounding_loss:
-        from diffusers.models.transformers.transformer_flux import FluxAttnProcessor
-
-        transformer.set_attn_processor(FluxAttnProcessor())
+    capture.close()
     transformer.eval(), t5.eval(), clip.eval()
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 # Built on first use into the cache (deterministic, seed 0); their maps are meaningless.
 TINY = {"tiny-flux": "flux", "tiny-sd3": "sd3"}
 # Shipped in the repository: the FLUX-architecture model trained on the shapes world.
-SHIPPED = {"shapes-demo": Path(__file__).resolve().parents[1] / "models" / "shapes-demo"}
+SHIPPED = {"shapes-demo": Path(__file__).resolve().parents[2] / "models" / "shapes-demo"}
 
 
 def _default() -> str:

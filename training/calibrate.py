@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from . import maps
-from .config import GroundingConfig
+from grounding.readout import maps
+from grounding.config import GroundingConfig
 
 
 @dataclass
@@ -141,7 +141,7 @@ def collect_presence(grounder, samples, use_segmenter: bool = True) -> list[dict
 
 def fit_presence(grounder, samples, use_segmenter: bool = True) -> tuple[GroundingConfig, dict]:
     """Fit the presence model on labelled samples; returns the config with it, and a report."""
-    from . import presence
+    from grounding.readout import presence
 
     feats = collect_presence(grounder, samples, use_segmenter)
     fitted, report = presence.fit(feats, [label for _, _, label in samples])
@@ -158,7 +158,7 @@ def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLD
     maximising mean IoU of the map-threshold masks of ``(image, sentence, mask)`` samples. Maps
     are made once; each candidate only reruns heatmap → prompts → mask. Ties keep the earlier
     candidate (refinement off first, thresholds in the given order)."""
-    from .segmenter import mask_iou
+    from grounding.segment.segmenters import mask_iou
 
     items = []
     for image, sentence, mask in tqdm(samples, desc="calibrate: masks", leave=False):

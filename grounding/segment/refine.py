@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from . import maps
-from .config import RefineConfig
+from ..readout import maps
+from ..config import RefineConfig
 
 
 def box_mean(x: np.ndarray, radius: int) -> np.ndarray:

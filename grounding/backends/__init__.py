@@ -1,0 +1,91 @@
+"""Backbones: a registry keyed by the diffusers pipeline class, and the loader.
+
+A new MM-DiT registers its ``DiTBackend`` subclass::
+
+    @register_backend("QwenImagePipeline", "QwenImageImg2ImgPipeline")
+    class QwenImageBackend(DiTBackend): ...
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .base import PADDING, ROLE_NAMES, SPECIAL, TEMPLATE, TEXT, Backend, Capture, DiTBackend, TokenSequence
+from .capture import AttentionRecorder, AttentionStore, SequenceLayout
+from .flux import FluxBackend
+from .sd3 import SD3Backend
+
+__all__ = ["Backend", "DiTBackend", "Capture", "TokenSequence", "SequenceLayout", "AttentionRecorder",
+           "AttentionStore", "BACKENDS", "register_backend", "backend_class", "load_backend", "pipeline_class_name",
+           "resolve_dtype", "PADDING", "SPECIAL", "TEMPLATE", "TEXT", "ROLE_NAMES"]
+
+# diffusers pipeline class name → (backend class, the pipeline class to load the folder with).
+BACKENDS: dict[str, tuple[type[DiTBackend], str]] = {}
+
+
+def register_backend(*pipeline_classes: str, load_as: str | None = None) -> Callable[[type], type]:
+    """Register a backend for these diffusers pipeline class names (``model_index.json``'s
+    ``_class_name``); the folder is loaded with ``load_as`` (default: the first name)."""
+    def deco(cls: type) -> type:
+        for name in pipeline_classes:
+            BACKENDS[name] = (cls, load_as or pipeline_classes[0])
+        return cls
+    return deco
+
+
+register_backend("FluxPipeline", "FluxImg2ImgPipeline")(FluxBackend)
+register_backend("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")(SD3Backend)
+
+
+def pipeline_class_name(model: str | Path) -> str:
+    """``_class_name`` of a pipeline folder or hub repo's ``model_index.json``."""
+    path = Path(model)
+    if path.is_dir():
+        index = path / "model_index.json"
+        if not index.is_file():
+            raise ValueError(f"{model} has no model_index.json: not a diffusers pipeline folder")
+        return json.loads(index.read_text())["_class_name"]
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.load_config(str(model))["_class_name"]
+
+
+def backend_class(pipeline_class: str) -> tuple[type[DiTBackend], str]:
+    if pipeline_class not in BACKENDS:
+        raise ValueError(f"pipeline {pipeline_class} is not supported; supported: {sorted(BACKENDS)}")
+    return BACKENDS[pipeline_class]
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
+    """A dtype name or ``torch.dtype``; None = bf16 on CUDA, fp32 elsewhere."""
+    if dtype is None:
+        return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load_backend(model: str | Path, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype | None = torch.float32) -> DiTBackend:
+    """Load a registered pipeline (hub id or local folder) in eval mode and wrap it in its backend."""
+    import diffusers
+
+    dtype = resolve_dtype(dtype, device)
+
+    cls, load_as = backend_class(pipeline_class_name(model))
+    pipe = getattr(diffusers, load_as).from_pretrained(str(model), dtype=dtype)
+    pipe.to(device)
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            module.eval()
+    return cls(pipe, device)

@@ -1,0 +1,287 @@
+"""What a backbone must provide (:class:`Backend`), and the common implementation for diffusers
+MM-DiTs (:class:`DiTBackend`): pixels → latents → noised latents, prompts → the token sequence
+the transformer receives, one transformer forward per noise level with attention captured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ClassVar, Iterator, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .capture import AttentionRecorder, AttentionStore, SequenceLayout, dispatcher_capture
+
+# Role of each position of the text sequence the transformer receives.
+PADDING, SPECIAL, TEMPLATE, TEXT = range(4)
+ROLE_NAMES = ("padding", "special", "template", "text")
+
+
+@dataclass(frozen=True)
+class TokenSequence:
+    """One prompt's text tokens exactly as the transformer receives them (length ``T``).
+
+    Per position ``t``: ``stream[t]`` indexes ``streams`` (which text encoder made it), ``roles[t]``
+    is ``TEXT`` (a token of the prompt, its characters ``spans[t]`` = ``[start, end)`` in
+    ``prompt``), ``SPECIAL`` (BOS/EOS), ``TEMPLATE`` (a chat template's or system message's
+    token) or ``PADDING``; ``ids[t]`` is the token id fed to that stream's encoder. ``overflow``
+    names the streams that cut the prompt short.
+    """
+
+    prompt: str
+    streams: tuple[str, ...]
+    stream: np.ndarray  # int8 [T]
+    roles: np.ndarray  # int8 [T]
+    spans: np.ndarray  # int32 [T, 2], -1 where roles != TEXT
+    ids: np.ndarray  # int64 [T]
+    overflow: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.roles)
+
+
+@dataclass(frozen=True)
+class Capture:
+    """Attention read out of one batch.
+
+    ``probs`` is float32 ``[L, V, B, H, N, C]``: blocks × noise levels × batch × heads × image
+    tokens × kept text positions ``columns`` (``N = grid[0] * grid[1]``, row-major).
+    """
+
+    probs: torch.Tensor
+    block_names: list[str]
+    timesteps: tuple[float, ...]
+    columns: np.ndarray  # int [C] text positions kept
+    grid: tuple[int, int]  # image tokens (rows, cols)
+
+    def sample(self, b: int) -> torch.Tensor:
+        """``[L, V, H, N, C]`` probabilities of sample ``b``."""
+        return self.probs[:, :, b]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine needs from a backbone. ``DiTBackend`` implements it for diffusers MM-DiTs;
+    a model registers its subclass with ``grounding.backends.register_backend``."""
+
+    arch: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def block_names(self) -> list[str]:
+        """Attention blocks whose image queries see text keys, in depth order."""
+        ...
+
+    @property
+    def patch(self) -> int:
+        """Image pixels per token side."""
+        ...
+
+    def default_max_sequence_length(self) -> int: ...
+
+    def input_size(self, width: int, height: int, resolution: int) -> tuple[int, int]:
+        """(W, H) fed to the VAE: long side ≈ ``resolution``, each a multiple of ``patch``."""
+        ...
+
+    def encode_pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """Images (or a clip's frames) → clean normalised latents, ``[B, C, h, w]`` (video: ``[B, C, F, h, w]``)."""
+        ...
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        """Latents noised to level ``sigma`` ∈ [0, 1)."""
+        ...
+
+    def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
+        """Each prompt's token sequence exactly as the transformer will receive it."""
+        ...
+
+    def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
+        """Text conditioning made from exactly those sequences' ids."""
+        ...
+
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
+        """Where image queries and text keys sit in one attention call of ``block``."""
+        ...
+
+    def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
+        """One transformer forward over noised ``latents``."""
+        ...
+
+    def grid(self, latents: torch.Tensor) -> tuple[int, int]:
+        """Image tokens (rows, cols) of ``latents``."""
+        ...
+
+    def capturing(self, recorder: AttentionRecorder, blocks: list[str]) -> contextlib.AbstractContextManager:
+        """Route ``blocks``' attention to ``recorder`` for the duration."""
+        ...
+
+    def capture(self, images: list[Image.Image], sequences: list[TokenSequence], size: tuple[int, int],
+                timesteps: tuple[float, ...], seed: int, guidance_scale: float = 3.5,
+                blocks: list[str] | None = None, lse_source: str = "fused",
+                image_keep: torch.Tensor | None = None) -> Capture:
+        """One forward per noise level for a batch of (image, prompt) pairs."""
+        ...
+
+
+class DiTBackend:
+    """Common flow of diffusers MM-DiTs. Subclasses give the per-model metadata (class
+    attributes) and the model-specific steps (``tokenize``, ``encode_prompts``, ``forward``, ...)."""
+
+    arch: ClassVar[str] = ""
+    # Per-model metadata: the transformer's block lists, in depth order, and each block's
+    # attention module attribute; how attention is reached (diffusers' dispatcher, or a processor
+    # that calls SDPA itself).
+    block_lists: ClassVar[tuple[str, ...]] = ("transformer_blocks",)
+    attention_attr: ClassVar[str] = "attn"
+    capture_via: ClassVar[Literal["dispatcher", "processor"]] = "dispatcher"
+    # Rectified flow (x_t = (1 − σ)·x₀ + σ·ε) and the timestep the transformer takes for σ.
+    timestep_scale: ClassVar[float] = 1.0
+
+    def __init__(self, pipe, device: str | torch.device = "cpu"):
+        self.pipe = pipe
+        self.device = torch.device(device)
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.dtype = self.transformer.dtype
+        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # --- layout ---------------------------------------------------------------------------------
+    @property
+    def block_names(self) -> list[str]:
+        return [f"{lst}.{i}" for lst in self.block_lists for i in range(len(getattr(self.transformer, lst, ())))]
+
+    def attention_module(self, block: str) -> torch.nn.Module:
+        return self.transformer.get_submodule(f"{block}.{self.attention_attr}")
+
+    @property
+    def patch(self) -> int:
+        raise NotImplementedError
+
+    def default_max_sequence_length(self) -> int:
+        raise NotImplementedError
+
+    def max_resolution(self) -> int | None:
+        return None
+
+    def input_size(self, width: int, height: int, resolution: int) -> tuple[int, int]:
+        cap = self.max_resolution()
+        if cap:
+            resolution = min(resolution, cap)
+        p = self.patch
+        scale = resolution / max(width, height)
+        w = max(p, int(round(width * scale / p)) * p)
+        h = max(p, int(round(height * scale / p)) * p)
+        return w, h
+
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
+        raise NotImplementedError
+
+    # --- stages ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """RGB images → clean VAE latents ``[B, C, h, w]``, shifted and scaled as the pipeline does."""
+        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        x = x.to(self.device, self.vae.dtype)
+        z = self.vae.encode(x).latent_dist.mode()
+        shift = getattr(self.vae.config, "shift_factor", None) or 0.0
+        return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, sigma: float) -> torch.Tensor:
+        return (1.0 - sigma) * latents + sigma * noise
+
+    def timesteps(self, sigma: float, batch: int) -> torch.Tensor:
+        """The transformer's ``timestep`` argument for noise level ``sigma``."""
+        return torch.full((batch,), sigma * self.timestep_scale, device=self.device, dtype=self.dtype)
+
+    def grid(self, latents: torch.Tensor) -> tuple[int, int]:
+        p = self.patch // self.vae_scale
+        return latents.shape[-2] // p, latents.shape[-1] // p
+
+    @contextlib.contextmanager
+    def capturing(self, recorder: AttentionRecorder, blocks: list[str]) -> Iterator[AttentionRecorder]:
+        if self.capture_via == "dispatcher":
+            with dispatcher_capture({b: self.attention_module(b) for b in blocks}, recorder):
+                yield recorder
+            return
+        original = self.transformer.attn_processors
+        procs = dict(original)
+        for b in blocks:
+            procs[f"{b}.{self.attention_attr}.processor"] = self.capture_processor(recorder, b)
+        self.transformer.set_attn_processor(procs)
+        try:
+            yield recorder
+        finally:
+            self.transformer.set_attn_processor(dict(original))
+
+    def capture_processor(self, recorder: AttentionRecorder, block: str):
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def capture(self, images: list[Image.Image], sequences: list[TokenSequence], size: tuple[int, int],
+                timesteps: tuple[float, ...], seed: int, guidance_scale: float = 3.5,
+                blocks: list[str] | None = None, lse_source: str = "fused",
+                image_keep: torch.Tensor | None = None) -> Capture:
+        """Every sample gets the same seeded noise, so a sample's map does not depend on its batch.
+        ``image_keep`` (bool ``[B, N]``) hides the other image tokens from the text queries."""
+        if len(images) != len(sequences):
+            raise ValueError("images and prompts differ in number")
+        lengths = {len(s) for s in sequences}
+        if len(lengths) != 1:
+            raise ValueError(f"prompts of one batch must share a text length, got {sorted(lengths)}")
+        for t in timesteps:
+            if not 0.0 <= t < 1.0:
+                raise ValueError(f"noise level {t} outside [0, 1)")
+        names = self.block_names if blocks is None else list(blocks)
+        unknown = set(names) - set(self.block_names)
+        if unknown:
+            raise ValueError(f"unknown blocks {sorted(unknown)}; this model has {self.block_names}")
+        latents = self.encode_pixels(images, size)
+        g = torch.Generator("cpu").manual_seed(seed)
+        noise = torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)
+        noise = noise.to(self.device, latents.dtype).expand_as(latents)
+        cond = self.encode_prompts(sequences)
+        used = np.zeros(lengths.pop(), dtype=bool)
+        for s in sequences:
+            used |= s.roles != PADDING
+        columns = np.flatnonzero(used)
+        text_len = len(used)
+        store = AttentionStore(layout=lambda block, q, k: self.layout(block, q, k, text_len),
+                               columns=torch.from_numpy(columns), lse_source=lse_source, image_keep=image_keep)
+        with self.capturing(store, names):
+            for sigma in timesteps:
+                self.forward(self.add_noise(latents, noise, sigma), sigma, cond, guidance_scale)
+        probs = torch.stack([torch.stack(store.maps[n]) for n in names]).cpu()
+        return Capture(probs, names, tuple(timesteps), columns, self.grid(latents))
+
+
+def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[np.ndarray, ...]:
+    """One tokenizer's positions for ``prompt``, padded/truncated to ``length`` as diffusers'
+    pipelines call it: (ids, roles, spans, stream index) and whether the prompt overflowed."""
+    enc = tokenizer(prompt, padding="max_length", max_length=length, truncation=True,
+                    return_offsets_mapping=True, return_attention_mask=True)
+    special = set(tokenizer.all_special_ids)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    roles = np.full(length, PADDING, dtype=np.int8)
+    spans = np.full((length, 2), -1, dtype=np.int32)
+    for i, (tok, (s, e), m) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], enc["attention_mask"])):
+        if not m:
+            continue
+        if (tok in special and e <= s) or e <= s:
+            roles[i] = SPECIAL
+            continue
+        roles[i] = TEXT
+        spans[i] = (s, e)
+    overflow = len(tokenizer(prompt, add_special_tokens=True)["input_ids"]) > length
+    return ids, roles, spans, np.full(length, stream, dtype=np.int8), overflow
+
+
+def join_streams(prompt: str, names: tuple[str, ...], parts: list[tuple[np.ndarray, ...]]) -> TokenSequence:
+    """A ``TokenSequence`` from per-stream ``tokenize_stream`` parts, concatenated in order."""
+    ids, roles, spans, stream = (np.concatenate([p[i] for p in parts]) for i in range(4))
+    return TokenSequence(prompt, names, stream, roles, spans, ids,
+                         tuple(n for n, p in zip(names, parts) if p[4]))

@@ -1,0 +1,1 @@
+"""Pipeline: the ``Grounder`` facade over the stage objects, and video orchestration."""

@@ -1,0 +1,242 @@
+"""The stage objects a ``Grounder`` runs, each with immutable outputs.
+
+``MapStage``   images + texts → ``ReferentMap`` (backend capture, read-out, assembled views)
+``AnswerStage`` ``ReferentMap`` → ``ReferentMap`` for visual questions (trained head, generic contrast)
+``MaskStage``  ``ReferentMap`` → ``GroundingResult`` (heatmap, prompts, segmenter, presence)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import OrderedDict, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..backends import Backend, Capture
+from ..config import GroundingConfig
+from ..images import open_image
+from ..readout import answers, maps, presence, views
+from ..readout.tokens import PromptTokens, align
+from ..segment import refine
+from ..segment.prompts import box_of, prompts_from_map
+from ..segment.segmenters import MapSegmenter, Segmentation, combined_score
+from .result import GroundingResult
+
+_MAP_SEGMENTER = MapSegmenter()
+
+
+@dataclass(frozen=True)
+class ReferentMap:
+    """One (image, expression) after the map stage: token-grid referent map ``[N]`` on ``grid``."""
+
+    image: Image.Image
+    tokens: PromptTokens
+    map: torch.Tensor
+    grid: tuple[int, int]
+    timings_ms: dict[str, float]
+    # Assembled views only: the global and local maps ``[N]`` and their agreement (cosine).
+    global_map: torch.Tensor | None = None
+    local_map: torch.Tensor | None = None
+    agreement: float | None = None
+    # Presence features (``presence.FEATURES``) known after the map stage.
+    features: dict[str, float | None] = field(default_factory=dict)
+    # ``components=True`` only: every (block, level, head) map ``[L, V, H, N]`` and the block names.
+    components: torch.Tensor | None = None
+    block_names: list[str] | None = None
+    # ``detail=True`` only: the global pass's cleaned attention (``maps.CleanedAttention``).
+    cleaned: maps.CleanedAttention | None = None
+    timesteps: tuple[float, ...] = ()
+
+    def replace(self, **changes) -> "ReferentMap":
+        return dataclasses.replace(self, **changes)
+
+
+class MapStage:
+    """Images and texts in, referent maps out: the backend's forward with capture, then the
+    RefAM read-out (``readout.maps``) and, when configured, AGLA's assembled views."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+
+    def max_len(self, cfg: GroundingConfig) -> int:
+        return cfg.max_sequence_length or self.backend.default_max_sequence_length()
+
+    def tokens(self, expression: str, cfg: GroundingConfig) -> PromptTokens:
+        """Expression (+ magnets) → the token layout the transformer receives; ``ValueError`` for
+        nothing to ground."""
+        n = self.max_len(cfg)
+        return align(expression, lambda p: self.backend.tokenize([p], n)[0], cfg.magnets)
+
+    def capture(self, images: list[Image.Image], tokens: list[PromptTokens], cfg: GroundingConfig,
+                image_keep: list[torch.Tensor] | None = None) -> list[tuple[Capture, int]]:
+        """The transformer over (image, prompt) pairs, batched by input size; per pair its
+        ``Capture`` and its index inside it. ``image_keep`` (per pair, bool ``[N]``) hides the
+        other image tokens from text queries."""
+        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+        for i, im in enumerate(images):
+            groups[self.backend.input_size(*im.size, cfg.resolution)].append(i)
+        out: list[tuple[Capture, int] | None] = [None] * len(images)
+        for size, idx in groups.items():
+            cap = self.backend.capture(
+                [images[i] for i in idx], [tokens[i].sequence for i in idx], size, cfg.timesteps, cfg.seed,
+                cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None,
+                image_keep=None if image_keep is None else torch.stack([image_keep[i] for i in idx]),
+            )
+            for j, i in enumerate(idx):
+                out[i] = (cap, j)
+        return out  # type: ignore[return-value]
+
+    def __call__(self, pairs: list[tuple[object, str]], cfg: GroundingConfig, components: bool = False,
+                 detail: bool = False) -> list[ReferentMap]:
+        """``components`` also keeps every (block, level, head) map; ``detail`` the cleaned attention."""
+        t0 = time.perf_counter()
+        images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
+        tokens = [self.tokens(expr, cfg) for _, expr in pairs]
+        t1 = time.perf_counter()
+        caps = self.capture(images, tokens, cfg)
+        t2 = time.perf_counter()
+        out = []
+        for im, tok, (cap, b) in zip(images, tokens, caps):
+            s0 = time.perf_counter()
+            A = cap.sample(b)
+            ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+            per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
+                if components else None
+            out.append(ReferentMap(
+                im, tok, ref, cap.grid,
+                {"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs),
+                 "maps": (time.perf_counter() - s0) * 1000},
+                features={"content_share": presence.content_share(A, tok.kinds[cap.columns])},
+                components=per, block_names=cap.block_names, cleaned=cleaned if detail else None,
+                timesteps=cap.timesteps))
+        if cfg.views.mode == "assembled":
+            out = self.assemble_views(out, cfg)
+        return [it.replace(features={**it.features, "concentration": views.match_score(it.map),
+                                     "agreement": it.agreement}) for it in out]
+
+    def assemble_views(self, items: list[ReferentMap], cfg: GroundingConfig) -> list[ReferentMap]:
+        """Local pass on prompt-masked views (same seeded noise), then G and L assembled."""
+        v = cfg.views
+        t0 = time.perf_counter()
+        keeps = [views.keep_tokens(it.map, it.grid, v) for it in items]
+        tokens = [it.tokens for it in items]
+        if v.fill == "attention":
+            caps = self.capture([it.image for it in items], tokens, cfg, image_keep=keeps)
+        else:
+            caps = self.capture([views.masked_view(it.image, k, it.grid, v.fill) for it, k in zip(items, keeps)],
+                                tokens, cfg)
+        out = []
+        per_item = (time.perf_counter() - t0) * 1000 / len(items)
+        for it, (cap, b) in zip(items, caps):
+            local, _ = maps.referent_map(cap.sample(b), it.tokens, cap.columns, cap.block_names, cfg)
+            g, l_ = maps.normalise(it.map), maps.normalise(local)
+            out.append(it.replace(global_map=g, local_map=l_, agreement=views.agreement(g, l_),
+                                  map=views.assemble(g, l_, v), timings_ms={**it.timings_ms, "views": per_item}))
+        return out
+
+
+class AnswerStage:
+    """Visual-question maps: the trained answer head (when the model has one) and the
+    generic-prompt contrast, with the generic map cached per image and config."""
+
+    def __init__(self, map_stage: MapStage, head=None, cache_size: int = 32):
+        self.map_stage = map_stage
+        self.head = head  # grounding.readout.answer_head.AnswerHead or None
+        self.cache_size = cache_size
+        self.generic_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._sentence_encoder = None
+
+    def uses_head(self, cfg: GroundingConfig) -> bool:
+        return self.head is not None and cfg.answer.head
+
+    def __call__(self, items: list[ReferentMap], cfg: GroundingConfig) -> list[ReferentMap]:
+        if self.uses_head(cfg):
+            items = self.apply_head(items)
+        if cfg.answer.contrast:
+            items = [it.replace(map=answers.contrast(it.map, generic, cfg.answer.percentile))
+                     for it, generic in zip(items, self.generic_maps([it.image for it in items], cfg))]
+        return items
+
+    @torch.no_grad()
+    def apply_head(self, items: list[ReferentMap]) -> list[ReferentMap]:
+        """Each item's map replaced by the answer head's (sentence-weighted channels + decoder)."""
+        from ..readout.answer_head import SentenceEncoder
+
+        if self._sentence_encoder is None:
+            self._sentence_encoder = SentenceEncoder()
+        emb = self._sentence_encoder([it.tokens.expression for it in items])
+        out = []
+        for it, e in zip(items, emb):
+            ch, names = it.components.reshape(-1, *it.grid), it.block_names
+            meta = getattr(self.head, "meta", {})
+            if ch.shape[0] != self.head.channels or meta.get("block_names", names) != names:
+                raise ValueError("the answer head was trained with other blocks / heads / noise levels than "
+                                 "this config captures")
+            m, _ = self.head(ch[None], e[None])
+            out.append(it.replace(map=m[0].reshape(-1)))
+        return out
+
+    def generic_maps(self, images: list[Image.Image], cfg: GroundingConfig) -> list[torch.Tensor]:
+        """The map of ``cfg.answer.generic_prompt`` for each image (cached)."""
+        setting = json.dumps(cfg.to_dict(), sort_keys=True)
+        keys = [hashlib.sha1(im.tobytes() + repr(im.size).encode() + setting.encode()).hexdigest() for im in images]
+        missing = [i for i, k in enumerate(keys) if k not in self.generic_cache]
+        if missing:
+            prompt = cfg.answer.generic_prompt
+            for i, it in zip(missing, self.map_stage([(images[i], prompt) for i in missing], cfg)):
+                self.generic_cache[keys[i]] = it.map
+        out = []
+        for k in keys:
+            self.generic_cache.move_to_end(k)
+            out.append(self.generic_cache[k])
+        while len(self.generic_cache) > self.cache_size:
+            self.generic_cache.popitem(last=False)
+        return out
+
+
+class MaskStage:
+    """Map → heatmap → prompts → mask, then score and presence."""
+
+    def __init__(self, segmenter):
+        self.segmenter = segmenter
+
+    def __call__(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
+                 token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
+                 mask_prompt: np.ndarray | None = None, identity_weight: float = 0.5
+                 ) -> tuple[GroundingResult, Segmentation]:
+        """``token_map`` replaces the item's own map (video: temporally aggregated);
+        ``prev_mask`` / ``mask_prompt`` carry the previous frame's mask."""
+        s0 = time.perf_counter()
+        ref = item.map if token_map is None else token_map
+        heatmap = refine.heatmap(ref, item.grid, item.image, cfg.refine)
+        prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points,
+                                   prev_mask, identity_weight)
+        s1 = time.perf_counter()
+        segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
+        if prev_mask is None and mask_prompt is None:
+            seg = segmenter(np.asarray(item.image), heatmap, prompts)
+        else:
+            seg = segmenter(np.asarray(item.image), heatmap, prompts, prev_mask=prev_mask, mask_prompt=mask_prompt,
+                            identity_weight=identity_weight)
+        s2 = time.perf_counter()
+        timings = dict(item.timings_ms)
+        timings["maps"] += (s1 - s0) * 1000
+        timings["segmenter"] = (s2 - s1) * 1000
+        provider = getattr(segmenter, "provider", None)
+        if provider:  # which onnxruntime provider ran SAM, e.g. "segmenter_CPUExecutionProvider"
+            timings[f"segmenter_{provider}"] = (s2 - s1) * 1000
+        feats = dict(item.features, sam_iou=None if seg.predicted_iou is None else float(seg.predicted_iou))
+        present, presence_score = presence.is_present(feats, cfg.presence, bool(seg.mask.any()))
+        result = GroundingResult(
+            expression=item.tokens.expression, mask=seg.mask, box=box_of(seg.mask),
+            score=combined_score(heatmap, seg), heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
+            segmenter=segmenter.name, warnings=list(item.tokens.warnings), timings_ms=timings,
+            present=present, presence_score=presence_score, features=feats,
+        )
+        return result, seg

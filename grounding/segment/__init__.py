@@ -1,0 +1,1 @@
+"""Segment stage: map → heatmap (refinement) → prompts → mask (SAM, ONNX SAM, or the map region)."""

@@ -1,0 +1,130 @@
+"""The one request schema: every option a client can send, declared once with its type and
+allowed values, and what it changes in the grounding config.
+
+The REST endpoints take ``request_model(endpoint)`` as their BentoML ``input_spec``, the gRPC
+server reads the same names off ``grounding.v1.Options`` (a test checks that the proto declares
+exactly these fields), the engine applies ``Options.overrides()``, and Python callers build
+``Options(...)`` directly. ``ENDPOINT_OPTIONS`` says which options each endpoint takes.
+"""
+
+from __future__ import annotations
+
+import typing as t
+from pathlib import Path
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..config import SinkMode, ViewMode
+
+MaskFormat = t.Literal["rle", "polygon", "png"]
+HeatmapFormat = t.Literal["png", "array"]
+
+
+def _config(key: str) -> dict:
+    """Field metadata: the ``GroundingConfig`` key an option overrides."""
+    return {"config": key}
+
+
+class Options(BaseModel):
+    """Per-request switches. ``None`` = the model's ``grounding.json`` value."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    return_heatmap: bool = Field(False, description="heatmap as a base64 8-bit PNG in each result")
+    return_mask_png: bool = Field(False, description="mask as a base64 PNG in each result, besides `segmentation`")
+    mask_format: MaskFormat = Field("rle", description="segmentation as COCO RLE, polygons, or a base64 PNG")
+    heatmap_format: HeatmapFormat = Field("png", description="/ground: base64 8-bit PNG, or floats at image size")
+    threshold: t.Optional[float] = Field(None, gt=0.0, lt=1.0, description="fraction of the map's max for the region",
+                                         json_schema_extra=_config("threshold"))
+    magnets: t.Optional[bool] = Field(None, description="RefAM attention magnets",
+                                      json_schema_extra=_config("magnets.enabled"))
+    sinks: t.Optional[bool] = Field(None, description="global attention sink handling",
+                                    json_schema_extra=_config("sinks.enabled"))
+    sinks_mode: t.Optional[SinkMode] = Field(None, description="what happens to sinks",
+                                             json_schema_extra=_config("sinks.mode"))
+    redistribution: t.Optional[bool] = Field(None, description="renormalise each image token over the prompt",
+                                             json_schema_extra=_config("redistribution.enabled"))
+    seed: t.Optional[int] = Field(None, ge=0, le=2**31 - 1, description="noise seed (same seed, same map)",
+                                  json_schema_extra=_config("seed"))
+    views: t.Optional[ViewMode] = Field(None, description="AGLA prompt-masked views",
+                                        json_schema_extra=_config("views.mode"))
+    # Video jobs only.
+    window: int = Field(2, ge=0, le=16, description="video: temporal aggregation over ±window frames")
+    return_overlay: bool = Field(False, description="video: a base64 overlay mp4 in the result")
+
+    def overrides(self) -> dict[str, t.Any]:
+        """The grounding-config overrides these options ask for (``{"sinks.mode": "suppress"}``)."""
+        out = {}
+        for name, f in type(self).model_fields.items():
+            key = (f.json_schema_extra or {}).get("config")
+            value = getattr(self, name)
+            if key and value is not None:
+                out[key] = value
+        return out
+
+
+_RESULT = ("return_heatmap", "return_mask_png", "mask_format")
+_REFAM = ("magnets", "sinks", "sinks_mode", "redistribution")
+ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
+    "segment": (*_RESULT, "threshold", *_REFAM, "seed", "views"),
+    "ground": ("heatmap_format", *_REFAM, "seed", "views"),
+    "answer_ground": (*_RESULT, "threshold", "seed", "views"),
+    "render": ("threshold", "seed", "views"),
+    "segment_video": ("window", "return_overlay", "threshold", "seed"),
+}
+
+
+class RequestError(ValueError):
+    """Bad input: ``status`` is the HTTP code (400, 404, 413, 415); gRPC maps it to
+    INVALID_ARGUMENT (NOT_FOUND for 404). ``field`` names the offending field when there is one."""
+
+    def __init__(self, message: str, status: int = 400, field: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.field = field
+
+
+def parse_options(values: dict[str, t.Any], endpoint: str | None = None) -> Options:
+    """Option values (``None`` = not given) → ``Options``; ``RequestError`` naming the field."""
+    allowed = ENDPOINT_OPTIONS[endpoint] if endpoint else tuple(Options.model_fields)
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise RequestError(f"unknown options: {unknown}", field=unknown[0])
+    try:
+        return Options(**{k: v for k, v in values.items() if v is not None})
+    except pydantic.ValidationError as e:
+        err = e.errors()[0]
+        name = str(err["loc"][0]) if err["loc"] else None
+        raise RequestError(f"{name}: {err['msg']}, got {err.get('input')!r}", field=name) from None
+
+
+# --- request models for the REST endpoints (BentoML ``input_spec``) ------------------------------
+def _image_fields() -> dict[str, t.Any]:
+    return {"image": (Path, None), "image_base64": (t.Optional[str], None)}
+
+
+_TEXT_FIELDS: dict[str, dict[str, t.Any]] = {
+    "segment": {"expression": (t.Union[str, t.List[str], None], None)},
+    "ground": {"expression": (t.Union[str, t.List[str], None], None)},
+    "answer_ground": {"question": (t.Optional[str], None), "answer": (t.Optional[str], None)},
+    "render": {"expression": (t.Optional[str], None)},
+    "segment_video": {"expression": (t.Optional[str], None)},
+}
+
+
+def request_model(endpoint: str) -> type[BaseModel]:
+    """The REST request of ``endpoint``: its input fields and its options, typed as in ``Options``
+    (so BentoML's validation and ours agree)."""
+    inputs = {"video": (Path, None)} if endpoint == "segment_video" else _image_fields()
+    fields: dict[str, t.Any] = {**inputs, **_TEXT_FIELDS[endpoint]}
+    for name in ENDPOINT_OPTIONS[endpoint]:
+        f = Options.model_fields[name]
+        fields[name] = (f.annotation, f)
+    return pydantic.create_model(f"{endpoint.title().replace('_', '')}Request", **fields)
+
+
+def split_request(endpoint: str, fields: dict[str, t.Any]) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """A request's fields → (inputs, option values)."""
+    names = set(ENDPOINT_OPTIONS[endpoint])
+    return ({k: v for k, v in fields.items() if k not in names}, {k: v for k, v in fields.items() if k in names})
