@@ -136,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: '{argv[0]}' is training code and moved out of the inference package: "
               f"python -m training {argv[0]} ...", file=sys.stderr)
         return 2
+    return run_command(ap, argv)
+
+
+def run_command(ap: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Parse and run a subcommand; bad input is ``error: ...`` on stderr and exit 2."""
     args = ap.parse_args(argv)
     try:
         return args.func(args)

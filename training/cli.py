@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from grounding.cli import add_model_args, grounder_from_args
+from grounding.cli import add_model_args, grounder_from_args, run_command
 
 
 def _output_folder(args) -> Path:
@@ -165,9 +164,4 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
     p.set_defaults(func=cmd_train_demo)
 
-    args = ap.parse_args(argv)
-    try:
-        return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_command(ap, argv)
