@@ -22,5 +22,7 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     for f in ("service.py", "grounding/serving/proto/grounding_pb2.py", "grounding/serving/proto/grounding.proto",
               "grounding/readout/maps.py"):
         assert (src / f).is_file(), f
+    for d in ("eval", "training", "exporters", "tests", "bench"):  # the image ships no training or eval code
+        assert not (src / d).exists(), d
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "bentoml==1.4.40" in reqs
