@@ -23,7 +23,6 @@ from starlette.staticfiles import StaticFiles
 
 from grounding.serving import documents, jobs, requests, schema
 from grounding.serving.engine import Engine, jobs_for, raise_first_error
-
 from grounding.serving.settings import load_settings
 
 SETTINGS = load_settings()
@@ -87,9 +86,11 @@ class Grounding:
 
     engine = bentoml.depends(GroundingEngine)
 
-    async def _ground(self, endpoint: str, fields: dict, use_segmenter: bool, answer: bool = False):
-        """An endpoint's request fields (``schema.request_model(endpoint)``) → (image, options, results, t0)."""
+    async def _ground(self, endpoint: str, fields: dict):
+        """An endpoint's request fields (``schema.request_model(endpoint)``) → (image, options, results, t0).
+        ``/ground`` skips the segmenter; ``/answer_ground`` grounds a question (+ answer)."""
         inputs, options = schema.split_request(endpoint, fields)
+        use_segmenter, answer = endpoint != "ground", endpoint == "answer_ground"
         t0 = time.perf_counter()
         try:
             image, image_base64 = inputs.get("image"), inputs.get("image_base64")
@@ -127,26 +128,26 @@ class Grounding:
     @bentoml.api(route="/segment", input_spec=schema.request_model("segment"))
     async def segment(self, **fields: t.Any) -> dict:
         """Mask (COCO RLE / polygons / PNG), box, score, points and ``present`` per expression."""
-        img, opts, results, t0 = await self._ground("segment", fields, True)
+        img, opts, results, t0 = await self._ground("segment", fields)
         return documents.response(img, [documents.result_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/ground", input_spec=schema.request_model("ground"))
     async def ground(self, **fields: t.Any) -> dict:
         """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
-        img, opts, results, t0 = await self._ground("ground", fields, False)
+        img, opts, results, t0 = await self._ground("ground", fields)
         return documents.response(img, [documents.heatmap_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/answer_ground", input_spec=schema.request_model("answer_ground"))
     async def answer_ground(self, **fields: t.Any) -> dict:
         """Evidence region for a visual question (and its answer): the /segment response for the
         text "question answer", its map sharpened against a generic prompt's map of the image."""
-        img, opts, results, t0 = await self._ground("answer_ground", fields, True, answer=True)
+        img, opts, results, t0 = await self._ground("answer_ground", fields)
         return documents.response(img, [documents.result_doc(r, opts) for r in results], results, t0)
 
     @bentoml.api(route="/render", input_spec=schema.request_model("render"))
     async def render(self, **fields: t.Any) -> PILImage.Image:
         """The overlay PNG: image with mask, box, points and heatmap drawn (first expression)."""
-        img, _, results, _ = await self._ground("render", fields, True)
+        img, _, results, _ = await self._ground("render", fields)
         return documents.overlay(img, results[0])
 
     @bentoml.task(route="/segment_video", input_spec=schema.request_model("segment_video"))

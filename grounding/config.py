@@ -315,14 +315,12 @@ class ConfigError(ValueError):
 
 
 def _unknown_option(key: str, data: dict) -> str:
-    known = sorted([k for k, v in data.items() if not isinstance(v, dict)]
-                   + [f"{k}__{s}" for k, v in data.items() if isinstance(v, dict) and k not in ("block_weights", "head_weights") for s in v])
-    hint = ""
-    if "_" in key and "__" not in key and "." not in key:
-        guess = key.replace("_", "__", 1)
-        if guess in known:
-            hint = f" (did you mean {guess}?)"
-    return f"unknown grounding option {key!r}{hint}"
+    """The error for an unknown option, with the double-underscore spelling when that one exists
+    (``sinks_mode`` → ``sinks__mode``)."""
+    group, _, leaf = key.partition("_")
+    if "." not in key and "__" not in key and isinstance(data.get(group), dict) and leaf in data[group]:
+        return f"unknown grounding option {key!r} (did you mean {group}__{leaf}?)"
+    return f"unknown grounding option {key!r}"
 
 
 def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from grounding.config import ConfigError, GroundingConfig
+from grounding.config import GroundingConfig
 
 
 @pytest.fixture

@@ -264,14 +264,13 @@ def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[n
     pipelines call it: (ids, roles, spans, stream index) and whether the prompt overflowed."""
     enc = tokenizer(prompt, padding="max_length", max_length=length, truncation=True,
                     return_offsets_mapping=True, return_attention_mask=True)
-    special = set(tokenizer.all_special_ids)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     roles = np.full(length, PADDING, dtype=np.int8)
     spans = np.full((length, 2), -1, dtype=np.int32)
-    for i, (tok, (s, e), m) in enumerate(zip(enc["input_ids"], enc["offset_mapping"], enc["attention_mask"])):
+    for i, ((s, e), m) in enumerate(zip(enc["offset_mapping"], enc["attention_mask"])):
         if not m:
             continue
-        if (tok in special and e <= s) or e <= s:
+        if e <= s:  # BOS/EOS and other pieces with no characters
             roles[i] = SPECIAL
             continue
         roles[i] = TEXT

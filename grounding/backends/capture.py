@@ -46,19 +46,6 @@ class SequenceLayout:
     text: slice
     joint: bool = True  # text tokens are also queries (only then can text→image keys be masked)
 
-    @classmethod
-    def of(cls, segments: list[tuple[str, int]]) -> "SequenceLayout":
-        """Joint layout from the sequence's segments in order, e.g. ``[("text", T), ("image", N)]``."""
-        pos, found = 0, {}
-        for kind, length in segments:
-            if kind in found:
-                raise ValueError(f"segment {kind!r} appears twice in {segments}")
-            found[kind] = slice(pos, pos + length)
-            pos += length
-        if "image" not in found or "text" not in found:
-            raise ValueError(f"a layout needs an image and a text segment, got {segments}")
-        return cls(image=found["image"], text=found["text"])
-
 
 # (block name, query length, key length) → that call's layout. Backends provide one per capture.
 LayoutFn = Callable[[str, int, int], SequenceLayout]
@@ -228,7 +215,7 @@ class _Session:
 
 _SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("dit_grounding_capture", default=None)
 _LOCK = threading.Lock()
-_ACTIVE = {"count": 0, "previous": None}
+_ACTIVE = {"count": 0, "previous": None, "fn": None, "args": frozenset()}  # the backend we stand in for
 
 
 def _capture_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -248,12 +235,7 @@ def _capture_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 def _call_previous(query, key, value, **kwargs):
-    from diffusers.models.attention_dispatch import _AttentionBackendRegistry as Registry
-
-    name = _ACTIVE["previous"]
-    fn = Registry._backends[name]
-    allowed = Registry._supported_arg_names[name]
-    return fn(query=query, key=key, value=value, **{k: v for k, v in kwargs.items() if k in allowed})
+    return _ACTIVE["fn"](query=query, key=key, value=value, **{k: v for k, v in kwargs.items() if k in _ACTIVE["args"]})
 
 
 @contextlib.contextmanager
@@ -265,7 +247,8 @@ def _backend_active() -> Iterator[None]:
         if _BACKEND_NAME not in Registry._backends:
             Registry.register(_BACKEND_NAME)(_capture_attention)
         if _ACTIVE["count"] == 0:
-            _ACTIVE["previous"] = Registry.get_active_backend()[0]
+            name, fn = Registry.get_active_backend()
+            _ACTIVE.update(previous=name, fn=fn, args=frozenset(Registry._supported_arg_names[name]))
             Registry.set_active_backend(_BACKEND_NAME)
         _ACTIVE["count"] += 1
     try:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backends import Backend, load_backend, resolve_dtype, zoo
+from ..backends import Backend, load_backend, zoo
 from ..config import GroundingConfig
 from ..readout import answers, maps
 from ..readout.tokens import KIND_NAMES, PromptTokens
@@ -82,7 +82,7 @@ class Grounder:
         """
         device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         model = zoo.resolve(model)
-        backend = load_backend(model, device, resolve_dtype(dtype, device))
+        backend = load_backend(model, device, dtype)
         if config is None:
             config = GroundingConfig.for_model(model)
         if overrides:
