@@ -14,11 +14,7 @@ import argparse
 import asyncio
 import io
 import json
-import os
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,12 +26,8 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from local_server import LocalServer  # noqa: E402
 
 
 def test_image(seed: int) -> bytes:
@@ -48,36 +40,11 @@ def test_image(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def start(model: str, batch: int, latency_ms: int, resolution: int, log_path: Path):
-    port = free_port()
+def start(model: str, batch: int, latency_ms: int, resolution: int, log_path: Path) -> LocalServer:
     cfg = log_path.with_suffix(".yaml")
     cfg.write_text(f"max_batch_size: {batch}\nmax_latency_ms: {latency_ms}\ngrpc_port: 0\nengine_timeout_s: 20\n")
-    env = dict(os.environ, GROUNDING_MODEL=model, GROUNDING_CONFIG=str(cfg), GROUNDING_DEVICE="cpu",
-               HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1",
-                             "--port", str(port)], cwd=ROOT, env=env, stdout=open(log_path, "w"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited; see {log_path}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError(f"server not ready; see {log_path}")
-
-
-def stop(proc) -> None:
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    return LocalServer(log_path.parent / log_path.stem, GROUNDING_MODEL=model, GROUNDING_CONFIG=str(cfg),
+                       GROUNDING_GRPC_PORT="0")
 
 
 async def load(url: str, n: int, concurrency: int, images: list[bytes]) -> dict:
@@ -139,12 +106,13 @@ def main() -> None:
     images = [test_image(i) for i in range(32)]
     rows = {}
     for name, batch in (("unbatched", 1), ("batched", args.batch)):
-        proc, url = start(model, batch, args.latency_ms, args.resolution, tmp / f"{name}.log")
+        srv = start(model, batch, args.latency_ms, args.resolution, tmp / f"{name}.log")
+        url = srv.url
         try:
             asyncio.run(load(url, min(16, args.requests), args.concurrency, images))  # warm-up
             rows[name] = asyncio.run(load(url, args.requests, args.concurrency, images))
         finally:
-            stop(proc)
+            srv.stop()
     print(f"medium FLUX (4 + 4 blocks, width 512) at {args.resolution} px, {args.requests} requests, "
           f"concurrency {args.concurrency}, CPU threads of one engine worker")
     print(f"{'mode':<10} {'rps':>7} {'p50 ms':>8} {'p95 ms':>8} {'batch':>6}  status")

@@ -3,14 +3,10 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -67,44 +63,102 @@ def scene_image():
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 4_000_000
+sys.path.insert(0, str(ROOT / "bench"))
+from local_server import LocalServer  # noqa: E402
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Every server a test starts carries this marker in its environment; at the end of the session
+# no process may still carry it (``pytest_sessionfinish`` checks, kills and fails the run).
+RUN_MARKER = "DIT_GROUNDING_TEST_RUN"
+RUN_ID = f"{os.getpid()}-{time.time_ns()}"
+
+
+def marked_processes() -> list[int]:
+    """PIDs of live processes started by this test run (the marker in their environment)."""
+    needle = f"{RUN_MARKER}={RUN_ID}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text()
+                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are already dead
+                    pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+class Server(LocalServer):
+    """``bench/local_server.LocalServer`` on the tiny model with the test run's marker; a start
+    that fails fails the test."""
+
+    def __init__(self, model_dir, tmp: Path, **env: str):
+        self.model = str(model_dir)
+        try:
+            super().__init__(tmp, ready_timeout=180, GROUNDING_MODEL=str(model_dir),
+                             GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), **{RUN_MARKER: RUN_ID}, **env)
+        except RuntimeError as e:
+            pytest.fail(str(e))
+
+    def as_dict(self) -> dict:
+        return {"url": self.url, "grpc": self.grpc, "model": self.model, "jobs_dir": self.jobs_dir, "handle": self}
 
 
 @pytest.fixture(scope="session")
 def server(tiny_flux_dir, tmp_path_factory):
-    port, grpc_port = free_port(), free_port()
-    env = dict(os.environ, GROUNDING_MODEL=str(tiny_flux_dir), GROUNDING_GRPC_PORT=str(grpc_port),
-               GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), GROUNDING_DEVICE="cpu", HF_HUB_OFFLINE="1",
-               GROUNDING_JOBS_DIR=str(tmp_path_factory.mktemp("jobs")),
-               BENTOML_HOME=str(tmp_path_factory.mktemp("bentoml_home")))
-    log = open(tmp_path_factory.mktemp("logs") / "serve.log", "w+")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            pytest.fail(f"bentoml serve exited:\n{log.read()[-4000:]}")
+    srv = Server(tiny_flux_dir, tmp_path_factory.mktemp("server"))
+    yield srv.as_dict()
+    srv.stop()
+
+
+API_KEY = "s3cret-key-for-tests"
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 (openssl)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a test certificate")
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    return {"cert": d / "cert.pem", "key": d / "key.pem"}
+
+
+@pytest.fixture(scope="session")
+def guarded(tiny_flux_dir, tmp_path_factory, tls):
+    """A server with an API key (from a file), gRPC over TLS, a 2 MB body limit, a 2 s body
+    timeout and a jobs folder capped at ~1 byte."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    (tmp / "key").write_text(API_KEY + "\n")
+    srv = Server(tiny_flux_dir, tmp, GROUNDING_API_KEY_FILE=str(tmp / "key"), GROUNDING_MAX_BODY_MB="2", GROUNDING_BODY_TIMEOUT_S="2",
+                 GROUNDING_GRPC_TLS_CERT=str(tls["cert"]), GROUNDING_GRPC_TLS_KEY=str(tls["key"]),
+                 GROUNDING_JOBS_MAX_GB="0.000000001")
+    yield srv
+    srv.stop()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No process started by this run may outlive it."""
+    import psutil
+
+    left = marked_processes()
+    if not left:
+        return
+    lines = []
+    for pid in left:
         try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
+            p = psutil.Process(pid)
+            lines.append(f"{pid} ppid={p.ppid()} {' '.join(p.cmdline())[:160]}")
+            p.kill()
+        except psutil.NoSuchProcess:
             pass
-        time.sleep(0.5)
-    else:
-        log.seek(0)
-        pytest.fail(f"server not ready in time:\n{log.read()[-4000:]}")
-    yield {"url": url, "grpc": f"127.0.0.1:{grpc_port}", "model": str(tiny_flux_dir)}
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+        "FAILED: processes left running by the test run (killed now):\n  " + "\n  ".join(lines), red=True)
+    session.exitstatus = 1

@@ -9,7 +9,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bentoml_build_offline_and_dockerfile(tmp_path):
-    env = dict(os.environ, BENTOML_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    # built as for a 2-GPU deployment: the engine service then declares its GPUs
+    env = dict(os.environ, BENTOML_HOME=str(tmp_path), HF_HUB_OFFLINE="1", GROUNDING_DEVICE="cuda", GROUNDING_WORKERS="2")
     p = subprocess.run([sys.executable, "-m", "bentoml", "build", "."], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
@@ -18,6 +19,13 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     assert "FROM nvidia/cuda:" in dockerfile
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 50051" in dockerfile
     assert "GROUNDING_GRPC_PORT=50051" in dockerfile.replace('"', "")
+    assert "GROUNDING_GRPC_HOST=0.0.0.0" in dockerfile.replace('"', "")  # in a container, as REST
+    import yaml
+
+    services = {s["name"]: s for s in yaml.safe_load((bento / "bento.yaml").read_text())["services"]}
+    assert services["grounding-engine"]["config"]["resources"] == {"gpu": 2}
+    assert services["grounding-engine"]["config"]["workers"] == 2
+    assert "resources" not in services["grounding"]["config"]  # the public API service needs no GPU
     src = bento / "src"
     for f in ("service.py", "grounding/serving/proto/grounding_pb2.py", "grounding/serving/proto/grounding.proto",
               "grounding/readout/maps.py"):

@@ -2,6 +2,7 @@
 
 import base64
 import io
+from pathlib import Path
 
 import grpc
 import httpx
@@ -296,15 +297,56 @@ def test_video_task_cancel_then_resume(server, tmp_path):
     assert progress["state"] == "done" and progress["resumed_from"] == partial["done"]
 
 
-@pytest.mark.parametrize("data,fields,message", [
-    (b"definitely not a video" * 20, {"expression": "red circle"}, "cannot read video"),
-    (b"", {"expression": "red circle"}, "empty"),
-    (None, {"expression": "the of"}, "no content words"),
+@pytest.mark.parametrize("data,fields,status,field,message", [
+    (b"definitely not a video" * 20, {"expression": "red circle"}, 400, "video", "cannot read video"),
+    (b"", {"expression": "red circle"}, 400, "video", "empty"),
+    (None, {"expression": "the of"}, 400, "expression", "no content words"),
+    (None, {"expression": ""}, 400, "expression", "empty"),
+    (None, {"expression": "red circle", "window": "99"}, 400, "window", "less than or equal to 16"),
+    (None, {"expression": "red circle", "threshold": "2"}, 400, "threshold", "less than 1"),
+    (None, {"expression": "red circle", "views": "assembled"}, 400, "views", "unknown field"),
 ])
-def test_video_task_bad_input(server, tmp_path, data, fields, message):
+def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, status, field, message):
     data = _video_bytes(tmp_path, 3) if data is None else data
-    task = _submit(server, data, **fields)
+    r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
+                   data=fields, timeout=60)
+    assert r.status_code == status and r.json()["field"] == field and message in r.json()["error"], r.text
+    assert post(server, "/video_progress", json={"task_id": "nope"}).status_code == 404
+
+
+def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):
+    """A zip whose first frame reads (so it passes the submit check) and whose second does not."""
+    import zipfile
+
+    path = tmp_path / "frames.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("000.png", encode(scene()))
+        z.writestr("001.png", b"\x89PNG\r\n\x1a\n broken")
+    task = httpx.post(server["url"] + "/segment_video/submit",
+                      files={"video": ("frames.zip", path.read_bytes(), "application/zip")},
+                      data={"expression": "red circle"}, timeout=60).json()["task_id"]
     assert _wait(server, task) == "failed"
     r = httpx.get(server["url"] + "/segment_video/get", params={"task_id": task})
-    assert message in r.text
-    assert post(server, "/video_progress", json={"task_id": "nope"}).status_code == 404
+    assert "cannot read frame 001.png" in r.json()["error"], r.text
+    progress = _progress(server, task)
+    assert progress["state"] == "failed" and "cannot read frame 001.png" in progress["error"], progress
+
+
+ODD_FILES = sorted(p for p in (Path(__file__).parent / "data" / "pillow-odd").iterdir()
+                   if p.suffix not in (".md",) and not p.name.startswith("LICENSE"))
+
+
+def test_real_world_odd_files_never_5xx(server):
+    """205 odd and broken files from Pillow's test suite (tests/data/pillow-odd/README.md), each
+    whole and half-truncated over REST and whole over gRPC: 4xx in the one shape or 200, no 5xx,
+    no INTERNAL, no request left unanswered; the server answers normally afterwards."""
+    from fuzz import run
+
+    assert len(ODD_FILES) == 205
+    out = run(ODD_FILES, server["url"], server["grpc"], workers=2, time_limit=300)
+    assert out["files"] == len(ODD_FILES), out
+    assert out["5xx"] == 0 and out["lost"] == 0, out
+    assert set(out["rest"]) <= {"200", "400", "413", "415"}, out["rest"]
+    assert set(out["grpc"]) <= {"OK", "INVALID_ARGUMENT"}, out["grpc"]
+    assert out["rest"].get("200", 0) > 20 and out["rest"].get("400", 0) > 50, out["rest"]
+    assert segment(server, encode(scene())).status_code == 200

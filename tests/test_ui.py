@@ -101,3 +101,27 @@ def test_page_video_progress(server, browser, tmp_path):
     assert "cannot read video" in page.text_content("#error")
     assert not errors, errors
     page.close()
+
+
+def test_page_sends_the_api_key(guarded, browser, tmp_path):
+    """Served without a key, the page says one is needed; once typed, its calls carry it."""
+    from conftest import API_KEY
+
+    img = tmp_path / "scene.png"
+    scene(64, 48).save(img)
+    page = browser.new_page()
+    page.goto(guarded.url + "/ui/")
+    page.wait_for_function("document.querySelector('#model-info').textContent.includes('API key')")
+    page.set_input_files("#file", str(img))
+    page.fill("#expressions", "the red circle")
+    page.click("#segment")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "401" in page.text_content("#error")
+    page.fill("#api-key", API_KEY)
+    page.dispatch_event("#api-key", "change")
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
+    page.click("#segment")
+    page.wait_for_function("document.querySelectorAll('.result .score').length === 1 && "
+                           "document.querySelector('.result .score').textContent.length > 0")
+    assert page.is_hidden("#error")
+    page.close()

@@ -86,11 +86,12 @@ def read_frames(src) -> Iterator[Image.Image]:
         yield from _av_frames(path)
         return
     if isinstance(src, (bytes, bytearray)):
-        data = bytes(src)
-        if zipfile.is_zipfile(io.BytesIO(data)):
-            yield from _zip_frames(io.BytesIO(data))
-        else:
-            yield from _av_frames(io.BytesIO(data))
+        src = io.BytesIO(bytes(src))
+    if hasattr(src, "read") and hasattr(src, "seek"):  # a binary file object
+        src.seek(0)
+        is_zip = zipfile.is_zipfile(src)
+        src.seek(0)
+        yield from (_zip_frames(src) if is_zip else _av_frames(src))
         return
     for item in src:
         if isinstance(item, Image.Image):
@@ -119,7 +120,7 @@ def _av_frames(src) -> Iterator[Image.Image]:
     import av
 
     try:
-        container = av.open(src if not isinstance(src, Path) else str(src))
+        container = av.open(src if not isinstance(src, Path) else str(src), mode="r")
     except Exception as e:  # PyAV raises its own error types (InvalidDataError, …); no paths in messages
         raise ValueError(f"cannot read video: {getattr(e, 'strerror', None) or type(e).__name__}") from None
     with container:
@@ -131,6 +132,16 @@ def _av_frames(src) -> Iterator[Image.Image]:
                 yield frame.to_image().convert("RGB")
         except av.error.FFmpegError as e:
             raise ValueError(f"cannot decode video: {getattr(e, 'strerror', None) or type(e).__name__}") from None
+
+
+def check_video(src) -> None:
+    """Raise ``ValueError`` (the reader's message) unless ``src`` yields at least one frame."""
+    frames = read_frames(src)
+    try:
+        if next(frames, None) is None:
+            raise ValueError("cannot read video: it has no frames")
+    finally:
+        frames.close()
 
 
 def video_fps(src, default: float = 24.0) -> float:

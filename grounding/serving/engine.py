@@ -3,7 +3,9 @@ The REST service's batchable API, the gRPC server and video jobs all call it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -37,11 +39,17 @@ class Engine:
         self.lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Engine":
+    def from_settings(cls, settings: Settings, worker_index: int = 1) -> "Engine":
+        """Load the model; worker ``i`` of several on CUDA takes GPU ``(i-1) mod count``."""
         from ..pipeline.grounder import Grounder
 
+        device = settings.device or None
+        if device == "cuda" and settings.workers > 1:
+            import torch
+
+            device = worker_device(worker_index, torch.cuda.device_count())
         g = Grounder.from_pretrained(settings.model, segmenter=settings.segmenter or None,
-                                     device=settings.device or None, dtype=settings.dtype or None)
+                                     device=device, dtype=settings.dtype or None)
         return cls(g, settings)
 
     def info(self) -> dict:
@@ -82,6 +90,98 @@ class Engine:
                 r.timings_ms["engine"] = (time.perf_counter() - t0) * 1000
                 out[i] = r
         return out
+
+
+def worker_device(worker_index: int, gpus: int) -> str:
+    """The CUDA device of engine worker ``worker_index`` (1-based, BentoML's) among ``gpus``."""
+    if gpus < 1:
+        raise RuntimeError("GROUNDING_DEVICE=cuda but no CUDA device is visible")
+    return f"cuda:{(worker_index - 1) % gpus}"
+
+
+logger = logging.getLogger("bentoml.grounding")
+
+
+class EngineCalls:
+    """The REST worker's calls into the engine service, bounded in time.
+
+    - While the engine is down or restarting (its socket is held by BentoML's process manager, so
+      a call would wait in the backlog), a call is answered 503 at once: readiness is probed with a
+      1 s budget, at most once per ``READY_TTL_S`` while answers keep coming.
+    - A connection closed under a call (a worker killed, or a pooled keep-alive connection closed)
+      is retried once the engine is ready again, within the call's budget.
+    - An answer that never comes is given up after ``Settings.engine_timeout()`` (the batching
+      queue's ``max_latency_ms`` plus the engine's working margin) and the call retried once;
+      jobs are pure, so a repeat is safe.
+    """
+
+    READY_TTL_S = 2.0
+
+    def __init__(self, client, settings: Settings):
+        self.client = client
+        self.settings = settings
+        self._good = 0.0  # monotonic time of the last answer or good probe
+
+    async def ready(self) -> bool:
+        if time.monotonic() - self._good < self.READY_TTL_S:
+            return True
+        try:
+            ok = bool(await asyncio.wait_for(self.client.is_ready(1), 1.0))
+        except Exception:  # timeout, refused, reset: not ready
+            ok = False
+        if ok:
+            self._good = time.monotonic()
+        return ok
+
+    async def _call(self, fn, *args):
+        import aiohttp
+        import httpx
+        from bentoml.exceptions import ServiceUnavailable
+
+        budget = self.settings.engine_timeout()
+        unavailable = RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
+        if not await self.ready():
+            raise unavailable
+        for attempt in range(2):
+            deadline = time.monotonic() + budget
+            try:
+                out = await asyncio.wait_for(fn(*args), budget)
+                self._good = time.monotonic()
+                return out
+            except asyncio.TimeoutError:
+                logger.warning("no engine answer in %.0f s; %s", budget, "retrying" if attempt == 0 else "giving up")
+            except ServiceUnavailable:
+                raise RequestError("grounding engine overloaded (batch queue over its latency budget); retry shortly",
+                                   503) from None
+            except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:
+                logger.warning("engine connection lost (%s); retrying when it is ready", type(e).__name__)
+                self._good = 0.0
+                while not await self.ready():
+                    if time.monotonic() > deadline:
+                        raise unavailable from None
+                    await asyncio.sleep(0.5)
+        raise unavailable
+
+    async def run(self, jobs: list[dict]) -> list[dict]:
+        return await self._call(self.client.to_async.run, jobs)
+
+    async def info(self) -> dict:
+        return await self._call(self.client.to_async.info)
+
+    async def video(self, job: dict) -> dict:
+        """A video job: no time limit (it runs as long as the video), but a lost engine is a 503
+        (every finished frame is on disk: resubmitting the job resumes it)."""
+        import aiohttp
+        import httpx
+
+        if not await self.ready():
+            raise RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
+        try:
+            return await self.client.to_async.video(job)
+        except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:
+            self._good = 0.0
+            raise RequestError(f"the engine went away during the job ({type(e).__name__}); resubmit it to resume "
+                               "from the last finished frame", 503) from None
 
 
 def jobs_for(image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool,

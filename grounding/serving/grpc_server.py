@@ -1,10 +1,17 @@
 """gRPC endpoint over the same ``Engine`` as the REST service (same process), with the standard
-health service and server reflection."""
+health service and server reflection.
+
+Binds ``Settings.grpc_host`` (the REST host under ``make serve``; 127.0.0.1 by default), over TLS
+when ``grpc_tls_cert``/``grpc_tls_key`` are set. With an API key, every call but the health
+service needs ``authorization: Bearer <key>`` metadata (UNAUTHENTICATED otherwise), as REST does.
+"""
 
 from __future__ import annotations
 
+import hmac
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,6 +23,7 @@ from .documents import heatmap_u8, merged_timings, png_bytes, result_doc
 from .engine import Engine, jobs_for, raise_first_error
 from .requests import prepare
 from .schema import ENDPOINT_OPTIONS, RequestError
+from .settings import Settings
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Grounding"].full_name
 
@@ -45,7 +53,9 @@ class GroundingServicer(pb_grpc.GroundingServicer):
                                          _options(request.options, endpoint), endpoint=endpoint)
             results = raise_first_error(self.engine.run(jobs_for(image, exprs, opts, use_segmenter)))
         except RequestError as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            code = {404: grpc.StatusCode.NOT_FOUND, 503: grpc.StatusCode.UNAVAILABLE}.get(
+                e.status, grpc.StatusCode.INVALID_ARGUMENT)
+            context.abort(code, str(e))
         return image, opts, results, merged_timings(results, t0)
 
     def Segment(self, request, context):
@@ -76,10 +86,46 @@ class GroundingServicer(pb_grpc.GroundingServicer):
                                  timings_ms=timings)
 
 
-def start_grpc_server(engine: Engine, port: int, host: str = "0.0.0.0", workers: int = 4) -> tuple[grpc.Server, int]:
-    """Start serving; returns the server and the bound port (``port=0`` is not "off" here: it
-    binds a free port — callers decide whether to start at all)."""
+class _ApiKey(grpc.ServerInterceptor):
+    """UNAUTHENTICATED unless ``authorization: Bearer <key>`` is in the call's metadata; the health
+    service stays open (as REST's probes do)."""
+
+    def __init__(self, key: str):
+        self.key = key.encode()
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send metadata "
+                                                           "'authorization: Bearer <key>'")
+
+        self._deny = deny
+
+    def intercept_service(self, continuation, details):
+        if details.method.startswith(f"/{health.SERVICE_NAME}/"):
+            return continuation(details)
+        auth = dict(details.invocation_metadata or ()).get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), self.key):
+            return continuation(details)
+        handler = continuation(details)
+        if handler is None:
+            return None
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(self._deny)
+        if handler.stream_stream:
+            return grpc.stream_stream_rpc_method_handler(lambda it, ctx: self._deny(None, ctx))
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(self._deny)
+        return grpc.stream_unary_rpc_method_handler(lambda it, ctx: self._deny(None, ctx))
+
+
+def start_grpc_server(engine: Engine, settings: Settings, port: int | None = None,
+                      workers: int = 4) -> tuple[grpc.Server, int]:
+    """Start serving on ``settings.grpc_host:port`` (default ``settings.grpc_port``); returns the
+    server and the bound port (``port=0`` binds a free port — callers decide whether to start)."""
+    port = settings.grpc_port if port is None else port
+    key = settings.key()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
+                         interceptors=[_ApiKey(key)] if key else [],
                          options=[("grpc.max_receive_message_length", 64 * 2**20),
                                   ("grpc.max_send_message_length", 64 * 2**20)])
     pb_grpc.add_GroundingServicer_to_server(GroundingServicer(engine), server)
@@ -88,8 +134,16 @@ def start_grpc_server(engine: Engine, port: int, host: str = "0.0.0.0", workers:
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{settings.grpc_host}:{port}"
+    if bool(settings.grpc_tls_cert) != bool(settings.grpc_tls_key):
+        raise ValueError("gRPC TLS needs both GROUNDING_GRPC_TLS_CERT and GROUNDING_GRPC_TLS_KEY")
+    if settings.grpc_tls_cert:
+        creds = grpc.ssl_server_credentials([(Path(settings.grpc_tls_key).read_bytes(),
+                                              Path(settings.grpc_tls_cert).read_bytes())])
+        bound = server.add_secure_port(address, creds)
+    else:
+        bound = server.add_insecure_port(address)
     if bound == 0:
-        raise RuntimeError(f"cannot bind gRPC port {host}:{port}")
+        raise RuntimeError(f"cannot bind gRPC port {address}")
     server.start()
     return server, bound

@@ -76,13 +76,19 @@ ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 class RequestError(ValueError):
-    """Bad input: ``status`` is the HTTP code (400, 404, 413, 415); gRPC maps it to
-    INVALID_ARGUMENT (NOT_FOUND for 404). ``field`` names the offending field when there is one."""
+    """Bad input: ``status`` is the HTTP code (400, 401, 404, 413, 415; 503 when the engine is
+    away); gRPC maps it to INVALID_ARGUMENT (NOT_FOUND for 404, UNAVAILABLE for 503). ``field``
+    names the offending field when there is one."""
 
     def __init__(self, message: str, status: int = 400, field: str | None = None):
         super().__init__(message)
         self.status = status
         self.field = field
+
+
+def error_body(message: str, field: str | None = None) -> dict[str, t.Any]:
+    """The one error body of the REST service: ``{"error": message, "field": name-or-null}``."""
+    return {"error": message, "field": field}
 
 
 def parse_options(values: dict[str, t.Any], endpoint: str | None = None) -> Options:
@@ -100,8 +106,25 @@ def parse_options(values: dict[str, t.Any], endpoint: str | None = None) -> Opti
 
 
 # --- request models for the REST endpoints (BentoML ``input_spec``) ------------------------------
+FILE_FIELDS = ("image", "video")  # multipart file parts only: text in their place is never fetched
+ROUTES: dict[str, str] = {  # POST route → the endpoint whose request the guard checks
+    "/segment": "segment", "/ground": "ground", "/answer_ground": "answer_ground", "/render": "render",
+    "/segment_video": "segment_video", "/segment_video/submit": "segment_video",
+    "/video_progress": "task", "/video_cancel": "task",
+}
+ONE_EXPRESSION = ("render", "segment_video")  # endpoints that take a single expression
+
+
 def _image_fields() -> dict[str, t.Any]:
     return {"image": (Path, None), "image_base64": (t.Optional[str], None)}
+
+
+def input_fields(endpoint: str) -> tuple[str, ...]:
+    """The non-option fields of an endpoint's request."""
+    if endpoint == "task":
+        return ("task_id",)
+    inputs = ("video",) if endpoint == "segment_video" else ("image", "image_base64")
+    return (*inputs, *_TEXT_FIELDS[endpoint])
 
 
 _TEXT_FIELDS: dict[str, dict[str, t.Any]] = {

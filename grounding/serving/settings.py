@@ -12,7 +12,17 @@
 | ``GROUNDING_MAX_IMAGE_PIXELS`` | larger images get 413 | 40000000 |
 | ``GROUNDING_JOBS_DIR`` | video jobs: inputs and per-frame results (resume) | ``<cache>/jobs`` |
 | ``GROUNDING_MAX_VIDEO_BYTES`` | larger uploads get 413 | 536870912 |
-| ``GROUNDING_ENGINE_TIMEOUT_S`` | wait this long for the model worker's answer, then retry | max latency + 60 s |
+| ``GROUNDING_ENGINE_TIMEOUT_S`` | wait this long for the model worker's answer, then retry once | max latency + ``ENGINE_MARGIN_S`` |
+| ``GROUNDING_ENGINE_MARGIN_S`` | the engine's own working time on top of the queue budget | 10 |
+| ``GROUNDING_MAX_BODY_MB`` | request bodies over this get 413 before they are read whole; 0 = sized per route for the largest allowed image (base64 included) or video | 0 |
+| ``GROUNDING_BODY_TIMEOUT_S`` | a request body that stops arriving this long gets 408 | 30 |
+| ``GROUNDING_SHUTDOWN_GRACE_S`` | after SIGTERM, in-flight requests get this long, then 503 and exit | 10 |
+| ``GROUNDING_API_KEY`` / ``GROUNDING_API_KEY_FILE`` | when set, REST needs ``Authorization: Bearer <key>`` and gRPC the same metadata | off |
+| ``GROUNDING_GRPC_HOST`` | gRPC bind address | ``HOST`` (the one ``make serve`` gives REST), else 127.0.0.1 |
+| ``GROUNDING_GRPC_TLS_CERT`` / ``GROUNDING_GRPC_TLS_KEY`` | PEM files: gRPC over TLS | plaintext |
+| ``GROUNDING_JOBS_TTL_H`` | finished video jobs older than this are deleted | 24 |
+| ``GROUNDING_JOBS_MAX_GB`` | the jobs folder's cap: oldest finished jobs go first, running ones never | 20 |
+| ``GROUNDING_WORKERS`` | engine workers; with ``cuda``, worker *i* is pinned to GPU *(i-1) mod count* | 1 |
 | ``GROUNDING_CONFIG`` | YAML file whose keys (same names, lower case, no prefix) override the above | unset |
 """
 
@@ -38,10 +48,41 @@ class Settings:
     max_expression_chars: int = 1000  # longer → 400; token overflow below this → truncated with a warning
     jobs_dir: str = ""  # video jobs (inputs, per-frame results); default <cache>/jobs
     max_video_bytes: int = 512 * 2**20
-    engine_timeout_s: int = 0  # wait for an engine answer this long, then retry; 0 = max_latency + 60 s
+    engine_timeout_s: int = 0  # wait for an engine answer this long, then retry once; 0 = max_latency + margin
+    engine_margin_s: int = 10
+    max_body_mb: int = 0  # 0 = per route: the largest allowed image (as base64) or video
+    body_timeout_s: int = 30  # a request body that stops coming this long → 408
+    shutdown_grace_s: int = 10
+    api_key: str = ""
+    api_key_file: str = ""
+    grpc_host: str = ""  # default: $HOST, else 127.0.0.1
+    grpc_tls_cert: str = ""
+    grpc_tls_key: str = ""
+    jobs_ttl_h: float = 24.0
+    jobs_max_gb: float = 20.0
+    workers: int = 1
 
     def engine_timeout(self) -> float:
-        return float(self.engine_timeout_s or self.max_latency_ms / 1000 + 60)
+        return float(self.engine_timeout_s or self.max_latency_ms / 1000 + self.engine_margin_s)
+
+    def body_limit(self, video: bool) -> int:
+        """Bytes a request body may have: ``max_body_mb``, else the largest allowed upload plus
+        1 MiB of form overhead (an image: every pixel as 8-byte RGBA16, as base64)."""
+        if self.max_body_mb:
+            return self.max_body_mb * 2**20
+        largest = self.max_video_bytes if video else self.max_image_pixels * 8 * 4 // 3
+        return largest + 2**20
+
+    def key(self) -> str:
+        """The API key ("" = off): ``api_key``, else the first line of ``api_key_file``."""
+        if self.api_key:
+            return self.api_key
+        if self.api_key_file:
+            key = Path(self.api_key_file).read_text().strip()
+            if not key:
+                raise ValueError(f"GROUNDING_API_KEY_FILE {self.api_key_file} is empty")
+            return key
+        return ""
 
 
 def load_settings(environ: dict | None = None) -> Settings:
@@ -61,10 +102,17 @@ def load_settings(environ: dict | None = None) -> Settings:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
         values.update(doc)
     out = {}
+    casts = {"int": int, "float": float}
     for f in dataclasses.fields(Settings):
         if f.name in values:
-            v = values[f.name]
-            out[f.name] = int(v) if f.type in (int, "int") else ("" if v is None else str(v))
+            v, cast = values[f.name], casts.get(str(f.type))
+            try:
+                out[f.name] = cast(v) if cast else ("" if v is None else str(v))
+            except (TypeError, ValueError):
+                raise ValueError(f"GROUNDING_{f.name.upper()}={v!r} is not a{'n' if cast is int else ''} "
+                                 f"{f.type}") from None
+    if "grpc_host" not in out:
+        out["grpc_host"] = env.get("HOST") or "127.0.0.1"
     s = Settings(**out)
     from ..backends.zoo import cache_dir, default_model
 

@@ -4,6 +4,17 @@
 const $ = (sel) => document.querySelector(sel);
 let imageFile = null;
 
+// The service's API key, when it has one: typed into the header field, kept for this tab only,
+// sent as "Authorization: Bearer <key>" on every call (the page itself is served without a key).
+function apiKey() { return ($("#api-key").value || "").trim(); }
+
+function api(route, opts = {}) {
+  const headers = new Headers(opts.headers || {});
+  const key = apiKey();
+  if (key) headers.set("authorization", `Bearer ${key}`);
+  return fetch("../" + route, { ...opts, headers });
+}
+
 function setStatus(text) { $("#status").textContent = text; }
 
 function showError(text) {
@@ -41,8 +52,7 @@ async function errorText(resp) {
   const text = await resp.text();
   try {
     const doc = JSON.parse(text);
-    if (Array.isArray(doc) && doc.length && doc[0].error) return doc[0].error;
-    if (doc.error) return doc.error;
+    if (doc.error) return doc.field ? `${doc.error} [${doc.field}]` : doc.error;
     if (doc.detail) return typeof doc.detail === "string" ? doc.detail : JSON.stringify(doc.detail);
   } catch (e) { /* not JSON */ }
   return text || `HTTP ${resp.status}`;
@@ -161,7 +171,7 @@ async function run(mode) {
     const extra = mode === "segment"
       ? { return_heatmap: true, return_mask_png: true, threshold: $("#threshold").value }
       : { heatmap_format: "png" };
-    const resp = await fetch("../" + mode, { method: "POST", body: formData(extra) });
+    const resp = await api(mode, { method: "POST", body: formData(extra) });
     if (!resp.ok) {
       $("#results").querySelectorAll(".result").forEach((c) => c.remove());
       showError(`Request rejected (${resp.status}): ${await errorText(resp)}`);
@@ -184,7 +194,7 @@ let videoFile = null;
 let videoTask = null;
 
 async function postJSON(route, body) {
-  const r = await fetch("../" + route, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
+  const r = await api(route, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body) });
   if (!r.ok) throw new Error(await errorText(r));
   return r.json();
 }
@@ -204,18 +214,18 @@ async function runVideo() {
   bar.hidden = false; bar.removeAttribute("value");
   $("#video-result").hidden = true;
   try {
-    const sub = await fetch("../segment_video/submit", { method: "POST", body: fd });
+    const sub = await api("segment_video/submit", { method: "POST", body: fd });
     if (!sub.ok) throw new Error(await errorText(sub));
     videoTask = (await sub.json()).task_id;
     for (;;) {
       await new Promise((r) => setTimeout(r, 300));
-      const st = await (await fetch(`../segment_video/status?task_id=${videoTask}`)).json();
+      const st = await (await api(`segment_video/status?task_id=${videoTask}`)).json();
       let prog = null;
       try { prog = await postJSON("video_progress", { task_id: videoTask }); } catch (e) { /* not started yet */ }
       if (prog && prog.total) { bar.max = prog.total; bar.value = prog.done; }
       $("#video-status").textContent = prog ? `${prog.state}: ${prog.done}${prog.total ? " / " + prog.total : ""} frames` : "queued";
       if (st.status !== "in_progress") {
-        const resp = await fetch(`../segment_video/get?task_id=${videoTask}`);
+        const resp = await api(`segment_video/get?task_id=${videoTask}`);
         if (st.status !== "completed" || !resp.ok) throw new Error(await errorText(resp));
         const doc = await resp.json();
         if (doc.cancelled) { $("#video-status").textContent = `cancelled after ${doc.done} frames (resubmit to resume)`; return; }
@@ -256,10 +266,21 @@ function init() {
   });
   $("#segment").addEventListener("click", () => run("segment"));
   $("#ground").addEventListener("click", () => run("ground"));
-  fetch("../info", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
-    .then((r) => r.json())
+  const key = $("#api-key");
+  key.value = sessionStorage.getItem("dit-grounding-key") || "";
+  key.addEventListener("change", () => { sessionStorage.setItem("dit-grounding-key", apiKey()); loadInfo(); });
+  loadInfo();
+}
+
+function loadInfo() {
+  api("info", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
+    .then(async (r) => {
+      if (r.status === 401) throw new Error("this service needs an API key (field above)");
+      if (!r.ok) throw new Error(await errorText(r));
+      return r.json();
+    })
     .then((i) => { $("#model-info").textContent = `model ${i.model} · ${i.segmenter} · ${i.device}`; })
-    .catch(() => { $("#model-info").textContent = "model info unavailable"; });
+    .catch((e) => { $("#model-info").textContent = `model info unavailable: ${e.message || e}`; });
 }
 
 init();
