@@ -1,11 +1,14 @@
-"""Benchmark: attention capture cost on a medium FLUX-architecture transformer (CPU).
+"""Benchmark: attention capture cost on medium random transformers (CPU).
 
 Plain forward (stock processors) vs. our capture (fused SDPA + log-sum-exp, image→text slice
-only) vs. a naive capture that materialises softmax(QKᵀ) for every block. Prints a table and a
-final JSON line with ``capture_overhead`` (time ratio ours / plain) and ``map_memory_ratio``
-(bytes of our stored maps / bytes of the naive per-block attention matrices).
+only) vs. a naive capture that materialises softmax(QKᵀ) for every block. First a medium FLUX.1
+transformer on raw inputs, then one row per backbone — FLUX.2 [dev], FLUX.2 [klein], Qwen-Image,
+Z-Image — each a medium random pipeline (width 512 = 4 heads × 128) driven through its backend
+(real tokenizer, template and conditioning). Prints tables and a final JSON line with
+``capture_overhead`` (time ratio ours / plain), ``map_memory_ratio`` (bytes of our stored maps /
+bytes of the naive per-block attention matrices) and ``backbones: {name: {...}}``.
 
-    python bench/attention_capture.py [--reps 3] [--image-side 64] [--text 128]
+    python bench/attention_capture.py [--reps 3] [--image-side 64] [--text 128] [--backbones all|none|a,b]
 """
 
 from __future__ import annotations
@@ -82,28 +85,17 @@ def inputs(side: int, text: int, joint_dim: int = 256, pooled_dim: int = 128, de
     return dict(kw, return_dict=False)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--image-side", type=int, default=64, help="image tokens per side (64 → 4096)")
-    ap.add_argument("--text", type=int, default=128)
-    ap.add_argument("--width", type=int, default=512)
-    ap.add_argument("--heads", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+BACKBONES = ("flux2", "flux2-klein", "qwenimage", "zimage")
 
-    model = build(args.width, args.heads, 4, 4)
-    kw = inputs(args.image_side, args.text)
-    columns = torch.arange(args.text)
 
-    def run(variant: str) -> tuple[float, int, torch.Tensor]:
-        store = flux_store(args.text, columns) if variant == "ours" else NaiveRecorder()
-        capture = dispatcher_capture(modules(model), store) if variant != "plain" else contextlib.nullcontext()
+def timed(model_call, names, make_store, reps: int, modules_of) -> dict:
+    """Interleaved plain / ours / naive forwards: medians, map bytes, output identity."""
+    def run(variant: str):
+        store = make_store() if variant == "ours" else NaiveRecorder()
+        capture = dispatcher_capture(modules_of(names), store) if variant != "plain" else contextlib.nullcontext()
         t = time.perf_counter()
         with torch.no_grad(), capture:
-            out = model(**kw)[0]
+            out = model_call()
         dt = time.perf_counter() - t
         nbytes = sum(x.numel() * x.element_size() for v in store.maps.values() for x in v)
         return dt, nbytes, out
@@ -112,27 +104,98 @@ def main() -> None:
     run("plain")  # warm-up
     times = {v: [] for v in variants}
     mem, outs = {}, {}
-    for _ in range(args.reps):  # interleaved so drift hits every variant alike
+    for _ in range(reps):  # interleaved so drift hits every variant alike
         for v in variants:
             dt, nbytes, out = run(v)
             times[v].append(dt)
             mem[v], outs[v] = nbytes, out
     med = {v: statistics.median(times[v]) for v in variants}
-    same = torch.equal(outs["plain"], outs["ours"])
+    return {"median": med, "mem": mem, "same": torch.equal(outs["plain"], outs["ours"])}
+
+
+def backbone_row(arch: str, side: int, text: int, reps: int) -> dict:
+    """One backbone: a medium random pipeline, a ``side × side``-token image, a prompt padded (FLUX.2)
+    or cut to about ``text`` tokens, through the backend's own tokenize / encode / forward."""
+    from PIL import Image
+
+    from grounding.backends import AttentionStore, backend_class
+    from grounding.backends.tiny import BUILDERS
+
+    pipe = BUILDERS[arch](0, "medium")
+    cls, _ = backend_class(type(pipe).__name__)
+    b = cls(pipe.to("cpu"), "cpu")
+    px = side * b.patch
+    g = torch.Generator().manual_seed(0)
+    image = Image.fromarray((torch.rand(px, px, 3, generator=g) * 255).to(torch.uint8).numpy())
+    prompt = " ".join(["the red circle on the left of the blue square"] * 12)
+    seq = b.tokenize([" ".join(prompt.split()[:text // 2])], text)[0]
+    latents = b.encode_pixels([image], (px, px))
+    noisy = 0.7 * latents + 0.3 * torch.randn(latents.shape, generator=g)
+    cond = b.encode_prompts([seq])
+    rows, cols = b.grid(latents)
+    columns = torch.from_numpy((seq.roles != 0).nonzero()[0])
+    text_len = len(seq)
+    res = timed(lambda: b.forward(noisy, 0.3, cond, 1.0), b.block_names,
+                lambda: AttentionStore(layout=lambda blk, q, k: b.layout(blk, q, k, text_len, rows * cols),
+                                       columns=columns),
+                reps, lambda names: {n: b.attention_module(n) for n in names})
+    med, mem = res["median"], res["mem"]
+    return {"arch": arch, "pipeline": type(pipe).__name__, "blocks": len(b.block_names),
+            "image_tokens": rows * cols, "text_tokens": text_len, "captured_columns": len(columns),
+            "plain_s": round(med["plain"], 4), "capture_overhead": round(med["ours"] / med["plain"], 4),
+            "naive_overhead": round(med["naive"] / med["plain"], 4),
+            "map_memory_ratio": round(mem["ours"] / mem["naive"], 4), "ours_map_bytes": mem["ours"],
+            "naive_map_bytes": mem["naive"], "output_identical": res["same"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--image-side", type=int, default=64, help="image tokens per side (64 → 4096)")
+    ap.add_argument("--text", type=int, default=128)
+    ap.add_argument("--width", type=int, default=512)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave as is)")
+    ap.add_argument("--backbones", default="all", help="all, none, or a comma list of " + ",".join(BACKBONES))
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = build(args.width, args.heads, 4, 4)
+    kw = inputs(args.image_side, args.text)
+    columns = torch.arange(args.text)
+    res = timed(lambda: model(**kw)[0], None, lambda: flux_store(args.text, columns), args.reps,
+                lambda _names: modules(model))
+    med, mem, same = res["median"], res["mem"], res["same"]
 
     n_img = args.image_side ** 2
     print(f"medium FLUX: 4 dual + 4 single blocks, width {args.width} ({args.heads} heads), "
           f"{n_img} image + {args.text} text tokens, threads={torch.get_num_threads()}, reps={args.reps}")
     print(f"{'variant':<8} {'median s':>9} {'× plain':>8} {'maps MB':>9}")
-    for v in variants:
+    for v in ("plain", "ours", "naive"):
         print(f"{v:<8} {med[v]:>9.3f} {med[v] / med['plain']:>8.3f} {mem[v] / 2**20:>9.1f}")
     print(f"output identical to stock: {same}")
+
+    chosen = BACKBONES if args.backbones == "all" else () if args.backbones == "none" else \
+        tuple(a.strip() for a in args.backbones.split(","))
+    rows = [backbone_row(a, args.image_side, args.text, args.reps) for a in chosen]
+    if rows:
+        print(f"\nper backbone (medium random pipelines, width 512, {n_img} image tokens, reps={args.reps}):")
+        print(f"{'backbone':<12} {'blocks':>6} {'text':>5} {'cols':>5} {'plain s':>8} {'× plain':>8} "
+              f"{'naive ×':>8} {'map mem':>8} {'same':>5}")
+        for r in rows:
+            print(f"{r['arch']:<12} {r['blocks']:>6} {r['text_tokens']:>5} {r['captured_columns']:>5} "
+                  f"{r['plain_s']:>8.3f} {r['capture_overhead']:>8.3f} {r['naive_overhead']:>8.3f} "
+                  f"{r['map_memory_ratio']:>8.4f} {str(r['output_identical']):>5}")
+    within = all(r["capture_overhead"] <= 1.10 and r["map_memory_ratio"] <= 0.05 for r in rows)
     print(json.dumps({
         "bench": "attention_capture", "capture_overhead": round(med["ours"] / med["plain"], 4),
         "naive_overhead": round(med["naive"] / med["plain"], 4),
         "map_memory_ratio": round(mem["ours"] / mem["naive"], 4), "ours_map_bytes": mem["ours"],
         "naive_map_bytes": mem["naive"], "plain_s": round(med["plain"], 4), "output_identical": same,
         "image_tokens": n_img, "text_tokens": args.text, "reps": args.reps,
+        "backbones": {r["arch"]: {k: v for k, v in r.items() if k != "arch"} for r in rows},
+        "backbones_within_targets": within,
     }))
 
 

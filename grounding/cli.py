@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+from .backends.tiny import ARCHS as TINY_ARCHS
+
 # Commands of ``python -m training`` (said so when asked of this CLI).
 MOVED = ("calibrate", "calibrate-presence", "train-answer-head", "train-demo")
 
@@ -124,10 +126,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("tiny-model", help="write a tiny randomly initialised pipeline folder (tests, benchmarks); "
                                           "its attention maps are meaningless")
-    p.add_argument("--arch", choices=["flux", "sd3"], default="flux")
+    p.add_argument("--arch", choices=list(TINY_ARCHS), default="flux",
+                   help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["tiny", "medium"], default="tiny",
-                   help="medium: 4 dual + 4 single blocks of width 512 (flux only; for CPU benchmarks)")
+                   help="medium: width-512 transformer (4 heads × 128; not sd3) for CPU benchmarks")
     p.add_argument("dir")
     p.set_defaults(func=cmd_tiny_model)
 

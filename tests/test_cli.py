@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from conftest import scene
@@ -25,9 +26,10 @@ def run(*args, check=True, package="grounding"):
     return p
 
 
-def test_tiny_model_then_segment(tmp_path):
+@pytest.mark.parametrize("arch", ["sd3", "flux2", "flux2-klein", "qwenimage", "zimage"])
+def test_tiny_model_then_segment(arch, tmp_path):
     model = tmp_path / "m"
-    p = run("tiny-model", "--arch", "sd3", model)
+    p = run("tiny-model", "--arch", arch, model)
     assert "meaningless" in p.stdout and (model / "model_index.json").is_file() and (model / "grounding.json").is_file()
     scene(80, 60).save(tmp_path / "img.jpg")
     out = tmp_path / "out"

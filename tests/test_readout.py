@@ -46,10 +46,15 @@ def _inputs(backend, expressions):
     return tokens, noisy, cond, np.flatnonzero(used)
 
 
-def _store(backend, tokens, columns, **kw):
+def _store(backend, tokens, columns, n_img, **kw):
     text_len = len(tokens[0].kinds)
-    return AttentionStore(layout=lambda block, q, k: backend.layout(block, q, k, text_len),
+    return AttentionStore(layout=lambda block, q, k: backend.layout(block, q, k, text_len, n_img),
                           columns=torch.from_numpy(columns), **kw)
+
+
+def _n_img(backend, latents):
+    rows, cols = backend.grid(latents)
+    return rows * cols
 
 
 @pytest.mark.parametrize("arch", ["flux", "sd3"])
@@ -67,7 +72,7 @@ def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_s
     names = backend.block_names
     assert len(rec.calls) == len(names)
 
-    store = _store(backend, tokens, columns, lse_source=lse_source)
+    store = _store(backend, tokens, columns, _n_img(backend, noisy), lse_source=lse_source)
     with backend.capturing(store, names):
         ours = backend.forward(noisy, 0.3, cond, 1.0)
     assert torch.equal(stock, ours), "capture changed the transformer output"
@@ -79,7 +84,7 @@ def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_s
 
     text_len = len(tokens[0].kinds)
     for name, (q, k) in zip(names, rec.calls):
-        lay = backend.layout(name, q.shape[2], k.shape[2], text_len)
+        lay = backend.layout(name, q.shape[2], k.shape[2], text_len, _n_img(backend, noisy))
         logits = q.double() @ k.double().transpose(-1, -2) / math.sqrt(q.shape[-1])
         full = torch.softmax(logits, dim=-1)
         ref = full[:, :, lay.image][..., lay.text.start + torch.from_numpy(columns)]
@@ -93,7 +98,7 @@ def test_capture_of_selected_blocks_only(tiny_flux_dir):
     backend = load_backend(tiny_flux_dir)
     tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
     stock = backend.forward(noisy, 0.3, cond, 1.0)
-    store = _store(backend, tokens, columns)
+    store = _store(backend, tokens, columns, _n_img(backend, noisy))
     chosen = [backend.block_names[0], backend.block_names[-1]]
     with backend.capturing(store, chosen):
         ours = backend.forward(noisy, 0.3, cond, 1.0)
@@ -108,7 +113,7 @@ def test_capture_reaches_processors_pinned_to_a_backend(tiny_flux_dir):
     backend.transformer.set_attention_backend("native")
     tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
     stock = backend.forward(noisy, 0.3, cond, 1.0)
-    store = _store(backend, tokens, columns)
+    store = _store(backend, tokens, columns, _n_img(backend, noisy))
     with backend.capturing(store, backend.block_names):
         ours = backend.forward(noisy, 0.3, cond, 1.0)
     assert sorted(store.maps) == sorted(backend.block_names) and torch.equal(stock, ours)
@@ -124,7 +129,7 @@ def test_other_threads_forwards_are_not_captured(tiny_flux_dir):
     backend = load_backend(tiny_flux_dir)
     tokens, noisy, cond, columns = _inputs(backend, ["red circle"])
     stock = backend.forward(noisy, 0.3, cond, 1.0)
-    store = _store(backend, tokens, columns)
+    store = _store(backend, tokens, columns, _n_img(backend, noisy))
     other = {}
     with backend.capturing(store, [backend.block_names[0]]):
         t = threading.Thread(target=lambda: other.update(out=backend.forward(noisy, 0.3, cond, 1.0)))

@@ -17,7 +17,10 @@ import torch
 from .base import PADDING, ROLE_NAMES, SPECIAL, TEMPLATE, TEXT, Backend, Capture, DiTBackend, TokenSequence
 from .capture import AttentionRecorder, AttentionStore, SequenceLayout
 from .flux import FluxBackend
+from .flux2 import Flux2Backend, Flux2KleinBackend
+from .qwenimage import QwenImageBackend
 from .sd3 import SD3Backend
+from .zimage import ZImageBackend
 
 __all__ = ["Backend", "DiTBackend", "Capture", "TokenSequence", "SequenceLayout", "AttentionRecorder",
            "AttentionStore", "BACKENDS", "register_backend", "backend_class", "load_backend", "pipeline_class_name",
@@ -39,6 +42,10 @@ def register_backend(*pipeline_classes: str, load_as: str | None = None) -> Call
 
 register_backend("FluxPipeline", "FluxImg2ImgPipeline")(FluxBackend)
 register_backend("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")(SD3Backend)
+register_backend("Flux2Pipeline")(Flux2Backend)
+register_backend("Flux2KleinPipeline", "Flux2KleinKVPipeline", load_as="Flux2KleinPipeline")(Flux2KleinBackend)
+register_backend("QwenImagePipeline", "QwenImageImg2ImgPipeline")(QwenImageBackend)
+register_backend("ZImagePipeline", "ZImageImg2ImgPipeline")(ZImageBackend)
 
 
 def pipeline_class_name(model: str | Path) -> str:

@@ -6,8 +6,9 @@ the transformer receives, one transformer forward per noise level with attention
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import ClassVar, Iterator, Literal, Protocol, runtime_checkable
+import difflib
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -38,9 +39,23 @@ class TokenSequence:
     spans: np.ndarray  # int32 [T, 2], -1 where roles != TEXT
     ids: np.ndarray  # int64 [T]
     overflow: tuple[str, ...] = ()
+    # Where the text encoder's input differs from ``ids`` (a template prefix the pipeline crops
+    # off its output, padding it strips): that exact input, and per position ``t`` the encoder
+    # output it takes (-1: not from the encoder, e.g. Z-Image's caption padding).
+    encoder: EncoderInput | None = None
 
     def __len__(self) -> int:
         return len(self.roles)
+
+
+@dataclass(frozen=True)
+class EncoderInput:
+    """A text encoder's input as the pipeline builds it: ids and attention mask ``[E]``, and
+    ``positions`` ``[T]``: the encoder output position behind each sequence position, or -1."""
+
+    ids: np.ndarray  # int64 [E]
+    mask: np.ndarray  # bool [E]
+    positions: np.ndarray  # int64 [T]
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,7 @@ class Capture:
     timesteps: tuple[float, ...]
     columns: np.ndarray  # int [C] text positions kept
     grid: tuple[int, int]  # image tokens (rows, cols)
+    text_len: int = 0  # text positions of the batch (sequences shorter than it were padded)
 
     def sample(self, b: int) -> torch.Tensor:
         """``[L, V, H, N, C]`` probabilities of sample ``b``."""
@@ -103,8 +119,9 @@ class Backend(Protocol):
         """Text conditioning made from exactly those sequences' ids."""
         ...
 
-    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
-        """Where image queries and text keys sit in one attention call of ``block``."""
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int, image_len: int) -> SequenceLayout:
+        """Where image queries and text keys sit in one attention call of ``block`` (``text_len``
+        text positions, ``image_len`` = rows × cols image tokens of the target image)."""
         ...
 
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
@@ -140,6 +157,9 @@ class DiTBackend:
     capture_via: ClassVar[Literal["dispatcher", "processor"]] = "dispatcher"
     # Rectified flow (x_t = (1 − σ)·x₀ + σ·ε) and the timestep the transformer takes for σ.
     timestep_scale: ClassVar[float] = 1.0
+    # True when the pipeline feeds each prompt's own length (Qwen-Image, Z-Image): a batch is then
+    # padded to its longest sequence, and the padding masked out of attention.
+    variable_text_length: ClassVar[bool] = False
 
     def __init__(self, pipe, device: str | torch.device = "cpu"):
         self.pipe = pipe
@@ -147,7 +167,11 @@ class DiTBackend:
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         self.dtype = self.transformer.dtype
-        self.vae_scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.vae_scale = self.vae_scale_factor()
+
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent side."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     # --- layout ---------------------------------------------------------------------------------
     @property
@@ -177,17 +201,33 @@ class DiTBackend:
         h = max(p, int(round(height * scale / p)) * p)
         return w, h
 
-    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int, image_len: int) -> SequenceLayout:
         raise NotImplementedError
 
+    def pad_id(self) -> int:
+        """Token id written at batch-padding positions (never attended: masked out)."""
+        return 0
+
+    def pad_batch(self, sequences: list[TokenSequence]) -> list[TokenSequence]:
+        """Sequences of one batch brought to one length (``variable_text_length`` backends)."""
+        lengths = {len(s) for s in sequences}
+        if len(lengths) == 1:
+            return sequences
+        if not self.variable_text_length:
+            raise ValueError(f"prompts of one batch must share a text length, got {sorted(lengths)}")
+        return [pad_sequence(s, max(lengths), self.pad_id()) for s in sequences]
+
     # --- stages ---------------------------------------------------------------------------------
+    def pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
+        """RGB images resized to ``size`` = (W, H) → ``[B, 3, H, W]`` in [-1, 1], on the VAE's device and dtype."""
+        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for im in images]
+        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
+        return x.to(self.device, self.vae.dtype)
+
     @torch.no_grad()
     def encode_pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
         """RGB images → clean VAE latents ``[B, C, h, w]``, shifted and scaled as the pipeline does."""
-        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for im in images]
-        x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
-        x = x.to(self.device, self.vae.dtype)
-        z = self.vae.encode(x).latent_dist.mode()
+        z = self.vae.encode(self.pixels(images, size)).latent_dist.mode()
         shift = getattr(self.vae.config, "shift_factor", None) or 0.0
         return ((z - shift) * self.vae.config.scaling_factor).to(self.dtype)
 
@@ -197,6 +237,12 @@ class DiTBackend:
     def timesteps(self, sigma: float, batch: int) -> torch.Tensor:
         """The transformer's ``timestep`` argument for noise level ``sigma``."""
         return torch.full((batch,), sigma * self.timestep_scale, device=self.device, dtype=self.dtype)
+
+    def guidance(self, batch: int, scale: float) -> torch.Tensor | None:
+        """The ``guidance`` input of guidance-distilled transformers (``config.guidance_embeds``), else None."""
+        if not getattr(self.transformer.config, "guidance_embeds", False):
+            return None
+        return torch.full((batch,), scale, device=self.device, dtype=torch.float32)
 
     def grid(self, latents: torch.Tensor) -> tuple[int, int]:
         p = self.patch // self.vae_scale
@@ -230,9 +276,7 @@ class DiTBackend:
         ``image_keep`` (bool ``[B, N]``) hides the other image tokens from the text queries."""
         if len(images) != len(sequences):
             raise ValueError("images and prompts differ in number")
-        lengths = {len(s) for s in sequences}
-        if len(lengths) != 1:
-            raise ValueError(f"prompts of one batch must share a text length, got {sorted(lengths)}")
+        sequences = self.pad_batch(sequences)
         for t in timesteps:
             if not 0.0 <= t < 1.0:
                 raise ValueError(f"noise level {t} outside [0, 1)")
@@ -245,18 +289,18 @@ class DiTBackend:
         noise = torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)
         noise = noise.to(self.device, latents.dtype).expand_as(latents)
         cond = self.encode_prompts(sequences)
-        used = np.zeros(lengths.pop(), dtype=bool)
+        used = np.zeros(len(sequences[0]), dtype=bool)
         for s in sequences:
             used |= s.roles != PADDING
         columns = np.flatnonzero(used)
-        text_len = len(used)
-        store = AttentionStore(layout=lambda block, q, k: self.layout(block, q, k, text_len),
+        text_len, grid = len(used), self.grid(latents)
+        store = AttentionStore(layout=lambda block, q, k: self.layout(block, q, k, text_len, grid[0] * grid[1]),
                                columns=torch.from_numpy(columns), lse_source=lse_source, image_keep=image_keep)
         with self.capturing(store, names):
             for sigma in timesteps:
                 self.forward(self.add_noise(latents, noise, sigma), sigma, cond, guidance_scale)
         probs = torch.stack([torch.stack(store.maps[n]) for n in names]).cpu()
-        return Capture(probs, names, tuple(timesteps), columns, self.grid(latents))
+        return Capture(probs, names, tuple(timesteps), columns, grid, text_len)
 
 
 def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[np.ndarray, ...]:
@@ -284,3 +328,111 @@ def join_streams(prompt: str, names: tuple[str, ...], parts: list[tuple[np.ndarr
     ids, roles, spans, stream = (np.concatenate([p[i] for p in parts]) for i in range(4))
     return TokenSequence(prompt, names, stream, roles, spans, ids,
                          tuple(n for n, p in zip(names, parts) if p[4]))
+
+
+def pad_sequence(seq: TokenSequence, length: int, pad_id: int) -> TokenSequence:
+    """``seq`` with ``PADDING`` positions appended up to ``length``."""
+    n = length - len(seq)
+    if n < 0:
+        raise ValueError(f"sequence of {len(seq)} positions is longer than {length}")
+    if n == 0:
+        return seq
+    enc = seq.encoder
+    if enc is not None:
+        enc = replace(enc, positions=np.concatenate([enc.positions, np.full(n, -1, np.int64)]))
+    return replace(seq, stream=np.concatenate([seq.stream, np.full(n, seq.stream[-1] if len(seq) else 0, np.int8)]),
+                   roles=np.concatenate([seq.roles, np.full(n, PADDING, np.int8)]),
+                   spans=np.concatenate([seq.spans, np.full((n, 2), -1, np.int32)]),
+                   ids=np.concatenate([seq.ids, np.full(n, pad_id, np.int64)]), encoder=enc)
+
+
+# --- chat templates ------------------------------------------------------------------------------
+_SENTINEL = "\ue000PROMPT\ue001"
+
+
+def locate_prompt(render: Callable[[str], str], prompt: str) -> tuple[str, int, np.ndarray]:
+    """Where a chat template put the prompt: (rendered text, offset of the prompt's text in it,
+    ``char_map`` — for each character of that inserted text, its index in ``prompt`` or -1).
+
+    The template is rendered once around a sentinel to learn its prefix and suffix; a template
+    that edits the prompt (FLUX.2 drops ``[IMG]``, some trim whitespace) is followed character by
+    character. Raises ``ValueError`` when the prompt's place cannot be told.
+    """
+    probe = render(_SENTINEL)
+    if probe.count(_SENTINEL) != 1:
+        raise ValueError("the chat template does not insert the prompt exactly once; cannot align its tokens")
+    prefix, suffix = probe.split(_SENTINEL)
+    text = render(prompt)
+    if not (text.startswith(prefix) and text.endswith(suffix) and len(text) >= len(prefix) + len(suffix)):
+        raise ValueError("the chat template's text around the prompt depends on the prompt; cannot align its tokens")
+    inner = text[len(prefix): len(text) - len(suffix)]
+    char_map = np.full(len(inner), -1, dtype=np.int64)
+    if inner == prompt:
+        char_map[:] = np.arange(len(inner))
+    else:
+        for a, b, n in difflib.SequenceMatcher(None, inner, prompt, autojunk=False).get_matching_blocks():
+            char_map[a:a + n] = np.arange(b, b + n)
+    return text, len(prefix), char_map
+
+
+@dataclass(frozen=True)
+class TemplateTokens:
+    """One tokenizer call over a rendered chat template, per position: ``ids``, attention
+    ``mask``, ``roles`` (``TEXT`` for tokens with characters of the prompt, their ``spans`` in the
+    prompt; ``TEMPLATE`` for other tokens with characters — system message, role markers,
+    ``[INST]``; ``SPECIAL`` for tokens with none; ``PADDING`` where masked) and ``full_length``,
+    the untruncated token count."""
+
+    ids: np.ndarray  # int64 [E]
+    mask: np.ndarray  # bool [E]
+    roles: np.ndarray  # int8 [E]
+    spans: np.ndarray  # int32 [E, 2]
+    full_length: int
+
+    def sequence(self, prompt: str, stream_names: tuple[str, ...], select: np.ndarray | None = None,
+                 tail_padding: int = 0, pad_id: int = 0, overflow: bool = False,
+                 encoder: bool = False) -> TokenSequence:
+        """The positions ``select`` (default all) as a ``TokenSequence`` of stream 0, with
+        ``tail_padding`` ``PADDING`` positions appended; ``encoder``: record that the text
+        encoder reads this whole call and the sequence takes its outputs at ``select``."""
+        sel = np.arange(len(self.ids)) if select is None else np.asarray(select, dtype=np.int64)
+        n = tail_padding
+        ids = np.concatenate([self.ids[sel], np.full(n, pad_id, np.int64)])
+        roles = np.concatenate([self.roles[sel], np.full(n, PADDING, np.int8)])
+        spans = np.concatenate([self.spans[sel], np.full((n, 2), -1, np.int32)])
+        enc = EncoderInput(self.ids, self.mask, np.concatenate([sel, np.full(n, -1, np.int64)])) if encoder else None
+        return TokenSequence(prompt, stream_names, np.zeros(len(ids), np.int8), roles, spans, ids,
+                             stream_names[:1] if overflow else (), enc)
+
+
+def template_tokens(tokenizer, render: Callable[[str], str], prompt: str, add_special_tokens: bool | None = None,
+                    **call) -> TemplateTokens:
+    """Tokenize ``render(prompt)`` as a pipeline does (``call``: its padding / truncation /
+    max_length), each position placed by its character offsets (see ``locate_prompt``).
+    ``add_special_tokens=None``: as a processor's ``apply_chat_template`` decides (off when the
+    rendered text already starts with the BOS token)."""
+    text, start, char_map = locate_prompt(render, prompt)
+    if add_special_tokens is None:
+        bos = getattr(tokenizer, "bos_token", None)
+        add_special_tokens = not (bos and text.startswith(bos))
+    enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True,
+                    return_attention_mask=True, **call)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    mask = np.asarray(enc["attention_mask"], dtype=bool)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    roles = np.full(len(ids), PADDING, dtype=np.int8)
+    spans = np.full((len(ids), 2), -1, dtype=np.int32)
+    for i in np.flatnonzero(mask):
+        s, e = int(offsets[i, 0]), int(offsets[i, 1])
+        if e <= s:
+            roles[i] = SPECIAL
+            continue
+        inside = char_map[max(s - start, 0):max(min(e - start, len(char_map)), 0)]
+        inside = inside[inside >= 0]
+        if len(inside):
+            roles[i] = TEXT
+            spans[i] = (inside.min(), inside.max() + 1)
+        else:
+            roles[i] = TEMPLATE
+    full = len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+    return TemplateTokens(ids, mask, roles, spans, full)

@@ -24,9 +24,10 @@ class FluxBackend(DiTBackend):
     def default_max_sequence_length(self) -> int:
         return 512
 
-    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int, image_len: int) -> SequenceLayout:
         # Dual-stream blocks concatenate [text, image]; single-stream blocks receive that sequence.
-        return SequenceLayout(image=slice(text_len, q_len), text=slice(0, text_len))
+        # (FLUX.2 edits append reference-image tokens after the image: neither image nor text here.)
+        return SequenceLayout(image=slice(text_len, text_len + image_len), text=slice(0, text_len))
 
     def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
         return [join_streams(p, ("t5",), [tokenize_stream(self.pipe.tokenizer_2, p, max_sequence_length, 0)])
@@ -64,11 +65,9 @@ class FluxBackend(DiTBackend):
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         b = latents.shape[0]
         rows, cols = self.grid(latents)
-        guidance = None
-        if self.transformer.config.guidance_embeds:
-            guidance = torch.full((b,), guidance_scale, device=self.device, dtype=torch.float32)
         return self.transformer(
-            hidden_states=self.pack(latents), timestep=self.timesteps(sigma, b), guidance=guidance,
+            hidden_states=self.pack(latents), timestep=self.timesteps(sigma, b),
+            guidance=self.guidance(b, guidance_scale),
             pooled_projections=cond["pooled"], encoder_hidden_states=cond["embeds"],
             txt_ids=cond["text_ids"], img_ids=self.image_ids(rows, cols), return_dict=False,
         )[0]

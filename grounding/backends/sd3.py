@@ -28,7 +28,7 @@ class SD3Backend(DiTBackend):
         m = self.transformer.config.pos_embed_max_size
         return m * self.patch if m else None
 
-    def layout(self, block: str, q_len: int, k_len: int, text_len: int) -> SequenceLayout:
+    def layout(self, block: str, q_len: int, k_len: int, text_len: int, image_len: int) -> SequenceLayout:
         return SequenceLayout(image=slice(0, q_len - text_len), text=slice(q_len - text_len, q_len))
 
     def capture_processor(self, recorder: AttentionRecorder, block: str):

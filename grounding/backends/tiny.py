@@ -25,6 +25,21 @@ _ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 _PUNCT = list(".,;:!?'\"-()/&")
 
 
+def _chain_merges(words: list[list[str]], vocab_list: list[str]) -> list[tuple[str, str]]:
+    """BPE merges joining each word's symbols left to right (new pieces appended to ``vocab_list``)."""
+    seen, merges = set(vocab_list), []
+    for symbols in words:
+        cur = symbols[0]
+        for nxt in symbols[1:]:
+            merged = cur + nxt
+            if merged not in seen:
+                merges.append((cur, nxt))
+                vocab_list.append(merged)
+                seen.add(merged)
+            cur = merged
+    return merges
+
+
 def _t5_tokenizer():
     from transformers import T5Tokenizer
 
@@ -43,18 +58,7 @@ def _clip_tokenizer():
 
     chars = list(bytes_to_unicode().values())
     vocab_list = chars + [c + "</w>" for c in chars]
-    merges: list[tuple[str, str]] = []
-    seen = set(vocab_list)
-    for word in VOCAB_WORDS:
-        symbols = list(word[:-1]) + [word[-1] + "</w>"]
-        cur = symbols[0]
-        for nxt in symbols[1:]:
-            merged = cur + nxt
-            if merged not in seen:
-                merges.append((cur, nxt))
-                vocab_list.append(merged)
-                seen.add(merged)
-            cur = merged
+    merges = _chain_merges([list(w[:-1]) + [w[-1] + "</w>"] for w in VOCAB_WORDS], vocab_list)
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(vocab_list)}
     tok = CLIPTokenizer(vocab=vocab, merges=merges)
@@ -150,13 +154,260 @@ def build_tiny_sd3(seed: int = 0):
 
 
 def save_tiny_model(folder: str | Path, arch: str = "flux", seed: int = 0, size: str = "tiny") -> Path:
-    """Write a tiny pipeline folder (+ a ``grounding.json`` sized for it); its maps are meaningless."""
-    if arch not in ("flux", "sd3"):
-        raise ValueError(f"unknown arch {arch!r}; choose flux or sd3")
-    if size not in FLUX_SIZES or (arch == "sd3" and size != "tiny"):
+    """Write a tiny pipeline folder of ``arch`` (one of ``ARCHS``) + a ``grounding.json`` sized
+    for it; its maps are meaningless."""
+    if arch not in BUILDERS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(BUILDERS)}")
+    if size not in ("tiny", "medium") or (arch == "sd3" and size != "tiny"):
         raise ValueError(f"size {size!r} not available for {arch}")
     folder = Path(folder)
-    pipe = build_tiny_flux(seed, size) if arch == "flux" else build_tiny_sd3(seed)
+    pipe = BUILDERS[arch](seed, size)
     pipe.save_pretrained(folder, safe_serialization=True)
-    GroundingConfig(resolution=64, max_sequence_length=32, guidance_scale=1.0).save_pretrained(folder)
+    GroundingConfig(resolution=64, max_sequence_length=32 if arch in ("flux", "sd3") else 96,
+                    guidance_scale=1.0).save_pretrained(folder)
     return folder
+
+
+# --- byte-level BPE tokenizers with chat templates (Qwen2/Qwen3, Mistral/Tekken types) -----------
+def _byte_bpe(extra_words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Vocabulary and merges of a byte-level BPE over ``VOCAB_WORDS``: every byte, then each word
+    with its leading space (``Ġ``) merged left to right, then the bare words (which may split)."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab_list = list(bytes_to_unicode().values())
+    words = list(VOCAB_WORDS) + list(extra_words)
+    # Space-led forms first (they never split), then the template's own words, then the rest bare.
+    merges = _chain_merges([list("Ġ" + w) for w in words] + [list(w) for w in extra_words] +
+                           [list(w) for w in VOCAB_WORDS], vocab_list)
+    return {t: i for i, t in enumerate(vocab_list)}, merges
+
+
+# The structure of Qwen3's template for what the pipelines send: an optional system message, user
+# turns, the generation prompt, and the empty thinking block when ``enable_thinking`` is false.
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def _qwen_tokenizer(chat_template: str | None = QWEN3_CHAT_TEMPLATE):
+    """A ``Qwen2Tokenizer`` (the class Qwen2.5-VL and Qwen3 ship) with Qwen's special tokens."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    # Words of Qwen-Image's system prompt and the role names, so that prompt is 34 tokens as with Qwen's own vocabulary.
+    vocab, merges = _byte_bpe(("system", "user", "assistant", "Describe", "image", "by", "detailing", "color", "shape",
+                               "size", "texture", "quantity", "text", "spatial", "relationships", "objects",
+                               "background"))
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                "<|image_pad|>", "<|video_pad|>"]
+    for t in specials + ["<think>", "</think>"]:
+        vocab[t] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None,
+                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
+    tok.model_max_length = 131072
+    if chat_template:
+        tok.chat_template = chat_template
+    return tok
+
+
+# Mistral Small 3.x's template for what FLUX.2 sends: BOS, a system prompt, one user turn
+# (string or a list of text/image blocks).
+MISTRAL3_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- for message in messages %}"
+    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
+    "{%- else %}{%- set ns = namespace(t='') %}{%- for block in message['content'] %}"
+    "{%- if block['type'] == 'text' %}{%- set ns.t = ns.t + block['text'] %}"
+    "{%- elif block['type'] in ['image', 'image_url'] %}{%- set ns.t = ns.t + '[IMG]' %}{%- endif %}"
+    "{%- endfor %}{%- set text = ns.t %}{%- endif %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
+    "{%- elif message['role'] == 'assistant' %}{{- text + eos_token }}{%- endif %}"
+    "{%- endfor %}"
+)
+
+_MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+                     "[IMG]", "[IMG_BREAK]", "[IMG_END]")
+
+
+def _mistral_tokenizer():
+    """A byte-level BPE (Tekken's kind) fast tokenizer with Mistral's control tokens."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = _byte_bpe(("You", "AI", "reasons", "about", "image", "descriptions", "give", "structured",
+                               "responses", "focusing", "relationships", "attribution", "actions", "without",
+                               "speculation"))
+    base = {t: i for i, t in enumerate(_MISTRAL_SPECIALS)}
+    vocab = {**base, **{t: i + len(base) for t, i in vocab.items()}}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _MISTRAL_SPECIALS])
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                  pad_token="<pad>", model_max_length=131072)
+    tok.chat_template = MISTRAL3_CHAT_TEMPLATE
+    return tok
+
+
+def _pixtral_processor():
+    """FLUX.2's ``tokenizer``: a ``PixtralProcessor`` around the Mistral tokenizer."""
+    from transformers import PixtralImageProcessor, PixtralProcessor
+
+    tok = _mistral_tokenizer()
+    return PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=4, size={"longest_edge": 32}),
+                            tokenizer=tok, patch_size=4, spatial_merge_size=1, chat_template=MISTRAL3_CHAT_TEMPLATE)
+
+
+# --- FLUX.2 (dev: Mistral-3 + system message; klein: Qwen3), Qwen-Image, Z-Image -----------------
+def _mistral3_encoder(tok, hidden: int = 16, layers: int = 31):
+    """FLUX.2 [dev]'s text encoder type; ``layers`` ≥ 31 so hidden states (10, 20, 30) exist."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration
+
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>", "[IMG]")}
+    cfg = Mistral3Config(
+        text_config={"model_type": "mistral", "vocab_size": len(tok), "hidden_size": hidden, "intermediate_size": 37,
+                     "max_position_embeddings": 2048, "num_attention_heads": 4, "num_hidden_layers": layers,
+                     "num_key_value_heads": 2, "head_dim": hidden // 4, "rms_norm_eps": 1e-5,
+                     "rope_theta": 1e9, "sliding_window": None,
+                     "bos_token_id": ids["<s>"], "eos_token_id": ids["</s>"], "pad_token_id": ids["<pad>"]},
+        vision_config={"model_type": "pixtral", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 4,
+                       "intermediate_size": 37, "image_size": 32, "patch_size": 4, "num_channels": 3},
+        image_token_index=ids["[IMG]"], vision_feature_layer=-1, spatial_merge_size=1,
+        bos_token_id=ids["<s>"], eos_token_id=ids["</s>"], pad_token_id=ids["<pad>"],
+    )
+    return Mistral3ForConditionalGeneration(cfg).eval()
+
+
+def _qwen3_encoder(tok, cls_name: str, hidden: int = 16, layers: int = 2):
+    import transformers
+    from transformers import Qwen3Config
+
+    cfg = Qwen3Config(hidden_size=hidden, intermediate_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                      num_key_value_heads=2, head_dim=hidden // 2, vocab_size=len(tok), max_position_embeddings=2048,
+                      pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id)
+    return getattr(transformers, cls_name)(cfg).eval()
+
+
+def _qwen25vl_encoder(tok, hidden: int = 16):
+    """Qwen-Image's text encoder type (its vision tower is built, never used for text)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    cfg = Qwen2_5_VLConfig(
+        text_config={"hidden_size": hidden, "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+                     "num_key_value_heads": 2, "vocab_size": len(tok), "max_position_embeddings": 2048,
+                     "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"},
+                     "rope_theta": 1e6, "bos_token_id": None, "eos_token_id": tok.eos_token_id,
+                     "pad_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": hidden},
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, bos_token_id=None, eos_token_id=tok.eos_token_id,
+        **{f"{k}_token_id": tok.convert_tokens_to_ids(f"<|{v}|>") for k, v in (
+            ("image", "image_pad"), ("video", "video_pad"), ("vision_start", "vision_start"),
+            ("vision_end", "vision_end"))},
+    )
+    return Qwen2_5_VLForConditionalGeneration(cfg).eval()
+
+
+def _flux2_vae():
+    from diffusers import AutoencoderKLFlux2
+
+    vae = AutoencoderKLFlux2(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=4, sample_size=32, use_quant_conv=False, use_post_quant_conv=False,
+    ).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, so the normalisation is exercised
+        vae.bn.running_mean.copy_(torch.linspace(-0.2, 0.2, vae.bn.num_features))
+        vae.bn.running_var.copy_(torch.linspace(0.5, 2.0, vae.bn.num_features))
+    return vae
+
+
+# Transformer shapes per arch: "tiny" for tests, "medium" (width 512 = 4 heads × 128) for CPU benchmarks.
+NEW_SIZES = {
+    "flux2": {"tiny": dict(num_layers=2, num_single_layers=2, attention_head_dim=16, num_attention_heads=2,
+                           axes_dims_rope=(4, 4, 4, 4)),
+              "medium": dict(num_layers=4, num_single_layers=4, attention_head_dim=128, num_attention_heads=4,
+                             axes_dims_rope=(32, 32, 32, 32))},
+    "qwenimage": {"tiny": dict(num_layers=3, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(8, 4, 4)),
+                  "medium": dict(num_layers=8, attention_head_dim=128, num_attention_heads=4,
+                                 axes_dims_rope=(16, 56, 56))},
+    "zimage": {"tiny": dict(dim=32, n_layers=3, n_refiner_layers=1, n_heads=2, n_kv_heads=2, axes_dims=[8, 4, 4]),
+               "medium": dict(dim=512, n_layers=8, n_refiner_layers=1, n_heads=4, n_kv_heads=4,
+                              axes_dims=[32, 48, 48])},
+}
+
+
+def build_tiny_flux2(seed: int = 0, size: str = "tiny", klein: bool = False):
+    """A ``Flux2Pipeline`` (Mistral-3 text encoder behind a ``PixtralProcessor``, FLUX.2's system
+    message) or ``Flux2KleinPipeline`` (Qwen3, chat template with the thinking block off);
+    FLUX.2 VAE ×2 with batch-norm latents, 2×2 patches → 64 px = 16 × 16 image tokens."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Pipeline, Flux2Transformer2DModel
+
+    torch.manual_seed(seed)
+    hidden = 16
+    if klein:
+        tok = _qwen_tokenizer()
+        encoder = _qwen3_encoder(tok, "Qwen3ForCausalLM", hidden, layers=28)  # hidden states (9, 18, 27)
+    else:
+        tok = _pixtral_processor()
+        encoder = _mistral3_encoder(tok.tokenizer, hidden)
+    transformer = Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, joint_attention_dim=3 * hidden, timestep_guidance_channels=256,
+        guidance_embeds=not klein, **NEW_SIZES["flux2"][size],
+    ).eval()
+    cls = Flux2KleinPipeline if klein else Flux2Pipeline
+    return cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(), text_encoder=encoder, tokenizer=tok,
+               transformer=transformer)
+
+
+def build_tiny_qwenimage(seed: int = 0, size: str = "tiny"):
+    """A ``QwenImagePipeline``: Qwen2.5-VL text encoder behind its system template (the first 34
+    tokens dropped), the Qwen-Image 3-D VAE ×2, 2×2 patches."""
+    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImagePipeline, \
+        QwenImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    tok = _qwen_tokenizer(chat_template=None)  # the pipeline formats its own template string
+    vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
+                                 latents_mean=[0.1, -0.1, 0.2, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0]).eval()
+    transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, joint_attention_dim=16,
+                                              guidance_embeds=False, **NEW_SIZES["qwenimage"][size]).eval()
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_qwen25vl_encoder(tok),
+                             tokenizer=tok, transformer=transformer)
+
+
+def build_tiny_zimage(seed: int = 0, size: str = "tiny"):
+    """A ``ZImagePipeline``: Qwen3 text encoder (chat template), single-stream DiT over
+    [image, caption] with each padded to a multiple of 32, FLUX-style VAE ×2, 2×2 patches."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    tok = _qwen_tokenizer()
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16,
+        rope_theta=256.0, t_scale=1000.0, axes_lens=[1024, 64, 64], **NEW_SIZES["zimage"][size],
+    ).eval()
+    with torch.no_grad():  # created with torch.empty: give them defined values
+        transformer.x_pad_token.normal_(0, 0.5)
+        transformer.cap_pad_token.normal_(0, 0.5)
+    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4), text_encoder=_qwen3_encoder(
+        tok, "Qwen3Model"), tokenizer=tok, transformer=transformer)
+
+
+BUILDERS = {
+    "flux": lambda seed, size: build_tiny_flux(seed, size),
+    "sd3": lambda seed, size: build_tiny_sd3(seed),
+    "flux2": lambda seed, size: build_tiny_flux2(seed, size),
+    "flux2-klein": lambda seed, size: build_tiny_flux2(seed, size, klein=True),
+    "qwenimage": build_tiny_qwenimage,
+    "zimage": build_tiny_zimage,
+}
+ARCHS = tuple(BUILDERS)

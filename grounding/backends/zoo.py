@@ -6,7 +6,8 @@ import os
 from pathlib import Path
 
 # Built on first use into the cache (deterministic, seed 0); their maps are meaningless.
-TINY = {"tiny-flux": "flux", "tiny-sd3": "sd3"}
+TINY = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-flux2": "flux2", "tiny-flux2-klein": "flux2-klein",
+        "tiny-qwenimage": "qwenimage", "tiny-zimage": "zimage"}
 # Shipped in the repository: the FLUX-architecture model trained on the shapes world.
 SHIPPED = {"shapes-demo": Path(__file__).resolve().parents[2] / "models" / "shapes-demo"}
 

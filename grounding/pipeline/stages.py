@@ -104,6 +104,7 @@ class MapStage:
         out = []
         for im, tok, (cap, b) in zip(images, tokens, caps):
             s0 = time.perf_counter()
+            tok = tok.padded(cap.text_len)
             A = cap.sample(b)
             ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
             per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
@@ -134,7 +135,8 @@ class MapStage:
         out = []
         per_item = (time.perf_counter() - t0) * 1000 / len(items)
         for it, (cap, b) in zip(items, caps):
-            local, _ = maps.referent_map(cap.sample(b), it.tokens, cap.columns, cap.block_names, cfg)
+            local, _ = maps.referent_map(cap.sample(b), it.tokens.padded(cap.text_len), cap.columns,
+                                         cap.block_names, cfg)
             g, l_ = maps.normalise(it.map), maps.normalise(local)
             out.append(it.replace(global_map=g, local_map=l_, agreement=views.agreement(g, l_),
                                   map=views.assemble(g, l_, v), timings_ms={**it.timings_ms, "views": per_item}))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..backends.base import PADDING, TEXT, TokenSequence
+from ..backends.base import PADDING, TEMPLATE as TEMPLATE_ROLE, TEXT, TokenSequence
 from ..config import STOP_WORDS, MagnetConfig
 
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
@@ -24,9 +25,10 @@ _PHRASE_BREAKS = frozenset(
 # Words that place the referent itself ("at the top", "on the left of ..."): never part of a complement.
 _SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
 
-# Kinds of text position, in the order used by `PromptTokens.kinds`.
-PAD, SPECIAL, PUNCT, STOP, MAGNET, CONTENT = range(6)
-KIND_NAMES = ("pad", "special", "punct", "stop", "magnet", "content")
+# Kinds of text position, in the order used by `PromptTokens.kinds`. ``TEMPLATE``: a chat
+# template's or system message's token — attended to, never content or a magnet.
+PAD, SPECIAL, PUNCT, STOP, MAGNET, CONTENT, TEMPLATE = range(7)
+KIND_NAMES = ("pad", "special", "punct", "stop", "magnet", "content", "template")
 
 
 @dataclass
@@ -42,7 +44,8 @@ class PromptTokens:
     """Token layout of one prompt (expression + magnets) as the transformer receives it.
 
     ``kinds[t]`` and ``word_index[t]`` describe text position ``t`` of the backend's
-    ``TokenSequence`` (all streams, template and padding included, length ``T``);
+    ``TokenSequence`` (all streams, template and padding included, length ``T``; longer after
+    ``padded``);
     ``word_index`` is -1 for positions of no word.
     """
 
@@ -54,6 +57,16 @@ class PromptTokens:
     head_word: int | None
     sequence: TokenSequence  # what the transformer receives (ids, streams, roles)
     warnings: list[str] = field(default_factory=list)
+
+    def padded(self, length: int) -> "PromptTokens":
+        """``kinds`` and ``word_index`` read in a batch of ``length`` text positions: the extra
+        positions are ``PAD`` (masked batch padding of backbones that feed each prompt at its own
+        length). ``sequence`` stays what the backend feeds for this prompt alone."""
+        n = length - len(self.kinds)
+        if n <= 0:
+            return self
+        return dataclasses.replace(self, kinds=np.concatenate([self.kinds, np.full(n, PAD, np.int8)]),
+                                   word_index=np.concatenate([self.word_index, np.full(n, -1, np.int32)]))
 
     def positions(self, word: int) -> list[int]:
         """Text positions of word ``word`` in every stream."""
@@ -150,6 +163,9 @@ def _fit_expression(expression: str, magnets: MagnetConfig, tokenize: Tokenize) 
     while seq.overflow and len(words) > 1:
         words = words[:-1]
         seq = tokenize(build_prompt(expression[: words[-1][2]], magnets)[0])
+    if seq.overflow and not (seq.roles == TEXT).any():
+        raise ValueError(f"the {', '.join(seq.overflow)} text stream has no room for the expression at this "
+                         f"max_sequence_length ({len(seq)} positions, the chat template takes them all); raise it")
     notes = []
     cut = expression[: words[-1][2]]
     if cut != expression:
@@ -175,7 +191,7 @@ def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptT
             continue
         w = _word_at(spans, int(s), int(e)) if role == TEXT else None
         if w is None:
-            kinds[pos] = SPECIAL
+            kinds[pos] = TEMPLATE if role == TEMPLATE_ROLE else SPECIAL
             continue
         kinds[pos] = words[w].kind
         word_index[pos] = w
