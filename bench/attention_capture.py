@@ -6,7 +6,9 @@ transformer on raw inputs, then one row per backbone — FLUX.2 [dev], FLUX.2 [k
 Z-Image — each a medium random pipeline (width 512 = 4 heads × 128) driven through its backend
 (real tokenizer, template and conditioning). Prints tables and a final JSON line with
 ``capture_overhead`` (time ratio ours / plain), ``map_memory_ratio`` (bytes of our stored maps /
-bytes of the naive per-block attention matrices) and ``backbones: {name: {...}}``.
+bytes of the naive per-block attention matrices), ``backbones: {name: {...}}`` and
+``early_exit_over_full`` (capture of the first half of the blocks, the forward stopped after
+them, over capture of all blocks, on a medium FLUX pipeline).
 
     python bench/attention_capture.py [--reps 3] [--image-side 64] [--text 128] [--backbones all|none|a,b]
 """
@@ -148,6 +150,43 @@ def backbone_row(arch: str, side: int, text: int, reps: int) -> dict:
             "naive_map_bytes": mem["naive"], "output_identical": res["same"]}
 
 
+def early_exit_row(side: int, text: int, reps: int) -> dict:
+    """``DiTBackend.capture`` on a medium random FLUX pipeline: the first half of the blocks
+    captured (the forward stops after them) vs all blocks captured; same image, prompt, levels."""
+    from PIL import Image
+
+    from grounding.backends import FluxBackend
+    from grounding.backends.tiny import BUILDERS
+
+    b = FluxBackend(BUILDERS["flux"](0, "medium"), "cpu")
+    px = side * b.patch
+    g = torch.Generator().manual_seed(0)
+    image = Image.fromarray((torch.rand(px, px, 3, generator=g) * 255).to(torch.uint8).numpy())
+    seq = b.tokenize(["the red circle on the left of the blue square"], text)[0]
+    names = b.block_names
+    half = names[: len(names) // 2]
+
+    def run(blocks, early):
+        t = time.perf_counter()
+        cap = b.capture([image], [seq], (px, px), (0.5,), seed=0, blocks=blocks, early_exit=early)
+        return time.perf_counter() - t, cap
+
+    run(names, True)  # warm-up (and the prompt's embedding enters the cache)
+    times = {"half": [], "all": [], "half_full_forward": []}
+    for _ in range(reps):
+        dt, early = run(half, True)
+        times["half"].append(dt)
+        dt, _ = run(names, True)
+        times["all"].append(dt)
+        dt, late = run(half, False)
+        times["half_full_forward"].append(dt)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"blocks": len(names), "captured": len(half), "half_s": round(med["half"], 4),
+            "all_s": round(med["all"], 4), "half_without_early_exit_s": round(med["half_full_forward"], 4),
+            "early_exit_over_full": round(med["half"] / med["all"], 4),
+            "identical_maps": bool(torch.equal(early.probs, late.probs))}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
@@ -188,6 +227,11 @@ def main() -> None:
                   f"{r['plain_s']:>8.3f} {r['capture_overhead']:>8.3f} {r['naive_overhead']:>8.3f} "
                   f"{r['map_memory_ratio']:>8.4f} {str(r['output_identical']):>5}")
     within = all(r["capture_overhead"] <= 1.10 and r["map_memory_ratio"] <= 0.05 for r in rows)
+    ee = early_exit_row(args.image_side, args.text, args.reps)
+    print(f"\nearly exit (medium FLUX pipeline, {ee['blocks']} blocks): capture first {ee['captured']} "
+          f"{ee['half_s']:.3f} s (without early exit {ee['half_without_early_exit_s']:.3f} s) vs all "
+          f"{ee['all_s']:.3f} s: early_exit_over_full {ee['early_exit_over_full']:.3f}, "
+          f"identical maps: {ee['identical_maps']}")
     print(json.dumps({
         "bench": "attention_capture", "capture_overhead": round(med["ours"] / med["plain"], 4),
         "naive_overhead": round(med["naive"] / med["plain"], 4),
@@ -196,6 +240,7 @@ def main() -> None:
         "image_tokens": n_img, "text_tokens": args.text, "reps": args.reps,
         "backbones": {r["arch"]: {k: v for k, v in r.items() if k != "arch"} for r in rows},
         "backbones_within_targets": within,
+        "early_exit_over_full": ee["early_exit_over_full"], "early_exit": ee,
     }))
 
 

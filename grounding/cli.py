@@ -34,13 +34,24 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     from .backends.zoo import default_model
 
     p.add_argument("--model", default=default_model(),
-                   help="diffusers FLUX/SD3 pipeline: hub id, local folder or a zoo name such as tiny-flux "
+                   help="a supported diffusers pipeline (FLUX.1/.2, SD3, Qwen-Image, Z-Image): hub id, local "
+                        "folder or a zoo name such as tiny-flux "
                         "(default: $GROUNDING_MODEL, else the offline default)")
     p.add_argument("--segmenter", default=os.environ.get("GROUNDING_SEGMENTER") or None,
                    help="SAM checkpoint (.pth/.safetensors, type from the name: vit_h/vit_l/vit_b); "
                         "omit for map-threshold masks")
     p.add_argument("--device", default=os.environ.get("GROUNDING_DEVICE"), help="cpu / cuda (default: cuda if available)")
     p.add_argument("--dtype", default=os.environ.get("GROUNDING_DTYPE"), help="float32 / bfloat16 / float16")
+    p.add_argument("--offload", choices=["model", "sequential"], default=os.environ.get("GROUNDING_OFFLOAD") or None,
+                   help="diffusers' CPU offload (CUDA)")
+    p.add_argument("--quantization", choices=["int8", "nf4", "fp8"],
+                   default=os.environ.get("GROUNDING_QUANTIZATION") or None,
+                   help="quantize the transformer and text encoders while loading (CUDA; bitsandbytes / torchao)")
+    p.add_argument("--text-encoder-device", default=os.environ.get("GROUNDING_TEXT_ENCODER_DEVICE") or None,
+                   help="where the text encoders run, e.g. cpu (default: the model's device)")
+    p.add_argument("--text-offload", action="store_true",
+                   default=os.environ.get("GROUNDING_TEXT_OFFLOAD", "0") not in ("", "0"),
+                   help="text encoders wait on the CPU and visit the GPU per call")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a grounding.json field, e.g. --set sinks.mode=suppress --set 'timesteps=[0.2]'")
 
@@ -48,8 +59,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def grounder_from_args(args):
     from .pipeline.grounder import Grounder
 
+    from .backends.memory import MemoryOptions
+
+    memory = MemoryOptions(offload=args.offload, quantization=args.quantization,
+                           text_encoder_device=args.text_encoder_device, text_offload=args.text_offload)
     return Grounder.from_pretrained(args.model, segmenter=args.segmenter, device=args.device, dtype=args.dtype,
-                                    **parse_overrides(args.set))
+                                    memory=memory, **parse_overrides(args.set))
 
 
 def cmd_segment(args) -> int:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Callable, ClassVar, Iterator, Literal, Protocol, runtime_checkable
 
@@ -139,8 +141,9 @@ class Backend(Protocol):
     def capture(self, images: list[Image.Image], sequences: list[TokenSequence], size: tuple[int, int],
                 timesteps: tuple[float, ...], seed: int, guidance_scale: float = 3.5,
                 blocks: list[str] | None = None, lse_source: str = "fused",
-                image_keep: torch.Tensor | None = None) -> Capture:
-        """One forward per noise level for a batch of (image, prompt) pairs."""
+                image_keep: torch.Tensor | None = None, early_exit: bool = True) -> Capture:
+        """One forward per noise level for a batch of (image, prompt) pairs; with ``early_exit``
+        each forward stops right after the last captured block."""
         ...
 
 
@@ -160,14 +163,22 @@ class DiTBackend:
     # True when the pipeline feeds each prompt's own length (Qwen-Image, Z-Image): a batch is then
     # padded to its longest sequence, and the padding masked out of attention.
     variable_text_length: ClassVar[bool] = False
+    # Entries of ``encode_prompts``' dict without a batch dimension (shared by every sample).
+    cond_shared: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, pipe, device: str | torch.device = "cpu"):
+    def __init__(self, pipe, device: str | torch.device = "cpu", text_cache_size: int = 64):
         self.pipe = pipe
         self.device = torch.device(device)
         self.transformer = pipe.transformer
         self.vae = pipe.vae
         self.dtype = self.transformer.dtype
         self.vae_scale = self.vae_scale_factor()
+        # Where the text encoders run (``text_encoder_device``); ``text_offload``: they wait on the
+        # CPU and visit ``device`` only while encoding.
+        self.text_device = self.device
+        self.text_offload = False
+        self.text_cache = TextCache(text_cache_size)
+        self.encoder_calls = 0  # encode_prompts calls (the cache's misses), for tests and stats
 
     def vae_scale_factor(self) -> int:
         """Pixels per latent side."""
@@ -267,15 +278,49 @@ class DiTBackend:
     def capture_processor(self, recorder: AttentionRecorder, block: str):
         raise NotImplementedError
 
+    def text_encoders(self) -> list[torch.nn.Module]:
+        return [m for name, m in self.pipe.components.items()
+                if name.startswith("text_encoder") and isinstance(m, torch.nn.Module)]
+
+    @torch.no_grad()
+    def conditioning(self, sequences: list[TokenSequence]) -> dict:
+        """``encode_prompts`` through the prompt-embedding cache: each distinct sequence of the batch
+        not seen recently is encoded once (in one call), the batch assembled from per-sample rows on
+        ``device`` (per-token rows of shorter prompts zero-padded, as ``pad_batch`` pads their
+        sequences). With ``text_offload`` the encoders visit ``device`` for that call only."""
+        keys = [sequence_key(s) for s in sequences]
+        rows = {k: self.text_cache.get(k) for k in dict.fromkeys(keys) if k in self.text_cache}
+        missing = [k for k in dict.fromkeys(keys) if k not in rows]
+        if missing:
+            first = dict(zip(keys, sequences))
+            encoders = self.text_encoders() if self.text_offload else []
+            for m in encoders:
+                m.to(self.device)
+            try:
+                self.encoder_calls += 1
+                cond = self.encode_prompts(self.pad_batch([first[k] for k in missing]))
+            finally:
+                for m in encoders:
+                    m.to("cpu")
+                if encoders and self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            for i, k in enumerate(missing):
+                rows[k] = {name: _cond_row(v, i, name in self.cond_shared, self.device) for name, v in cond.items()}
+                self.text_cache.put(k, rows[k])
+        return _cond_join([rows[k] for k in keys])
+
     @torch.no_grad()
     def capture(self, images: list[Image.Image], sequences: list[TokenSequence], size: tuple[int, int],
                 timesteps: tuple[float, ...], seed: int, guidance_scale: float = 3.5,
                 blocks: list[str] | None = None, lse_source: str = "fused",
-                image_keep: torch.Tensor | None = None) -> Capture:
+                image_keep: torch.Tensor | None = None, early_exit: bool = True) -> Capture:
         """Every sample gets the same seeded noise, so a sample's map does not depend on its batch.
-        ``image_keep`` (bool ``[B, N]``) hides the other image tokens from the text queries."""
+        ``image_keep`` (bool ``[B, N]``) hides the other image tokens from the text queries.
+        ``early_exit``: each forward stops right after the last captured block's attention (the
+        maps are the same: a block never sees the ones after it)."""
         if len(images) != len(sequences):
             raise ValueError("images and prompts differ in number")
+        cond_of = sequences  # the cache keys each prompt by its own sequence, before batch padding
         sequences = self.pad_batch(sequences)
         for t in timesteps:
             if not 0.0 <= t < 1.0:
@@ -288,7 +333,7 @@ class DiTBackend:
         g = torch.Generator("cpu").manual_seed(seed)
         noise = torch.randn(latents.shape[1:], generator=g, dtype=torch.float32)
         noise = noise.to(self.device, latents.dtype).expand_as(latents)
-        cond = self.encode_prompts(sequences)
+        cond = self.conditioning(cond_of)
         used = np.zeros(len(sequences[0]), dtype=bool)
         for s in sequences:
             used |= s.roles != PADDING
@@ -296,11 +341,97 @@ class DiTBackend:
         text_len, grid = len(used), self.grid(latents)
         store = AttentionStore(layout=lambda block, q, k: self.layout(block, q, k, text_len, grid[0] * grid[1]),
                                columns=torch.from_numpy(columns), lse_source=lse_source, image_keep=image_keep)
-        with self.capturing(store, names):
+        last = self.attention_module(max(names, key=self.block_names.index)) if early_exit else None
+        with self.capturing(store, names), stop_after(last):
             for sigma in timesteps:
-                self.forward(self.add_noise(latents, noise, sigma), sigma, cond, guidance_scale)
+                try:
+                    self.forward(self.add_noise(latents, noise, sigma), sigma, cond, guidance_scale)
+                except StopForward:
+                    pass  # the last captured block has run: nothing after it can change a map
         probs = torch.stack([torch.stack(store.maps[n]) for n in names]).cpu()
         return Capture(probs, names, tuple(timesteps), columns, grid, text_len)
+
+
+class StopForward(Exception):
+    """Raised right after the last captured block: the rest of the forward is never computed."""
+
+
+@contextlib.contextmanager
+def stop_after(module: torch.nn.Module | None) -> Iterator[None]:
+    """While active, ``module``'s forward ends the whole forward (``StopForward``) once it returns."""
+    if module is None:
+        yield
+        return
+
+    def hook(_module, _args, _output):
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def sequence_key(seq: TokenSequence) -> bytes:
+    """What ``encode_prompts`` reads of a sequence: prompt text, ids, roles, encoder input."""
+    parts = [seq.prompt.encode("utf-8", "surrogatepass"), seq.ids.tobytes(), seq.roles.tobytes()]
+    if seq.encoder is not None:
+        parts += [seq.encoder.ids.tobytes(), seq.encoder.mask.tobytes(), seq.encoder.positions.tobytes()]
+    return b"\x00".join(hashlib.sha1(p).digest() for p in parts)
+
+
+class TextCache:
+    """LRU of per-sample prompt conditioning (``DiTBackend.conditioning``), ``size`` entries (0 = off)."""
+
+    def __init__(self, size: int = 64):
+        self.size = size
+        self._rows: OrderedDict[bytes, dict] = OrderedDict()
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def get(self, key: bytes) -> dict:
+        self._rows.move_to_end(key)
+        return self._rows[key]
+
+    def put(self, key: bytes, row: dict) -> None:
+        self._rows[key] = row
+        self._rows.move_to_end(key)
+        while len(self._rows) > max(self.size, 0):
+            self._rows.popitem(last=False)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+
+def _cond_row(value, i: int, shared: bool, device: torch.device):
+    """Sample ``i``'s part of one ``encode_prompts`` entry, tagged with how to join it back."""
+    if value is None:
+        return ("none", None)
+    if shared:
+        return ("shared", value.to(device))
+    if isinstance(value, (list, tuple)):
+        return ("list", value[i].to(device))
+    return ("tensor", value[i].to(device))
+
+
+def _cond_join(rows: list[dict]) -> dict:
+    out = {}
+    for name, (kind, first) in rows[0].items():
+        if kind in ("none", "shared"):
+            out[name] = first
+        elif kind == "list":
+            out[name] = [r[name][1] for r in rows]
+        else:  # per-token rows of prompts of different lengths: zero (False) padded at the end
+            parts = [r[name][1] for r in rows]
+            n = max(p.shape[0] for p in parts)
+            out[name] = torch.stack([torch.cat([p, p.new_zeros(n - p.shape[0], *p.shape[1:])]) if p.shape[0] < n
+                                     else p for p in parts])
+    return out
 
 
 def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[np.ndarray, ...]:

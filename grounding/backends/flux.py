@@ -16,6 +16,7 @@ class FluxBackend(DiTBackend):
     attention_attr = "attn"
     capture_via = "dispatcher"
     timestep_scale = 1.0  # the transformer multiplies by 1000 itself
+    cond_shared = ("text_ids",)
 
     @property
     def patch(self) -> int:
@@ -38,11 +39,11 @@ class FluxBackend(DiTBackend):
         """T5 hidden states of the sequences' ids (``FluxPipeline._get_t5_prompt_embeds``) and the
         CLIP pooled embedding of the prompt (``_get_clip_prompt_embeds``): the pipeline's own steps."""
         pipe = self.pipe
-        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.device)
+        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
         embeds = pipe.text_encoder_2(ids, output_hidden_states=False)[0].to(pipe.text_encoder_2.dtype)
         clip = pipe.tokenizer([s.prompt for s in sequences], padding="max_length", max_length=pipe.tokenizer_max_length,
                               truncation=True, return_tensors="pt").input_ids
-        pooled = pipe.text_encoder(clip.to(self.device), output_hidden_states=False).pooler_output
+        pooled = pipe.text_encoder(clip.to(self.text_device), output_hidden_states=False).pooler_output
         pooled = pooled.to(pipe.text_encoder.dtype)
         text_dtype = pipe.text_encoder.dtype if pipe.text_encoder is not None else self.dtype
         text_ids = torch.zeros(ids.shape[1], 3, device=self.device, dtype=text_dtype)

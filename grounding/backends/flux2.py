@@ -53,13 +53,13 @@ class Flux2Backend(FluxBackend):
         """``_get_mistral_3_small_prompt_embeds`` / ``_get_qwen3_prompt_embeds`` on the sequences' ids:
         hidden states of ``text_layers`` stacked per token, and the 4-D text RoPE ids."""
         enc = self.pipe.text_encoder
-        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.device)
-        mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]).astype(np.int64)).to(self.device)
+        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
+        mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]).astype(np.int64)).to(self.text_device)
         out = enc(input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False)
         h = torch.stack([out.hidden_states[k] for k in self.text_layers], dim=1).to(self.dtype)
         b, c, t, d = h.shape
         embeds = h.permute(0, 2, 1, 3).reshape(b, t, c * d)
-        return {"embeds": embeds, "text_ids": self.pipe._prepare_text_ids(embeds).to(self.device)}
+        return {"embeds": embeds, "text_ids": self.pipe._prepare_text_ids(embeds)}
 
     @torch.no_grad()
     def encode_pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
@@ -80,7 +80,7 @@ class Flux2Backend(FluxBackend):
         return self.transformer(
             hidden_states=self.pipe._pack_latents(latents), timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
-            encoder_hidden_states=cond["embeds"], txt_ids=cond["text_ids"],
+            encoder_hidden_states=cond["embeds"], txt_ids=cond["text_ids"].to(self.device),
             img_ids=self.pipe._prepare_latent_ids(latents).to(self.device), return_dict=False,
         )[0]
 

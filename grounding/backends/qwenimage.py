@@ -62,23 +62,23 @@ class QwenImageBackend(DiTBackend):
     @torch.no_grad()
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
         """Each prompt's whole template through the encoder (last hidden state), the kept positions
-        gathered, zero-padded to the batch length with a mask (None when nothing is padded)."""
+        gathered, zero-padded to the batch length, and the mask of real positions."""
         enc, dim = self.pipe.text_encoder, None
         rows = []
         for s in sequences:
-            ids = torch.from_numpy(s.encoder.ids[s.encoder.mask][None]).to(self.device)
+            ids = torch.from_numpy(s.encoder.ids[s.encoder.mask][None]).to(self.text_device)
             h = enc(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1][0]
             valid = np.flatnonzero(s.encoder.mask)
             where = {int(e): i for i, e in enumerate(valid)}
             take = [where[int(p)] if p >= 0 else -1 for p in s.encoder.positions]
             dim = h.shape[-1]
-            row = torch.zeros(len(take), dim, dtype=h.dtype, device=self.device)
+            row = torch.zeros(len(take), dim, dtype=h.dtype, device=h.device)
             sel = [i for i, t in enumerate(take) if t >= 0]
             row[sel] = h[[take[i] for i in sel]]
             rows.append(row)
         embeds = torch.stack(rows).to(self.dtype)
-        mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences])).to(self.device)
-        return {"embeds": embeds, "mask": None if bool(mask.all()) else mask}
+        mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]))
+        return {"embeds": embeds, "mask": mask}
 
     @torch.no_grad()
     def encode_pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
@@ -95,6 +95,7 @@ class QwenImageBackend(DiTBackend):
         return self.transformer(
             hidden_states=FluxBackend.pack(latents), timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
-            encoder_hidden_states=cond["embeds"], encoder_hidden_states_mask=cond["mask"],
+            encoder_hidden_states=cond["embeds"],
+            encoder_hidden_states_mask=None if bool(cond["mask"].all()) else cond["mask"],  # as encode_prompt does
             img_shapes=[[(1, rows, cols)]] * b, return_dict=False,
         )[0]

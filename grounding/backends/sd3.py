@@ -55,12 +55,12 @@ class SD3Backend(DiTBackend):
         """``StableDiffusion3Pipeline.encode_prompt``'s steps on the sequences' ids: CLIP-L/G
         penultimate hidden states (zero-padded to T5's width) followed by T5's; pooled CLIP-L ‖ CLIP-G."""
         pipe, clip_len = self.pipe, self.pipe.tokenizer_max_length
-        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.device)
+        ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
         hidden, pooled = [], []
         for i, (tok, enc) in enumerate(((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))):
             clip_ids = ids[:, :clip_len] if i == 0 else tok(
                 [s.prompt for s in sequences], padding="max_length", max_length=clip_len, truncation=True,
-                return_tensors="pt").input_ids.to(self.device)
+                return_tensors="pt").input_ids.to(self.text_device)
             out = enc(clip_ids, output_hidden_states=True)
             pooled.append(out[0])
             hidden.append(out.hidden_states[-2].to(dtype=pipe.text_encoder.dtype))
@@ -70,7 +70,7 @@ class SD3Backend(DiTBackend):
             t5 = pipe.text_encoder_3(ids[:, clip_len:])[0].to(pipe.text_encoder_3.dtype)
         else:
             t5 = torch.zeros(len(sequences), n_t5, self.transformer.config.joint_attention_dim,
-                             device=self.device, dtype=pipe.text_encoder.dtype)
+                             device=self.text_device, dtype=pipe.text_encoder.dtype)
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         embeds = torch.cat([clip, t5], dim=-2)
         return {"embeds": embeds.to(self.dtype), "pooled": torch.cat(pooled, dim=-1).to(self.dtype)}

@@ -66,11 +66,11 @@ def _clip_tokenizer():
     return tok
 
 
-def _clip_encoder(vocab_size: int, with_projection: bool):
+def _clip_encoder(vocab_size: int, with_projection: bool, hidden: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37, num_hidden_layers=2,
         num_attention_heads=4, projection_dim=32, max_position_embeddings=77,
         bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
     )
@@ -86,7 +86,7 @@ def _t5_encoder(vocab_size: int, d_model: int):
     return T5EncoderModel(cfg).eval()
 
 
-def _vae(latent_channels: int):
+def _vae(latent_channels: int) -> "torch.nn.Module":
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -411,3 +411,38 @@ BUILDERS = {
     "zimage": build_tiny_zimage,
 }
 ARCHS = tuple(BUILDERS)
+
+
+def build_real_size(arch: str, seed: int = 0):
+    """A pipeline whose TRANSFORMER has the released model's size (random weights; FLUX.1 [dev]:
+    19 + 38 blocks, 24 × 128, guidance-distilled; Z-Image: 30 + 2 + 2 layers, 30 × 128), fed by a
+    tiny VAE (×2, the released latent channels) and tiny text encoders of the released widths,
+    for GPU benchmarks (``bench/gpu_suite.py``). Build it under ``torch.device("cuda")`` and the
+    target default dtype: 12 B / 6 B parameters."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, ZImagePipeline, \
+        ZImageTransformer2DModel
+
+    torch.manual_seed(seed)
+    if arch == "flux":
+        t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
+        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                                             pooled_projection_dim=768, guidance_embeds=True,
+                                             axes_dims_rope=(16, 56, 56)).eval()
+        return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(16),
+                            text_encoder=_clip_encoder(len(clip_tok), with_projection=False, hidden=768),
+                            tokenizer=clip_tok, text_encoder_2=_t5_encoder(len(t5_tok), 4096), tokenizer_2=t5_tok,
+                            transformer=transformer)
+    if arch == "zimage":
+        tok = _qwen_tokenizer()
+        transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840,
+                                               n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30,
+                                               cap_feat_dim=2560, axes_dims=[32, 48, 48],
+                                               axes_lens=[1024, 512, 512]).eval()
+        with torch.no_grad():
+            transformer.x_pad_token.normal_(0, 0.5)
+            transformer.cap_pad_token.normal_(0, 0.5)
+        return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(16),
+                              text_encoder=_qwen3_encoder(tok, "Qwen3Model", hidden=2560), tokenizer=tok,
+                              transformer=transformer)
+    raise ValueError(f"no real-size build for {arch!r}; choose flux or zimage")

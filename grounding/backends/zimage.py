@@ -66,8 +66,8 @@ class ZImageBackend(DiTBackend):
     @torch.no_grad()
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
         """``_encode_prompt``: hidden_states[-2] of the padded call, its unmasked rows, one tensor per prompt."""
-        ids = torch.from_numpy(np.stack([s.encoder.ids for s in sequences])).to(self.device)
-        mask = torch.from_numpy(np.stack([s.encoder.mask for s in sequences])).to(self.device)
+        ids = torch.from_numpy(np.stack([s.encoder.ids for s in sequences])).to(self.text_device)
+        mask = torch.from_numpy(np.stack([s.encoder.mask for s in sequences])).to(self.text_device)
         h = self.pipe.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
         return {"embeds": [h[i][mask[i]].to(self.dtype) for i in range(len(sequences))]}
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..backends import Backend, load_backend, zoo
+from ..backends import Backend, MemoryOptions, load_backend, zoo
 from ..config import GroundingConfig
 from ..readout import answers, maps
 from ..readout.tokens import KIND_NAMES, PromptTokens
@@ -72,17 +72,18 @@ class Grounder:
     @classmethod
     def from_pretrained(cls, model: str | Path, segmenter=None, device: str | torch.device | None = None,
                         dtype: str | torch.dtype | None = None, config: GroundingConfig | None = None,
-                        **overrides) -> "Grounder":
+                        memory: MemoryOptions | None = None, **overrides) -> "Grounder":
         """Load a registered diffusers pipeline (hub id, folder or zoo name) and its
         ``grounding.json`` if it has one.
 
         ``segmenter``: a SAM checkpoint path (type from the file name: vit_h / vit_l / vit_b), an
-        ONNX SAM folder, a segmenter object, or None for map-threshold masks. ``overrides`` change
-        config fields (``sinks__mode="suppress"``).
+        ONNX SAM folder, a segmenter object, or None for map-threshold masks. ``memory``: offload,
+        quantization and text-encoder placement (``MemoryOptions``). ``overrides`` change config
+        fields (``sinks__mode="suppress"``).
         """
         device = str(device) if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
         model = zoo.resolve(model)
-        backend = load_backend(model, device, dtype)
+        backend = load_backend(model, device, dtype, memory)
         if config is None:
             config = GroundingConfig.for_model(model)
         if overrides:

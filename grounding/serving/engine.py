@@ -49,7 +49,7 @@ class Engine:
 
             device = worker_device(worker_index, torch.cuda.device_count())
         g = Grounder.from_pretrained(settings.model, segmenter=settings.segmenter or None,
-                                     device=device, dtype=settings.dtype or None)
+                                     device=device, dtype=settings.dtype or None, memory=settings.memory())
         return cls(g, settings)
 
     def info(self) -> dict:

@@ -23,6 +23,11 @@
 | ``GROUNDING_JOBS_TTL_H`` | finished video jobs older than this are deleted | 24 |
 | ``GROUNDING_JOBS_MAX_GB`` | the jobs folder's cap: oldest finished jobs go first, running ones never | 20 |
 | ``GROUNDING_WORKERS`` | engine workers; with ``cuda``, worker *i* is pinned to GPU *(i-1) mod count* | 1 |
+| ``GROUNDING_OFFLOAD`` | ``model`` / ``sequential``: diffusers' CPU offload (CUDA) | off |
+| ``GROUNDING_QUANTIZATION`` | ``int8`` / ``nf4`` (bitsandbytes) / ``fp8`` (torchao): transformer and text encoders (CUDA) | off |
+| ``GROUNDING_TEXT_ENCODER_DEVICE`` | where the text encoders run, e.g. ``cpu`` (embeddings move to the model's device) | the model's device |
+| ``GROUNDING_TEXT_OFFLOAD`` | 1: text encoders wait on the CPU and visit the GPU per call | 0 |
+| ``GROUNDING_TEXT_CACHE_SIZE`` | prompt embeddings kept (LRU); 0 = no cache | 64 |
 | ``GROUNDING_CONFIG`` | YAML file whose keys (same names, lower case, no prefix) override the above | unset |
 """
 
@@ -61,6 +66,19 @@ class Settings:
     jobs_ttl_h: float = 24.0
     jobs_max_gb: float = 20.0
     workers: int = 1
+    offload: str = ""
+    quantization: str = ""
+    text_encoder_device: str = ""
+    text_offload: int = 0
+    text_cache_size: int = 64
+
+    def memory(self):
+        """The ``MemoryOptions`` these settings ask for (checked when built)."""
+        from ..backends.memory import MemoryOptions
+
+        return MemoryOptions(offload=self.offload or None, quantization=self.quantization or None,
+                             text_encoder_device=self.text_encoder_device or None,
+                             text_offload=bool(self.text_offload), text_cache_size=self.text_cache_size)
 
     def engine_timeout(self) -> float:
         return float(self.engine_timeout_s or self.max_latency_ms / 1000 + self.engine_margin_s)
