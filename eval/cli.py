@@ -25,6 +25,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: every n-th sample from i")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="grounding config override")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: as torch chooses; on Ray: the actor's CPUs)")
+    r = p.add_argument_group("Ray (a pool of actors that hold the model)")
+    r.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
+                   help="local: start Ray on this machine; auto / ADDRESS: join a running cluster")
+    r.add_argument("--actors", type=int, default=2)
+    r.add_argument("--gpus-per-actor", type=float, default=0.0)
+    r.add_argument("--cpus-per-actor", type=float, default=1.0)
+    r.add_argument("--batch-size", type=int, default=4, help="samples per task")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
             model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
             image_root=getattr(args, "image_root", None), limit=args.limit, shard=args.shard, overrides=overrides,
         )
+        if args.ray:
+            from .ray_runner import ModelSpec, RayOptions, run_ray
+
+            opts = RayOptions(address=args.ray, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                              cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size)
+            spec = ModelSpec(model=str(args.model), segmenter=args.segmenter or "", device=args.device,
+                             dtype=args.dtype, threads=args.threads)
+            summary = run_ray(cfg, spec, Path(args.out), opts)
+            print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+            return 0
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device,
                                      dtype=args.dtype)
         if args.cmd == "vizwiz":

@@ -101,63 +101,119 @@ def open_run(run_dir: Path, cfg: RunConfig) -> ResultsLog:
     return ResultsLog(run_dir)
 
 
-# --- image runs ----------------------------------------------------------------------------------
-def run_refcoco(cfg: RunConfig, grounder, run_dir: Path, save_overlays: int = 0) -> dict:
-    from .refcoco import RefDataset
+# --- per-sample work: the same functions run in this process or on a Ray actor ------------------
+def load_dataset(cfg: RunConfig):
+    """The dataset a run reads (annotations only; images and frames are read per sample)."""
+    if cfg.task == "refcoco":
+        from .refcoco import RefDataset
 
-    ds = RefDataset(cfg.data_root, cfg.dataset, cfg.split_by, cfg.split, cfg.image_root)
+        return RefDataset(cfg.data_root, cfg.dataset, cfg.split_by, cfg.split, cfg.image_root)
+    if cfg.task == "vizwiz":
+        from .answers import VizWizGrounding
+
+        return VizWizGrounding(cfg.data_root, cfg.split)
+    from .rvos import VIDEO_DATASETS
+
+    return VIDEO_DATASETS[cfg.task](cfg.data_root, cfg.split)
+
+
+def sample_ids(cfg: RunConfig, ds) -> list[str]:
+    if cfg.task in ("refcoco", "vizwiz"):
+        return [ds.sample_id(i) for i in range(len(ds))]
+    return [s.id for s in ds.samples]
+
+
+def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_batch: int = 4) -> dict:
+    """Ground sample ``i`` and score it: one ``results.jsonl`` record (a sentence for image sets, a
+    (video, expression) for video sets, whose masks are written under ``run_dir/Annotations``)."""
+    t = time.perf_counter()
+    if cfg.task == "refcoco":
+        s = ds[i]
+        r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
+        inter, union = metrics.intersection_union(r.mask, s.mask)
+        rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
+               "sentence": s.sentence, "inter": inter, "union": union, "iou": inter / union if union else 0.0,
+               "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score, "box": list(r.box),
+               "pred_pixels": int(r.mask.sum()), "gt_pixels": int(s.mask.sum())}
+        if s.kind:
+            rec["type"] = s.kind
+    elif cfg.task == "vizwiz":
+        s = ds[i]
+        r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
+        inter, union = metrics.intersection_union(r.mask, s.mask)
+        rec = {"id": ds.sample_id(i), "image": s.image_path.name, "question": s.question, "answer": s.answer,
+               "inter": inter, "union": union, "iou": inter / union if union else 0.0,
+               "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score}
+    else:
+        rec = video_record(cfg, grounder, ds.samples[i], run_dir, frame_batch)
+    rec["ms"] = (time.perf_counter() - t) * 1000
+    return rec
+
+
+def error_record(cfg: RunConfig, sample_id: str, error: BaseException, attempts: int) -> dict:
+    """What a sample that kept failing leaves in ``results.jsonl``: scored as a miss (IoU 0, no
+    pointing hit; videos unscored), with the reason; a rerun does not try it again."""
+    rec = {"id": sample_id, "error": f"{type(error).__name__}: {error}"[:500], "attempts": attempts}
+    if cfg.task in ("refcoco", "vizwiz"):
+        rec.update({"inter": 0, "union": 0, "iou": 0.0, "pointing": False})
+    return rec
+
+
+def record_or_error(cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_dir: Path, attempts: int = 2,
+                    frame_batch: int = 4) -> dict:
+    """``sample_record``, tried up to ``attempts`` times; then its ``error_record``."""
+    for k in range(1, attempts + 1):
+        try:
+            return sample_record(cfg, grounder, ds, i, run_dir, frame_batch)
+        except Exception as e:  # noqa: BLE001 — any failure of one sample is recorded, never lost
+            last = e
+    return error_record(cfg, sample_id, last, attempts)
+
+
+def _postfix(cfg: RunConfig, records: list[dict]) -> dict:
+    if cfg.task in ("refcoco", "vizwiz"):
+        summ = image_scores(records).summary()
+        return {"mIoU": f"{summ['miou']:.3f}", "oIoU": f"{summ['oiou']:.3f}"}
+    jf = [r["J&F"] for r in records if r.get("J&F") is not None]
+    return {"J&F": f"{np.mean(jf):.3f}"} if jf else {}
+
+
+def run_local(cfg: RunConfig, grounder, run_dir: Path, attempts: int = 2, frame_batch: int = 4) -> dict:
+    """Every sample of this shard not yet in ``results.jsonl``, in this process."""
+    ds = load_dataset(cfg)
+    ids = sample_ids(cfg, ds)
     log = open_run(run_dir, cfg)
-    todo = [i for i in select(len(ds), cfg.limit, cfg.shard) if ds.sample_id(i) not in log.done]
-    scores = image_scores(log.records)
+    todo = [i for i in select(len(ids), cfg.limit, cfg.shard) if ids[i] not in log.done]
     bar = tqdm(todo, desc=f"{cfg.dataset} {cfg.split}", initial=len(log.records),
                total=len(log.records) + len(todo), dynamic_ncols=True)
     try:
-        for i in bar:
-            s = ds[i]
-            t = time.perf_counter()
-            r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
-            inter, union = metrics.intersection_union(r.mask, s.mask)
-            hit = metrics.pointing_hit(r.heatmap, s.mask)
-            rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
-                   "sentence": s.sentence, "inter": inter, "union": union, "iou": inter / union if union else 0.0,
-                   "pointing": hit, "score": r.score, "box": list(r.box), "pred_pixels": int(r.mask.sum()),
-                   "gt_pixels": int(s.mask.sum()), "ms": (time.perf_counter() - t) * 1000}
-            if s.kind:
-                rec["type"] = s.kind
-            log.append(rec)
-            scores.add(inter, union, hit)
-            summ = scores.summary()
-            bar.set_postfix(mIoU=f"{summ['miou']:.3f}", oIoU=f"{summ['oiou']:.3f}")
+        for n, i in enumerate(bar):
+            log.append(record_or_error(cfg, grounder, ds, i, ids[i], run_dir, attempts, frame_batch))
+            if n % 8 == 0 or n == len(todo) - 1:
+                bar.set_postfix(_postfix(cfg, log.records))
     finally:
         log.close()
-    summary = write_summary(run_dir)
+    return finish_run(cfg, run_dir)
+
+
+def finish_run(cfg: RunConfig, run_dir: Path) -> dict:
+    if cfg.task in ("ytvos", "mevis"):
+        make_submission_zip(run_dir)
+    return write_summary(run_dir)
+
+
+# --- image runs ----------------------------------------------------------------------------------
+def run_refcoco(cfg: RunConfig, grounder, run_dir: Path, save_overlays: int = 0) -> dict:
+    summary = run_local(cfg, grounder, run_dir)
     if save_overlays:
-        write_overlays(ds, grounder, cfg, run_dir, save_overlays)
+        write_overlays(load_dataset(cfg), grounder, cfg, run_dir, save_overlays)
     return summary
 
 
 def run_answers(cfg: RunConfig, grounder, run_dir: Path) -> dict:
     """Answer grounding (VizWiz-VQA-Grounding layout): ``grounder.ground_answer`` per question,
     mask IoU / pointing, resumable and shardable like ``run_refcoco``."""
-    from .answers import VizWizGrounding
-
-    ds = VizWizGrounding(cfg.data_root, cfg.split)
-    log = open_run(run_dir, cfg)
-    todo = [i for i in select(len(ds), cfg.limit, cfg.shard) if ds.sample_id(i) not in log.done]
-    try:
-        for i in tqdm(todo, desc=f"answers {cfg.split}", initial=len(log.records),
-                      total=len(log.records) + len(todo), dynamic_ncols=True):
-            s = ds[i]
-            t = time.perf_counter()
-            r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
-            inter, union = metrics.intersection_union(r.mask, s.mask)
-            log.append({"id": ds.sample_id(i), "image": s.image_path.name, "question": s.question, "answer": s.answer,
-                        "inter": inter, "union": union, "iou": inter / union if union else 0.0,
-                        "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score,
-                        "ms": (time.perf_counter() - t) * 1000})
-    finally:
-        log.close()
-    return write_summary(run_dir)
+    return run_local(cfg, grounder, run_dir)
 
 
 def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
@@ -194,47 +250,31 @@ def write_overlays(ds, grounder, cfg: RunConfig, run_dir: Path, k: int) -> list[
 def run_video(cfg: RunConfig, grounder, run_dir: Path, frame_batch: int = 4) -> dict:
     """Each (video, expression) through ``grounding.pipeline.video.iter_video`` (temporal aggregation,
     mask propagation); masks written as ``Annotations/<video>/<exp_id>/<frame>.png``."""
+    return run_local(cfg, grounder, run_dir, frame_batch=frame_batch)
+
+
+def video_record(cfg: RunConfig, grounder, s, run_dir: Path, frame_batch: int = 4) -> dict:
+    """One (video, expression): masks written, J / F against the ground truth where there is one."""
     from grounding.pipeline.video import VideoConfig, iter_video
 
-    from .rvos import VIDEO_DATASETS
-
-    ds = VIDEO_DATASETS[cfg.task](cfg.data_root, cfg.split)
-    samples = ds.samples
-    log = open_run(run_dir, cfg)
-    todo = [i for i in select(len(samples), cfg.limit, cfg.shard) if samples[i].id not in log.done]
     drop = cfg.task == "davis"  # the DAVIS semi-supervised protocol leaves out first and last frame
-    bar = tqdm(todo, desc=f"{cfg.task} {cfg.split}", initial=len(log.records), total=len(log.records) + len(todo),
-               dynamic_ncols=True)
-    jf = [r["J&F"] for r in log.records if r.get("J&F") is not None]
-    try:
-        for i in bar:
-            s = samples[i]
-            t = time.perf_counter()
-            out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            js, fs = [], []
-            for f in iter_video(grounder, s.frames(), s.expression, VideoConfig(batch_frames=frame_batch),
-                                **cfg.overrides):
-                Image.fromarray(f.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[f.index]}.png")
-                if s.has_gt:
-                    gt, void = s.gt(f.index)
-                    js.append(metrics.region_similarity(f.mask, gt, void))
-                    fs.append(metrics.contour_accuracy(f.mask, gt, void))
-            rec = {"id": s.id, "video": s.video, "exp_id": s.exp_id, "group": s.group, "expression": s.expression,
-                   "frames": len(s.frame_paths), "ms": (time.perf_counter() - t) * 1000}
-            if s.has_gt:
-                keep = slice(1, -1) if drop and len(js) > 2 else slice(None)
-                j_m, j_r, _ = metrics.statistics(js[keep])
-                f_m, f_r, _ = metrics.statistics(fs[keep])
-                rec.update({"J": j_m, "F": f_m, "J&F": (j_m + f_m) / 2, "J_recall": j_r, "F_recall": f_r})
-                jf.append(rec["J&F"])
-                bar.set_postfix({"J&F": f"{np.mean(jf):.3f}"})
-            log.append(rec)
-    finally:
-        log.close()
-    if cfg.task in ("ytvos", "mevis"):
-        make_submission_zip(run_dir)
-    return write_summary(run_dir)
+    out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    js, fs = [], []
+    for f in iter_video(grounder, s.frames(), s.expression, VideoConfig(batch_frames=frame_batch), **cfg.overrides):
+        Image.fromarray(f.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[f.index]}.png")
+        if s.has_gt:
+            gt, void = s.gt(f.index)
+            js.append(metrics.region_similarity(f.mask, gt, void))
+            fs.append(metrics.contour_accuracy(f.mask, gt, void))
+    rec = {"id": s.id, "video": s.video, "exp_id": s.exp_id, "group": s.group, "expression": s.expression,
+           "frames": len(s.frame_paths)}
+    if s.has_gt:
+        keep = slice(1, -1) if drop and len(js) > 2 else slice(None)
+        j_m, j_r, _ = metrics.statistics(js[keep])
+        f_m, f_r, _ = metrics.statistics(fs[keep])
+        rec.update({"J": j_m, "F": f_m, "J&F": (j_m + f_m) / 2, "J_recall": j_r, "F_recall": f_r})
+    return rec
 
 
 def make_submission_zip(run_dir: Path) -> Path:
@@ -248,7 +288,9 @@ def make_submission_zip(run_dir: Path) -> Path:
 
 # --- summaries -----------------------------------------------------------------------------------
 def summarise(task: str, records: list[dict]) -> dict:
-    """Flat metric dict of a list of result records."""
+    """Flat metric dict of a list of result records (in id order, so that a run's summary does
+    not depend on the order its samples finished in)."""
+    records = sorted(records, key=lambda r: r["id"])
     if task in ("refcoco", "vizwiz"):
         out = image_scores(records).summary()
         for kind in sorted({r["type"] for r in records if r.get("type")}):
@@ -263,6 +305,9 @@ def summarise(task: str, records: list[dict]) -> dict:
             for group in sorted({r.get("group", "") for r in scored} - {""}):
                 rows = [r for r in scored if r.get("group") == group]
                 out[f"J&F/{group}"] = float(np.mean([r["J&F"] for r in rows]))
+    errors = sum(1 for r in records if r.get("error"))
+    if errors:
+        out["errors"] = errors
     ms = [r["ms"] for r in records if "ms" in r]
     if ms:
         out["mean_ms"] = float(np.mean(ms))

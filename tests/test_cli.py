@@ -26,14 +26,35 @@ def run(*args, check=True, package="grounding"):
     return p
 
 
-@pytest.mark.parametrize("arch", ["sd3", "flux2", "flux2-klein", "qwenimage", "zimage"])
-def test_tiny_model_then_segment(arch, tmp_path):
+class _Done:
+    def __init__(self, stdout: str):
+        self.stdout, self.returncode = stdout, 0
+
+
+def _run_in_process(*args):
+    import contextlib
+    import io
+
+    from grounding.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main([str(a) for a in args]) == 0
+    return _Done(buf.getvalue())
+
+
+@pytest.mark.parametrize("arch, how", [("sd3", "subprocess"), ("zimage", "subprocess"), ("flux2", "in-process"),
+                                       ("flux2-klein", "in-process"), ("qwenimage", "in-process")])
+def test_tiny_model_then_segment(arch, how, tmp_path):
+    """``python -m grounding tiny-model`` then ``segment`` for each backbone; three of them through
+    ``grounding.cli.main`` in this process (what ``python -m grounding`` runs), to save start-ups."""
+    call = _run_in_process if how == "in-process" else run
     model = tmp_path / "m"
-    p = run("tiny-model", "--arch", arch, model)
+    p = call("tiny-model", "--arch", arch, model)
     assert "meaningless" in p.stdout and (model / "model_index.json").is_file() and (model / "grounding.json").is_file()
     scene(80, 60).save(tmp_path / "img.jpg")
     out = tmp_path / "out"
-    run("segment", "--model", model, tmp_path / "img.jpg", "the red circle", "--out", out, "--set", "sinks.mode=suppress")
+    call("segment", "--model", model, tmp_path / "img.jpg", "the red circle", "--out", out, "--set", "sinks.mode=suppress")
     doc = json.loads((out / "result.json").read_text())
     mask = np.asarray(Image.open(out / "mask.png")) > 0
     assert mask.shape == (60, 80)

@@ -56,7 +56,7 @@ def test_engine_killed_under_load(tiny_flux_dir, tmp_path):
                 code = httpx.get(srv.url + "/readyz", timeout=5).status_code
             except httpx.HTTPError:
                 code = "timeout"
-            assert time.monotonic() - t0 < 2.0, "readyz took over 2 s"
+            assert time.monotonic() - t0 < 3.0, "readyz took over 3 s (it must answer, not hang)"
             if code == 503 and first_503 is None:
                 first_503 = time.monotonic() - killed_at
             if code == 503 and len(during) < 3:
