@@ -1,4 +1,4 @@
-"""``python -m eval``: refcoco, davis, ytvos, mevis, vizwiz runs; merge shards; make-shapes."""
+"""``python -m eval``: refcoco, grefcoco, davis, ytvos, mevis, vizwiz runs; merge shards; make-shapes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .runner import RunConfig, merge, parse_shard, run_answers, run_refcoco, run_video
+from .runner import RunConfig, merge, parse_shard, run_answers, run_local, run_refcoco, run_video
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -47,6 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-root", default=None,
                    help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
     p.add_argument("--save-overlays", type=int, default=0, metavar="K", help="overlays of K best, worst, random")
+    p = sub.add_parser("grefcoco", help="gRefCOCO: multi-, single- and no-target expressions (gIoU, cIoU, N-acc, T-acc)")
+    _common(p)
+    p.add_argument("--dataset", default="grefcoco")
+    p.add_argument("--split-by", default="unc")
+    p.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/train2014)")
     for name, default_split, what in (("davis", "val", "Ref-DAVIS17"), ("ytvos", "valid", "Ref-YouTube-VOS"),
                                       ("mevis", "valid_u", "MeViS")):
         p = sub.add_parser(name, help=what)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         from grounding import Grounder
 
         overrides = _overrides(args.set)
-        split = args.split or ("val" if args.cmd in ("refcoco", "vizwiz") else args.default_split)
+        split = args.split or ("val" if args.cmd in ("refcoco", "vizwiz", "grefcoco") else args.default_split)
         cfg = RunConfig(
             task=args.cmd, data_root=str(args.data_root), dataset=getattr(args, "dataset", args.cmd), split=split,
             model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
@@ -105,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = run_answers(cfg, g, Path(args.out))
         elif args.cmd == "refcoco":
             summary = run_refcoco(cfg, g, Path(args.out), args.save_overlays)
+        elif args.cmd == "grefcoco":
+            summary = run_local(cfg, g, Path(args.out))
         else:
             summary = run_video(cfg, g, Path(args.out))
     except (ValueError, FileNotFoundError) as e:

@@ -4,6 +4,9 @@ Image referring segmentation (RefCOCO family): per-sentence IoU, mIoU (mean of p
 oIoU (Σ intersection / Σ union), precision at IoU 0.5–0.9, pointing accuracy. An empty prediction
 is IoU 0 and is counted; no sample is ever skipped.
 
+Generalized referring (gRefCOCO; multi-, single- and no-target expressions): gIoU, cIoU, N-acc,
+T-acc as the ReLA authors' ``gres_model/evaluation/refer_evaluation.py`` computes them.
+
 Video (DAVIS definitions, as davisvideochallenge/davis2017-evaluation computes them): J is the
 Jaccard index with void pixels left out and an empty union scoring 1; F is the boundary
 F-measure with a tolerance of ``ceil(bound_th × image diagonal)`` pixels, boundaries dilated with
@@ -73,6 +76,65 @@ class ImageScores:
             out[f"prec@{t}"] = hits / self.n if self.n else 0.0
         if self.pointing_n:
             out["pointing"] = self.pointing_hits / self.pointing_n
+        return out
+
+
+# --- generalized referring (gRefCOCO) -----------------------------------------------------------
+GREF_PREC_THRESHOLDS = (0.7, 0.8, 0.9)
+
+
+def gref_sample(pred: np.ndarray, gt: np.ndarray, no_target: bool) -> tuple[int, int, float]:
+    """(I, U, IoU) of one gRefCOCO sample as the ReLA authors' evaluator counts them (their
+    ``refer_evaluation.py``, with "predicted no-target" = an empty prediction): a no-target sample
+    predicted empty scores IoU 1 and adds nothing to ΣI / ΣU; predicted non-empty it scores 0 and
+    adds its predicted pixels to ΣU; a target sample is ordinary I / U (0 when predicted empty)."""
+    i, u = intersection_union(pred, gt)
+    empty = not np.asarray(pred, bool).any()
+    if no_target:
+        return (0, 0, 1.0) if empty else (0, u, 0.0)
+    return i, u, (i / u if u else 0.0)
+
+
+@dataclass
+class GeneralizedScores:
+    """Running gRefCOCO metrics: gIoU = mean per-sample IoU over all samples (no-target ones
+    scored by ``gref_sample``), cIoU = ΣI / ΣU, N-acc = no-target samples predicted empty / all
+    no-target samples, T-acc = target samples predicted non-empty / all target samples, and
+    precision at 0.7 / 0.8 / 0.9 over the target samples (the thresholds ReLA reports)."""
+
+    n: int = 0
+    iou_sum: float = 0.0
+    inter: int = 0
+    union: int = 0
+    nt_tp: int = 0  # no-target, predicted empty
+    nt_fn: int = 0  # no-target, predicted something
+    t_tn: int = 0  # target, predicted something
+    t_fp: int = 0  # target, predicted empty
+    prec_hits: dict[float, int] = field(default_factory=lambda: {t: 0 for t in GREF_PREC_THRESHOLDS})
+
+    def add(self, inter: int, union: int, iou_value: float, no_target: bool, pred_empty: bool) -> None:
+        self.n += 1
+        self.iou_sum += iou_value
+        self.inter += inter
+        self.union += union
+        if no_target:
+            self.nt_tp += pred_empty
+            self.nt_fn += not pred_empty
+            return
+        self.t_fp += pred_empty
+        self.t_tn += not pred_empty
+        for t in self.prec_hits:
+            self.prec_hits[t] += iou_value >= t
+
+    def summary(self) -> dict[str, float]:
+        targets, no_targets = self.t_tn + self.t_fp, self.nt_tp + self.nt_fn
+        out = {"n": self.n, "n_target": targets, "n_no_target": no_targets,
+               "giou": self.iou_sum / self.n if self.n else 0.0,
+               "ciou": self.inter / self.union if self.union else 0.0,
+               "n_acc": self.nt_tp / no_targets if no_targets else 0.0,
+               "t_acc": self.t_tn / targets if targets else 0.0}
+        for t, hits in self.prec_hits.items():
+            out[f"prec@{t}"] = hits / targets if targets else 0.0
         return out
 
 

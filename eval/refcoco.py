@@ -44,7 +44,35 @@ def ann_to_mask(segmentation, height: int, width: int) -> np.ndarray:
     return m.astype(bool)
 
 
-class RefDataset:
+class ReferIndex:
+    """What the refer-format loaders share: the image folder, the COCO index and one item per
+    (ref, sentence) of ``split``, in ref id order."""
+
+    def _index(self, folder: Path, refs: list[dict], inst: dict, split: str, name: str,
+               image_root: str | Path | None, defaults: list[Path]) -> None:
+        if image_root:
+            self.image_root = Path(image_root)
+        elif (folder / "images").is_dir():  # self-contained sets such as the shapes world
+            self.image_root = folder / "images"
+        else:
+            self.image_root = next((d for d in defaults if d.is_dir()), defaults[-1])
+        self.images = {im["id"]: im for im in inst["images"]}
+        self.anns = {a["id"]: a for a in inst["annotations"]}
+        known = {r["split"] for r in refs}
+        if split not in known:
+            raise ValueError(f"split {split!r} not in {name}; it has {sorted(known)}")
+        self.items = [(r, s) for r in sorted((r for r in refs if r["split"] == split), key=lambda r: r["ref_id"])
+                      for s in r["sentences"]]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample_id(self, i: int) -> str:
+        ref, sent = self.items[i]
+        return f"{ref['ref_id']}:{sent['sent_id']}"
+
+
+class RefDataset(ReferIndex):
     """One sample per sentence of the refs in ``split``; masks decoded lazily.
 
     ``data_root/<dataset>/refs(<split_by>).p`` and ``data_root/<dataset>/instances.json``; images
@@ -65,28 +93,8 @@ class RefDataset:
         with open(refs_path, "rb") as f:
             refs = pickle.load(f)
         inst = json.loads((folder / "instances.json").read_text())
-        if image_root:
-            self.image_root = Path(image_root)
-        elif (folder / "images").is_dir():  # self-contained sets such as the shapes world
-            self.image_root = folder / "images"
-        else:
-            self.image_root = root / "images" / "mscoco" / "images" / "train2014"
-        self.images = {im["id"]: im for im in inst["images"]}
-        self.anns = {a["id"]: a for a in inst["annotations"]}
-        known = {r["split"] for r in refs}
-        if split not in known:
-            raise ValueError(f"split {split!r} not in {dataset} ({self.split_by}); it has {sorted(known)}")
-        self.items = [
-            (r, s) for r in sorted((r for r in refs if r["split"] == split), key=lambda r: r["ref_id"])
-            for s in r["sentences"]
-        ]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def sample_id(self, i: int) -> str:
-        ref, sent = self.items[i]
-        return f"{ref['ref_id']}:{sent['sent_id']}"
+        self._index(folder, refs, inst, split, f"{dataset} ({self.split_by})", image_root,
+                    [root / "images" / "mscoco" / "images" / "train2014"])
 
     def __getitem__(self, i: int) -> RefSample:
         ref, sent = self.items[i]

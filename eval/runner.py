@@ -26,11 +26,12 @@ from grounding.jsonl import JsonlWriter, read_jsonl
 from . import metrics
 
 RESULTS = "results.jsonl"
+IMAGE_TASKS = ("refcoco", "vizwiz", "grefcoco")
 
 
 @dataclass
 class RunConfig:
-    task: str  # refcoco | davis | ytvos | mevis
+    task: str  # refcoco | grefcoco | vizwiz | davis | ytvos | mevis
     data_root: str
     dataset: str
     split: str
@@ -112,13 +113,17 @@ def load_dataset(cfg: RunConfig):
         from .answers import VizWizGrounding
 
         return VizWizGrounding(cfg.data_root, cfg.split)
+    if cfg.task == "grefcoco":
+        from .grefcoco import GRefDataset
+
+        return GRefDataset(cfg.data_root, cfg.split, cfg.image_root, cfg.dataset, cfg.split_by or "unc")
     from .rvos import VIDEO_DATASETS
 
     return VIDEO_DATASETS[cfg.task](cfg.data_root, cfg.split)
 
 
 def sample_ids(cfg: RunConfig, ds) -> list[str]:
-    if cfg.task in ("refcoco", "vizwiz"):
+    if cfg.task in IMAGE_TASKS:
         return [ds.sample_id(i) for i in range(len(ds))]
     return [s.id for s in ds.samples]
 
@@ -137,6 +142,17 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
                "pred_pixels": int(r.mask.sum()), "gt_pixels": int(s.mask.sum())}
         if s.kind:
             rec["type"] = s.kind
+    elif cfg.task == "grefcoco":
+        s = ds[i]
+        r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
+        pred = r.mask if r.present else np.zeros_like(r.mask)  # "nothing matches" is an empty prediction
+        inter, union, score = metrics.gref_sample(pred, s.mask, s.no_target)
+        rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
+               "sentence": s.sentence, "no_target": s.no_target, "targets": s.targets, "inter": inter,
+               "union": union, "iou": score, "pred_empty": not bool(pred.any()), "present": bool(r.present),
+               "presence_score": r.presence_score, "pred_pixels": int(pred.sum()), "gt_pixels": int(s.mask.sum())}
+        if not s.no_target:
+            rec["pointing"] = metrics.pointing_hit(r.heatmap, s.mask)
     elif cfg.task == "vizwiz":
         s = ds[i]
         r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
@@ -156,6 +172,8 @@ def error_record(cfg: RunConfig, sample_id: str, error: BaseException, attempts:
     rec = {"id": sample_id, "error": f"{type(error).__name__}: {error}"[:500], "attempts": attempts}
     if cfg.task in ("refcoco", "vizwiz"):
         rec.update({"inter": 0, "union": 0, "iou": 0.0, "pointing": False})
+    elif cfg.task == "grefcoco":  # scored as a wrong answer whatever the sample was
+        rec.update({"inter": 0, "union": 0, "iou": 0.0, "no_target": False, "pred_empty": True})
     return rec
 
 
@@ -171,6 +189,9 @@ def record_or_error(cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_di
 
 
 def _postfix(cfg: RunConfig, records: list[dict]) -> dict:
+    if cfg.task == "grefcoco":
+        summ = gref_scores(records).summary()
+        return {"gIoU": f"{summ['giou']:.3f}", "N-acc": f"{summ['n_acc']:.3f}", "T-acc": f"{summ['t_acc']:.3f}"}
     if cfg.task in ("refcoco", "vizwiz"):
         summ = image_scores(records).summary()
         return {"mIoU": f"{summ['miou']:.3f}", "oIoU": f"{summ['oiou']:.3f}"}
@@ -214,6 +235,13 @@ def run_answers(cfg: RunConfig, grounder, run_dir: Path) -> dict:
     """Answer grounding (VizWiz-VQA-Grounding layout): ``grounder.ground_answer`` per question,
     mask IoU / pointing, resumable and shardable like ``run_refcoco``."""
     return run_local(cfg, grounder, run_dir)
+
+
+def gref_scores(records: Iterable[dict]) -> metrics.GeneralizedScores:
+    s = metrics.GeneralizedScores()
+    for r in records:
+        s.add(r["inter"], r["union"], r["iou"], r["no_target"], r["pred_empty"])
+    return s
 
 
 def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
@@ -291,7 +319,12 @@ def summarise(task: str, records: list[dict]) -> dict:
     """Flat metric dict of a list of result records (in id order, so that a run's summary does
     not depend on the order its samples finished in)."""
     records = sorted(records, key=lambda r: r["id"])
-    if task in ("refcoco", "vizwiz"):
+    if task == "grefcoco":
+        out = gref_scores(records).summary()
+        targets = [r for r in records if not r["no_target"] and "pointing" in r]
+        if targets:
+            out["pointing"] = sum(bool(r["pointing"]) for r in targets) / len(targets)
+    elif task in ("refcoco", "vizwiz"):
         out = image_scores(records).summary()
         for kind in sorted({r["type"] for r in records if r.get("type")}):
             part = image_scores(r for r in records if r.get("type") == kind).summary()

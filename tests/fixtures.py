@@ -155,3 +155,35 @@ def write_mevis_fixture(root: Path, split: str = "valid_u") -> Path:
     (root / split / "meta_expressions.json").write_text(json.dumps(meta))
     (root / split / "mask_dict.json").write_text(json.dumps(tracks))
     return root
+
+
+def write_grefcoco_fixture(root: Path, n_images: int = 2) -> Path:
+    """gRefCOCO's released layout: ``root/grefcoco/grefs(unc).json`` (refs with ``ann_id`` a list,
+    ``[-1]`` and ``no_target: true`` for no-target expressions) + ``instances.json``, images under
+    ``root/images/train2014``. Per image: a red disc (polygon) and a blue square (RLE); refs name
+    the disc, both shapes (multi-target) and a green star (no target)."""
+    write_refer_fixture(root / "_refer", n_images=n_images)
+    inst = json.loads((root / "_refer" / "refcoco" / "instances.json").read_text())
+    img_dir = root / "images" / "train2014"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    for im in inst["images"]:
+        (img_dir / im["file_name"]).write_bytes(
+            (root / "_refer" / "images" / "mscoco" / "images" / "train2014" / im["file_name"]).read_bytes())
+    refs = []
+    for i, im in enumerate(inst["images"]):
+        disc, square = 100 + 2 * i, 101 + 2 * i
+        for j, (ann_ids, sents) in enumerate([([disc], ["red circle"]), ([disc, square], ["both shapes", "all objects"]),
+                                              ([-1], ["the green star"])]):
+            ref_id = 10 * i + j
+            refs.append({"ref_id": ref_id, "image_id": im["id"], "file_name": im["file_name"], "split": "val",
+                         "category_id": 1, "no_target": ann_ids == [-1], "ann_id": ann_ids,
+                         "sentences": [{"sent_id": 1000 * ref_id + k, "sent": s, "raw": s, "tokens": s.split(),
+                                        "ref_id": ref_id} for k, s in enumerate(sents)],
+                         "sent_ids": [1000 * ref_id + k for k in range(len(sents))]})
+    (root / "grefcoco").mkdir(parents=True, exist_ok=True)
+    (root / "grefcoco" / "grefs(unc).json").write_text(json.dumps(refs))
+    (root / "grefcoco" / "instances.json").write_text(json.dumps(inst))
+    import shutil
+
+    shutil.rmtree(root / "_refer")
+    return root

@@ -1,0 +1,85 @@
+"""gRefCOCO: the loader on its released layout, the metrics on hand-computed cases, a run."""
+
+import json
+
+import numpy as np
+import pytest
+
+from eval.grefcoco import GRefDataset
+from eval.metrics import GeneralizedScores, gref_sample
+from eval.runner import read_results
+from fixtures import write_grefcoco_fixture
+
+
+def test_loader_reads_multi_single_and_no_target_refs(tmp_path):
+    root = write_grefcoco_fixture(tmp_path / "g")
+    ds = GRefDataset(root, "val")
+    assert len(ds) == 2 * 4  # per image: 1 + 2 + 1 sentences
+    kinds = [(ds[i].sentence, ds[i].targets, ds[i].no_target) for i in range(4)]
+    assert kinds == [("red circle", 1, False), ("both shapes", 2, False), ("all objects", 2, False),
+                     ("the green star", 0, True)]
+    single, both, none = ds[0], ds[1], ds[3]
+    assert single.image_path.is_file() and single.image_path.parent.name == "train2014"
+    assert both.mask.sum() == single.mask.sum() + 15 * 15  # the union of the disc and the square
+    assert not none.mask.any() and none.mask.shape == (48, 64)
+    assert ds.sample_id(3) == "2:2000"
+    with pytest.raises(ValueError, match="split"):
+        GRefDataset(root, "testB")
+    with pytest.raises(FileNotFoundError, match="grefs"):
+        GRefDataset(tmp_path / "nowhere", "val")
+
+
+def _m(h, w, *boxes):
+    m = np.zeros((h, w), dtype=bool)
+    for y0, y1, x0, x1 in boxes:
+        m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_sample_scores_follow_the_authors_evaluator():
+    gt = _m(10, 10, (0, 4, 0, 4))  # 16 px
+    assert gref_sample(_m(10, 10, (0, 4, 0, 2)), gt, False) == (8, 16, 0.5)
+    assert gref_sample(_m(10, 10), gt, False) == (0, 16, 0.0)  # target predicted empty
+    empty = _m(10, 10)
+    assert gref_sample(empty, empty, True) == (0, 0, 1.0)  # no target, nothing predicted
+    assert gref_sample(_m(10, 10, (5, 7, 5, 10)), empty, True) == (0, 10, 0.0)  # no target, 10 px predicted
+
+
+def test_generalized_scores_on_a_hand_computed_set():
+    s = GeneralizedScores()
+    s.add(8, 16, 0.5, no_target=False, pred_empty=False)  # target, IoU 0.5
+    s.add(9, 10, 0.9, no_target=False, pred_empty=False)  # target, IoU 0.9
+    s.add(0, 16, 0.0, no_target=False, pred_empty=True)  # target missed (predicted empty)
+    s.add(0, 0, 1.0, no_target=True, pred_empty=True)  # no target, right
+    s.add(0, 10, 0.0, no_target=True, pred_empty=False)  # no target, a false mask of 10 px
+    out = s.summary()
+    assert out["n"] == 5 and out["n_target"] == 3 and out["n_no_target"] == 2
+    assert out["giou"] == pytest.approx((0.5 + 0.9 + 0 + 1 + 0) / 5)
+    assert out["ciou"] == pytest.approx((8 + 9) / (16 + 10 + 16 + 10))
+    assert out["n_acc"] == pytest.approx(1 / 2) and out["t_acc"] == pytest.approx(2 / 3)
+    assert out["prec@0.7"] == pytest.approx(1 / 3) and out["prec@0.9"] == pytest.approx(1 / 3)
+    assert GeneralizedScores().summary()["giou"] == 0.0
+
+
+def test_grefcoco_run_through_the_resumable_runner(tmp_path, tiny_flux_dir):
+    from eval.cli import main
+
+    root = write_grefcoco_fixture(tmp_path / "g")
+    out = tmp_path / "run"
+    assert main(["grefcoco", "--data-root", str(root), "--model", str(tiny_flux_dir), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert {"giou", "ciou", "n_acc", "t_acc", "n_target", "n_no_target"} <= set(summary)
+    assert summary["n"] == 8 and summary["n_no_target"] == 2
+    recs = read_results(out / "results.jsonl")
+    for r in recs:
+        if r["no_target"]:
+            assert r["iou"] == (1.0 if r["pred_empty"] else 0.0) and r["inter"] == 0
+        else:
+            assert r["targets"] in (1, 2) and "pointing" in r
+    s = GeneralizedScores()
+    for r in recs:
+        s.add(r["inter"], r["union"], r["iou"], r["no_target"], r["pred_empty"])
+    assert s.summary()["giou"] == pytest.approx(summary["giou"])
+    # resumed: nothing recorded twice
+    assert main(["grefcoco", "--data-root", str(root), "--model", str(tiny_flux_dir), "--out", str(out)]) == 0
+    assert len(read_results(out / "results.jsonl")) == 8
