@@ -13,6 +13,7 @@ from typing import Any, Literal
 SinkMode = Literal["redirect", "suppress"]
 ViewMode = Literal["global", "assembled"]
 ViewFill = Literal["blur", "mean", "attention"]
+InstanceMode = Literal["one", "all"]
 
 CONFIG_NAME = "grounding.json"
 
@@ -181,6 +182,33 @@ class AnswerConfig(_Checked):
 
 
 @dataclass
+class InstancesConfig(_Checked):
+    """Several instances, or none, for one expression (generalized referring). ``one``: today's
+    single referent. ``all``: each separate high region of the map (connected regions of
+    ``map ≥ threshold``, best peak first) is segmented on its own; a region is kept when its peak
+    is at least ``min_relative_peak`` of the best one and it covers ``min_area`` of the image;
+    instances whose masks overlap a kept one by IoU > ``nms_iou`` are dropped; at most
+    ``max_instances``, or the number the expression asks for ("the two circles", "both squares")."""
+
+    _group = "instances"
+
+    mode: InstanceMode = "one"
+    min_relative_peak: float = 0.6
+    min_area: float = 0.002
+    nms_iou: float = 0.5
+    max_instances: int = 10
+
+    _shorthand = {str: "mode"}
+
+    def _check_ranges(self) -> None:
+        _in_range("instances.min_relative_peak", self.min_relative_peak, 0.0, 1.0)
+        _in_range("instances.min_area", self.min_area, 0.0, 1.0)
+        _in_range("instances.nms_iou", self.nms_iou, 0.0, 1.0)
+        if self.max_instances < 1:
+            raise ConfigError(f"instances.max_instances must be ≥ 1, got {self.max_instances}")
+
+
+@dataclass
 class GroundingConfig(_Checked):
     """Everything that decides how a map is made. Defaults are documented in README."""
 
@@ -205,6 +233,7 @@ class GroundingConfig(_Checked):
     presence: PresenceConfig = field(default_factory=PresenceConfig)
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
+    instances: InstancesConfig = field(default_factory=InstancesConfig)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = 0.5
     positive_points: int = 1

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..segment.instances import Instance
+
+__all__ = ["GroundingResult", "Instance", "mask_to_rle", "rle_to_mask", "colorize", "overlay"]
+
 
 @dataclass
 class GroundingResult:
@@ -23,6 +27,9 @@ class GroundingResult:
     present: bool = True  # see ``PresenceConfig``
     presence_score: float = 0.0
     features: dict[str, float | None] = field(default_factory=dict)  # presence features
+    # ``segment.instances.Instance`` list: one (the mask itself) in ``instances="one"`` mode, zero
+    # or more in "all" mode (then ``mask`` is their union and ``box`` the best one's).
+    instances: list[Instance] = field(default_factory=list)
 
     def to_json(self) -> dict:
         """JSON-ready dict; the mask as COCO RLE (``{"size": [h, w], "counts": str}``)."""
@@ -39,6 +46,8 @@ class GroundingResult:
             "segmenter": self.segmenter,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),
+            "instances": [{"box": [round(float(v), 2) for v in i.box], "score": round(float(i.score), 6),
+                           "segmentation": mask_to_rle(i.mask)} for i in self.instances],
         }
 
 

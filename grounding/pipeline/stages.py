@@ -24,6 +24,7 @@ from ..images import open_image
 from ..readout import answers, maps, presence, views
 from ..readout.tokens import PromptTokens, align
 from ..segment import refine
+from ..segment.instances import Instance, map_regions, region_prompts, requested_count, suppress
 from ..segment.prompts import box_of, prompts_from_map
 from ..segment.segmenters import MapSegmenter, Segmentation, combined_score
 from .result import GroundingResult
@@ -235,10 +236,37 @@ class MaskStage:
             timings[f"segmenter_{provider}"] = (s2 - s1) * 1000
         feats = dict(item.features, sam_iou=None if seg.predicted_iou is None else float(seg.predicted_iou))
         present, presence_score = presence.is_present(feats, cfg.presence, bool(seg.mask.any()))
+        score = combined_score(heatmap, seg)
+        mask, box = seg.mask, box_of(seg.mask)
+        if cfg.instances.mode == "all" and prev_mask is None and mask_prompt is None:
+            found = self.all_instances(np.asarray(item.image), heatmap, item.tokens.expression, segmenter, cfg)
+            timings["segmenter"] = (time.perf_counter() - s1) * 1000
+            if not present:  # "nothing matches" is an answer: no instance, an empty mask
+                found = []
+            mask = np.logical_or.reduce([i.mask for i in found]) if found else np.zeros_like(seg.mask)
+            box = found[0].box if found else (0.0, 0.0, 0.0, 0.0)
+        else:
+            found = [Instance(seg.mask, box, score)] if seg.mask.any() else []
         result = GroundingResult(
-            expression=item.tokens.expression, mask=seg.mask, box=box_of(seg.mask),
-            score=combined_score(heatmap, seg), heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
+            expression=item.tokens.expression, mask=mask, box=box,
+            score=score, heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
             segmenter=segmenter.name, warnings=list(item.tokens.warnings), timings_ms=timings,
-            present=present, presence_score=presence_score, features=feats,
+            present=present, presence_score=presence_score, features=feats, instances=found,
         )
         return result, seg
+
+    @staticmethod
+    def all_instances(image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter,
+                      cfg: GroundingConfig) -> list[Instance]:
+        """Each kept high region of the map segmented on its own (its peak and box as prompts),
+        overlapping masks suppressed, as many as the expression asks for (else ``max_instances``)."""
+        ic = cfg.instances
+        cap = min(requested_count(expression) or ic.max_instances, ic.max_instances)
+        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)
+        masks, scores = [], []
+        for region in regions[: 2 * cap]:
+            p = region_prompts(heatmap, region, cfg.threshold, max(1, cfg.positive_points))
+            masks.append(segmenter(image, heatmap, p).mask)
+            scores.append(float(heatmap[region].max()))
+        kept = suppress(masks, scores, ic.nms_iou)[:cap]
+        return [Instance(masks[i], box_of(masks[i]), scores[i]) for i in kept]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..pipeline.result import GroundingResult
+from ..pipeline.result import GroundingResult, Instance
 from .schema import Options, RequestError
 from .settings import Settings
 
@@ -195,7 +195,11 @@ def raise_first_error(results: list) -> list[GroundingResult]:
     out = []
     for r in results:
         if isinstance(r, dict):
-            r = RequestError(r["error"], r["status"]) if "error" in r else GroundingResult(**r)
+            if "error" in r:
+                r = RequestError(r["error"], r["status"])
+            else:
+                found = [Instance(i["mask"], tuple(i["box"]), i["score"]) for i in r.get("instances", [])]
+                r = GroundingResult(**{**r, "instances": found})
         if isinstance(r, RequestError):
             raise r
         out.append(r)
