@@ -350,3 +350,38 @@ def test_real_world_odd_files_never_5xx(server):
     assert set(out["grpc"]) <= {"OK", "INVALID_ARGUMENT"}, out["grpc"]
     assert out["rest"].get("200", 0) > 20 and out["rest"].get("400", 0) > 50, out["rest"]
     assert segment(server, encode(scene())).status_code == 200
+
+
+def test_instances_over_rest_and_grpc(server):
+    """``instances``: "one" reports the mask as one instance; "all" every instance the map shows,
+    each with its own segmentation in the requested format, their union the result's mask."""
+    from grounding.serving.proto import grounding_pb2 as pb
+    from grounding.serving.proto import grounding_pb2_grpc as pb_grpc
+
+    one = segment(server, encode(scene(80, 60)), "red circle")
+    assert one.status_code == 200
+    res = one.json()["results"][0]
+    assert len(res["instances"]) == (1 if rle_to_mask(res["segmentation"]).any() else 0)
+    r = segment(server, encode(scene(80, 60)), "all shapes", instances="all", mask_format="polygon")
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    for inst in res["instances"]:
+        assert len(inst["box"]) == 4 and 0.0 <= inst["score"] <= 1.0 and inst["segmentation"]["size"] == [60, 80]
+        assert "polygons" in inst["segmentation"]
+    bad = segment(server, encode(scene()), "red circle", instances="some")
+    assert bad.status_code == 400 and bad.json()["field"] == "instances"
+    with grpc.insecure_channel(server["grpc"]) as ch:
+        stub = pb_grpc.GroundingStub(ch)
+        g = stub.Segment(pb.SegmentRequest(image=encode(scene(80, 60)), expressions=["all shapes"],
+                                           options=pb.Options(instances="all")), timeout=60)
+        union = np.zeros((60, 80), bool)
+        for inst in g.results[0].instances:
+            m = rle_to_mask({"size": list(inst.segmentation.size), "counts": inst.segmentation.counts})
+            assert m.any() and len(inst.box) == 4
+            union |= m
+        whole = rle_to_mask({"size": list(g.results[0].segmentation.size), "counts": g.results[0].segmentation.counts})
+        assert np.array_equal(union, whole)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Segment(pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
+                                           options=pb.Options(instances="some")), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

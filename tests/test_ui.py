@@ -125,3 +125,51 @@ def test_page_sends_the_api_key(guarded, browser, tmp_path):
                            "document.querySelector('.result .score').textContent.length > 0")
     assert page.is_hidden("#error")
     page.close()
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    """The service on the shipped demo model, whose attention really grounds."""
+    from conftest import Server
+
+    demo = ROOT / "models" / "shapes-demo"
+    if not (demo / "model_index.json").is_file():
+        pytest.skip("the shipped demo model is absent")
+    srv = Server(demo, tmp_path_factory.mktemp("demo-server"), GROUNDING_GRPC_PORT="0")
+    yield srv.as_dict()
+    srv.stop()
+
+
+def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_path):
+    from PIL import Image, ImageDraw
+
+    img = tmp_path / "two.png"
+    im = Image.new("RGB", (64, 64), (235, 235, 235))
+    d = ImageDraw.Draw(im)
+    d.ellipse([6, 22, 22, 38], fill=(220, 30, 30))
+    d.ellipse([42, 22, 58, 38], fill=(220, 30, 30))
+    d.rectangle([26, 50, 38, 62], fill=(30, 40, 220))
+    im.save(img)
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(demo_server["url"] + "/ui/")
+    page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
+    page.set_input_files("#file", str(img))
+    page.fill("#expressions", "red circle")
+    page.check("#instances")
+    page.click("#segment")
+    page.wait_for_function("document.querySelector('.result .overlay') && "
+                           "document.querySelector('.result .overlay').dataset.instances")
+    assert page.get_attribute(".result .overlay", "data-instances") == "2"
+    assert page.text_content(".result .present") == "yes — 2 instances"
+    # two colours on the canvas: green-tinted pixels on the left circle, orange-tinted on the right
+    left, right = page.eval_on_selector(".result .overlay", """c => {
+        const ctx = c.getContext('2d');
+        const px = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
+        return [px(14, 30), px(50, 30)]; }""")
+    assert left != right
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-instances.png"), full_page=True)
+    assert not errors, errors
+    page.close()

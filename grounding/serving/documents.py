@@ -47,13 +47,16 @@ def mask_polygons(mask: np.ndarray) -> list[list[float]]:
 def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
     """One result as JSON-ready dict; PNGs base64 text (or raw bytes with ``binary``, for gRPC)."""
     png = png_bytes if binary else png_base64
-    h, w = r.mask.shape
-    if opts.mask_format == "rle":
-        seg = mask_to_rle(r.mask)
-    elif opts.mask_format == "polygon":
-        seg = {"size": [h, w], "polygons": mask_polygons(r.mask)}
-    else:
-        seg = {"size": [h, w], "png": png(r.mask.astype(np.uint8) * 255)}
+
+    def segmentation(mask: np.ndarray) -> dict:
+        h, w = mask.shape
+        if opts.mask_format == "rle":
+            return mask_to_rle(mask)
+        if opts.mask_format == "polygon":
+            return {"size": [h, w], "polygons": mask_polygons(mask)}
+        return {"size": [h, w], "png": png(mask.astype(np.uint8) * 255)}
+
+    seg = segmentation(r.mask)
     doc = {
         "expression": r.expression,
         "box": [round(float(v), 2) for v in r.box],
@@ -65,6 +68,8 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
         "present": bool(r.present),
         "presence_score": round(float(r.presence_score), 6),
         "warnings": list(r.warnings),
+        "instances": [{"box": [round(float(v), 2) for v in i.box], "score": round(float(i.score), 6),
+                       "segmentation": segmentation(i.mask)} for i in r.instances],
     }
     if opts.return_mask_png:
         doc["mask_png"] = png(r.mask.astype(np.uint8) * 255)

@@ -61,18 +61,22 @@ class GroundingServicer(pb_grpc.GroundingServicer):
     def Segment(self, request, context):
         image, opts, results, timings = self._run(request, context, True)
         out = []
+        def segmentation_pb(seg: dict):
+            return pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
+                                   polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])],
+                                   png=seg.get("png", b""))
+
         for r in results:
             d = result_doc(r, opts, binary=True)
-            seg = d["segmentation"]
-            segmentation = pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
-                                           polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])],
-                                           png=seg.get("png", b""))
+            segmentation = segmentation_pb(d["segmentation"])
             out.append(pb.Result(
                 expression=d["expression"], box=d["box"], box_format=d["box_format"], score=d["score"],
                 segmentation=segmentation, present=d["present"], presence_score=d["presence_score"],
                 warnings=d["warnings"],
                 points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
                 mask_png=d.get("mask_png", b""), heatmap_png=d.get("heatmap_png", b""),
+                instances=[pb.Instance(box=i["box"], score=i["score"], segmentation=segmentation_pb(i["segmentation"]))
+                           for i in d["instances"]],
             ))
         return pb.SegmentResponse(image=pb.ImageInfo(width=image.width, height=image.height), results=out,
                                   timings_ms=timings)

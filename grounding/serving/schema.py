@@ -15,7 +15,7 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import SinkMode, ViewMode
+from ..config import InstanceMode, SinkMode, ViewMode
 
 MaskFormat = t.Literal["rle", "polygon", "png"]
 HeatmapFormat = t.Literal["png", "array"]
@@ -49,6 +49,9 @@ class Options(BaseModel):
                                   json_schema_extra=_config("seed"))
     views: t.Optional[ViewMode] = Field(None, description="AGLA prompt-masked views",
                                         json_schema_extra=_config("views.mode"))
+    instances: t.Optional[InstanceMode] = Field(
+        None, description='"one": the referent; "all": every instance the map shows, or none (each in `instances`)',
+        json_schema_extra=_config("instances.mode"))
     # Video jobs only.
     window: int = Field(2, ge=0, le=16, description="video: temporal aggregation over ±window frames")
     return_overlay: bool = Field(False, description="video: a base64 overlay mp4 in the result")
@@ -67,7 +70,7 @@ class Options(BaseModel):
 _RESULT = ("return_heatmap", "return_mask_png", "mask_format")
 _REFAM = ("magnets", "sinks", "sinks_mode", "redistribution")
 ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "segment": (*_RESULT, "threshold", *_REFAM, "seed", "views"),
+    "segment": (*_RESULT, "threshold", *_REFAM, "seed", "views", "instances"),
     "ground": ("heatmap_format", *_REFAM, "seed", "views"),
     "answer_ground": (*_RESULT, "threshold", "seed", "views"),
     "render": ("threshold", "seed", "views"),

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Options(_message.Message):
-    __slots__ = ("return_heatmap", "return_mask_png", "mask_format", "threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views")
+    __slots__ = ("return_heatmap", "return_mask_png", "mask_format", "threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views", "instances")
     RETURN_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     RETURN_MASK_PNG_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class Options(_message.Message):
     REDISTRIBUTION_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     VIEWS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     return_heatmap: bool
     return_mask_png: bool
     mask_format: str
@@ -28,7 +29,8 @@ class Options(_message.Message):
     redistribution: bool
     seed: int
     views: str
-    def __init__(self, return_heatmap: _Optional[bool] = ..., return_mask_png: _Optional[bool] = ..., mask_format: _Optional[str] = ..., threshold: _Optional[float] = ..., magnets: _Optional[bool] = ..., sinks: _Optional[bool] = ..., sinks_mode: _Optional[str] = ..., redistribution: _Optional[bool] = ..., seed: _Optional[int] = ..., views: _Optional[str] = ...) -> None: ...
+    instances: str
+    def __init__(self, return_heatmap: _Optional[bool] = ..., return_mask_png: _Optional[bool] = ..., mask_format: _Optional[str] = ..., threshold: _Optional[float] = ..., magnets: _Optional[bool] = ..., sinks: _Optional[bool] = ..., sinks_mode: _Optional[str] = ..., redistribution: _Optional[bool] = ..., seed: _Optional[int] = ..., views: _Optional[str] = ..., instances: _Optional[str] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("image", "expressions", "options")
@@ -77,7 +79,7 @@ class Segmentation(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[str] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., png: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score")
+    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score", "instances")
     EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     BOX_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +91,7 @@ class Result(_message.Message):
     HEATMAP_PNG_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
     expression: str
     box: _containers.RepeatedScalarFieldContainer[float]
     box_format: str
@@ -100,7 +103,18 @@ class Result(_message.Message):
     heatmap_png: bytes
     warnings: _containers.RepeatedScalarFieldContainer[str]
     presence_score: float
-    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ...) -> None: ...
+    instances: _containers.RepeatedCompositeFieldContainer[Instance]
+    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+
+class Instance(_message.Message):
+    __slots__ = ("box", "score", "segmentation")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    box: _containers.RepeatedScalarFieldContainer[float]
+    score: float
+    segmentation: Segmentation
+    def __init__(self, box: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("image", "results", "timings_ms")

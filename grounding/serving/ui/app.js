@@ -83,11 +83,36 @@ function ramp(v) {
   return RAMP[i].map((c, k) => c * (1 - f) + RAMP[i + 1][k] * f);
 }
 
+// one colour per instance
+const INSTANCE_COLOURS = [[30, 255, 60], [255, 140, 0], [0, 170, 255], [255, 0, 200], [255, 255, 0], [140, 90, 255]];
+
+async function tint(ctx, w, h, pngB64, rgb) {
+  const mask = pixels(await loadImage("data:image/png;base64," + pngB64), w, h);
+  const frame = ctx.getImageData(0, 0, w, h);
+  for (let p = 0; p < mask.data.length; p += 4) {
+    if (mask.data[p] > 127) for (let k = 0; k < 3; k++) frame.data[p + k] = frame.data[p + k] * 0.55 + rgb[k] * 0.45;
+  }
+  ctx.putImageData(frame, 0, 0);
+}
+
 async function drawOverlay(canvas, photo, result) {
   const [w, h] = [photo.naturalWidth, photo.naturalHeight];
   canvas.width = w; canvas.height = h;
   const ctx = canvas.getContext("2d");
   ctx.drawImage(photo, 0, 0);
+  const lw = Math.max(1, Math.round(Math.max(w, h) / 300));
+  const instances = (result.instances || []).filter((i) => i.segmentation && i.segmentation.png);
+  if (instances.length) {  // "all instances": each in its own colour, with its box
+    for (const [n, inst] of instances.entries()) {
+      const rgb = INSTANCE_COLOURS[n % INSTANCE_COLOURS.length];
+      await tint(ctx, w, h, inst.segmentation.png, rgb);
+      const [x0, y0, x1, y1] = inst.box;
+      ctx.strokeStyle = `rgb(${rgb.join(",")})`; ctx.lineWidth = lw;
+      ctx.strokeRect(x0, y0, x1 - x0, y1 - y0);
+    }
+    canvas.dataset.instances = String(instances.length);
+    return;
+  }
   if (result.mask_png) {
     const mask = pixels(await loadImage("data:image/png;base64," + result.mask_png), w, h);
     const frame = ctx.getImageData(0, 0, w, h);
@@ -100,7 +125,6 @@ async function drawOverlay(canvas, photo, result) {
     }
     ctx.putImageData(frame, 0, 0);
   }
-  const lw = Math.max(1, Math.round(Math.max(w, h) / 300));
   if (result.present) {
     const [x0, y0, x1, y1] = result.box;
     ctx.strokeStyle = "rgb(255,40,40)"; ctx.lineWidth = lw;
@@ -140,7 +164,10 @@ async function render(doc, mode) {
       await drawOverlay(overlay, photo, result);
       await drawHeatmap(card.querySelector(".heat"), photo, result.heatmap_png);
       card.querySelector(".score").textContent = result.score.toFixed(3);
-      card.querySelector(".present").textContent = result.present ? "yes" : "no — not found";
+      const n = (result.instances || []).length;
+      card.querySelector(".present").textContent = $("#instances").checked
+        ? (n ? `yes — ${n} instance${n > 1 ? "s" : ""}` : "no match")
+        : (result.present ? "yes" : "no — not found");
       card.querySelector(".box").textContent = result.box.map((v) => v.toFixed(0)).join(", ");
       const dlMask = card.querySelector(".dl-mask");
       dlMask.href = "data:image/png;base64," + result.mask_png;
@@ -168,8 +195,10 @@ async function run(mode) {
   setStatus(mode === "segment" ? "segmenting…" : "grounding…");
   const t0 = performance.now();
   try {
+    const all = $("#instances").checked;
     const extra = mode === "segment"
-      ? { return_heatmap: true, return_mask_png: true, threshold: $("#threshold").value }
+      ? { return_heatmap: true, return_mask_png: true, threshold: $("#threshold").value,
+          instances: all ? "all" : "one", ...(all ? { mask_format: "png" } : {}) }
       : { heatmap_format: "png" };
     const resp = await api(mode, { method: "POST", body: formData(extra) });
     if (!resp.ok) {
