@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (the demo model's resolution)")
+    p.add_argument("--generalized", action="store_true",
+                   help="several targets or none per expression, in gRefCOCO's layout (dataset name grefcoco)")
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
@@ -73,9 +75,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.cmd == "make-shapes":
-            from .shapes import write_refer
+            from .shapes import write_grefcoco, write_refer
 
-            folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset, args.size)
+            if args.generalized:
+                name = "grefcoco" if args.dataset == "shapes" else args.dataset
+                folder = write_grefcoco(args.out, args.n, args.seed, args.split, name, args.size)
+            else:
+                folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset, args.size)
             print(json.dumps({"written": str(folder), "n": args.n, "split": args.split}))
             return 0
         if args.cmd == "merge":

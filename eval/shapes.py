@@ -169,17 +169,34 @@ def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tu
     return scene, target, expr
 
 
+def _place_all(rng: np.random.RandomState, specs: list[tuple[str, str, str]], size: int) -> list[Obj] | None:
+    """Objects for ``(shape, colour, size name)`` specs, placed without overlap; None when one
+    does not fit (the caller draws a new scene)."""
+    objs: list[Obj] = []
+    for s, c, z in specs:
+        o = _new(rng, objs, s, c, z, size)
+        if o is None:
+            return None
+        objs.append(o)
+    return objs
+
+
+def _pick(rng: np.random.RandomState) -> tuple[str, str, str, str]:
+    """A target shape and colour, and another shape and colour (four draws, in this order)."""
+    shapes, colours = list(SHAPES), list(COLOURS)
+    shape, colour = shapes[rng.randint(3)], colours[rng.randint(6)]
+    other_shape = [s for s in shapes if s != shape][rng.randint(2)]
+    other_colour = [c for c in colours if c != colour][rng.randint(5)]
+    return shape, colour, other_shape, other_colour
+
+
 def referring_example(rng: np.random.RandomState, kind: str,
                       size: int = 64) -> tuple[Scene, int, str, list[tuple[int, int, int]]]:
     """``referring_scene`` plus, as ``caption_spans`` gives them, ``(object, start, end)`` of the
     words that describe each object: the whole expression describes the target, except a
     relation's complement ("the square left | of the yellow circle"), which describes its anchor."""
-    shapes, colours = list(SHAPES), list(COLOURS)
     while True:
-        shape, colour = shapes[rng.randint(3)], colours[rng.randint(6)]
-        other_shape = [s for s in shapes if s != shape][rng.randint(2)]
-        other_colour = [c for c in colours if c != colour][rng.randint(5)]
-        objs: list[Obj] = []
+        shape, colour, other_shape, other_colour = _pick(rng)
         tsize = list(SIZES)[rng.randint(2)]
         specs = [(shape, colour, tsize)]
         if kind == "attribute":
@@ -194,12 +211,8 @@ def referring_example(rng: np.random.RandomState, kind: str,
             specs += [(shape, colour if rng.rand() < 0.5 else other_colour, tsize), anchor]
         if rng.rand() < 0.4 and kind in ("attribute", "size"):
             specs.append((other_shape, other_colour, list(SIZES)[rng.randint(2)]))
-        for s, c, z in specs:
-            o = _new(rng, objs, s, c, z, size)
-            if o is None:
-                break
-            objs.append(o)
-        if len(objs) != len(specs):
+        objs = _place_all(rng, specs, size)
+        if objs is None:
             continue
         t = objs[0]
         if kind == "attribute":
@@ -241,39 +254,111 @@ def presence_scenes(n: int, seed: int, size: int = 64) -> list[tuple[Image.Image
     return out
 
 
-def write_refer(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes",
-                size: int = 64) -> Path:
-    """``n`` referring scenes as a refer-format dataset under ``out/<dataset>/`` (images in ``images/``)."""
-    from pycocotools import mask as mask_utils
-
-    out = Path(out)
-    folder = out / dataset
+def _write_scenes(out: str | Path, dataset: str, n: int, seed: int, split: str, size: int, kind_weights: dict,
+                  make) -> tuple[Path, list, list, list]:
+    """``n`` scenes of kinds drawn by ``kind_weights`` from ``make(rng, kind, size)`` (a scene
+    first), saved under ``out/<dataset>/images``: (folder, COCO images, annotations, and per scene
+    ``(i, kind, make's result, file name, image id)``)."""
+    folder = Path(out) / dataset
     img_dir = folder / "images"
     img_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(seed)
-    kinds, weights = list(TYPE_WEIGHTS), np.array(list(TYPE_WEIGHTS.values()))
-    images, anns, refs = [], [], []
+    kinds, weights = list(kind_weights), np.array(list(kind_weights.values()))
+    images, anns, made = [], [], []
     for i in range(n):
         kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
-        scene, target, expr = referring_scene(rng, kind, size)
+        result = make(rng, kind, size)
         name = f"{split}_{seed}_{i:06d}.png"
-        scene.image.save(img_dir / name)
-        image_id = i + 1
-        images.append({"id": image_id, "file_name": name, "width": size, "height": size})
-        for j, (o, m) in enumerate(zip(scene.objects, scene.masks)):
-            rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            ys, xs = np.nonzero(m)
-            anns.append({"id": image_id * 10 + j, "image_id": image_id, "category_id": SHAPES.index(o.shape) + 1,
-                         "segmentation": rle, "area": float(m.sum()), "iscrowd": 0,
-                         "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
-                         "attributes": {"colour": o.colour, "size": o.size}})
+        _add_scene(result[0], i + 1, img_dir / name, size, images, anns)
+        made.append((i, kind, result, name, i + 1))
+    return folder, images, anns, made
+
+
+def _add_scene(scene: Scene, image_id: int, path: Path, size: int, images: list, anns: list) -> None:
+    """Save a scene's image and append its COCO image record and one RLE annotation per object
+    (ids ``image_id · 10 + j``)."""
+    from pycocotools import mask as mask_utils
+
+    scene.image.save(path)
+    images.append({"id": image_id, "file_name": path.name, "width": size, "height": size})
+    for j, (o, m) in enumerate(zip(scene.objects, scene.masks)):
+        rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        ys, xs = np.nonzero(m)
+        anns.append({"id": image_id * 10 + j, "image_id": image_id, "category_id": SHAPES.index(o.shape) + 1,
+                     "segmentation": rle, "area": float(m.sum()), "iscrowd": 0,
+                     "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                     "attributes": {"colour": o.colour, "size": o.size}})
+
+
+def write_refer(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes",
+                size: int = 64) -> Path:
+    """``n`` referring scenes as a refer-format dataset under ``out/<dataset>/`` (images in ``images/``)."""
+    folder, images, anns, made = _write_scenes(out, dataset, n, seed, split, size, TYPE_WEIGHTS, referring_scene)
+    refs = []
+    for i, kind, (scene, target, expr), name, image_id in made:
         refs.append({"ref_id": i, "ann_id": image_id * 10 + target, "image_id": image_id, "split": split,
                      "category_id": SHAPES.index(scene.objects[target].shape) + 1, "file_name": name,
                      "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind}],
                      "sent_ids": [i]})
     with open(folder / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f)
+    (folder / "instances.json").write_text(json.dumps({
+        "images": images, "annotations": anns,
+        "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))
+    return folder
+
+
+# --- generalized referring: several targets, or none ---------------------------------------------
+GENERALIZED_WEIGHTS = {"single": 0.5, "multi": 0.25, "none": 0.25}
+_COUNT_WORDS = {2: "two", 3: "three"}
+
+
+def generalized_example(rng: np.random.RandomState, kind: str, size: int = 64) -> tuple[Scene, list[int], str]:
+    """A scene, its target indices and an expression of generalized type ``kind``: ``single``
+    (an attribute expression, one target), ``multi`` (2–3 objects of one colour and shape among
+    distractors sharing one of the two, named with a count, "both" or "all"), ``none`` (an
+    attribute expression whose object was taken out: only its distractors remain)."""
+    if kind == "single":
+        scene, target, expr = referring_scene(rng, "attribute", size)
+        return scene, [target], expr
+    if kind == "none":
+        scene, target, expr = referring_scene(rng, "attribute", size)
+        rest = [o for j, o in enumerate(scene.objects) if j != target]
+        return render(rest, size, rng), [], expr
+    if kind != "multi":
+        raise ValueError(f"unknown generalized kind {kind!r}; choose one of {list(GENERALIZED_WEIGHTS)}")
+    while True:
+        shape, colour, other_shape, other_colour = _pick(rng)
+        k = 2 if rng.rand() < 0.7 else 3
+        specs = [(shape, colour, "small")] * k + [(other_shape, colour, "small"), (shape, other_colour, "small")]
+        objs = _place_all(rng, specs, size)
+        if objs is None:
+            continue
+        form = rng.randint(3)
+        if form == 0:
+            expr = f"the {_COUNT_WORDS[k]} {colour} {shape}s"
+        elif form == 1 and k == 2:
+            expr = f"both {colour} {shape}s"
+        else:
+            expr = f"all {colour} {shape}s"
+        return render(objs, size, rng), list(range(k)), expr
+
+
+def write_grefcoco(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "grefcoco",
+                   size: int = 64) -> Path:
+    """``n`` generalized scenes in gRefCOCO's released layout under ``out/<dataset>/``:
+    ``grefs(unc).json`` (``ann_id`` a list, ``[-1]`` + ``no_target`` for none) + ``instances.json``,
+    images in ``images/``; each sentence carries its ``type`` (single / multi / none)."""
+    folder, images, anns, made = _write_scenes(out, dataset, n, seed, split, size, GENERALIZED_WEIGHTS,
+                                               generalized_example)
+    refs = []
+    for i, kind, (scene, targets, expr), name, image_id in made:
+        refs.append({"ref_id": i, "image_id": image_id, "file_name": name, "split": split, "category_id": 1,
+                     "no_target": not targets, "ann_id": [image_id * 10 + t for t in targets] or [-1],
+                     "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind,
+                                    "ref_id": i}], "sent_ids": [i]})
+    (folder / "grefs(unc).json").write_text(json.dumps(refs))
     (folder / "instances.json").write_text(json.dumps({
         "images": images, "annotations": anns,
         "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))

@@ -83,3 +83,25 @@ def test_grefcoco_run_through_the_resumable_runner(tmp_path, tiny_flux_dir):
     # resumed: nothing recorded twice
     assert main(["grefcoco", "--data-root", str(root), "--model", str(tiny_flux_dir), "--out", str(out)]) == 0
     assert len(read_results(out / "results.jsonl")) == 8
+
+
+def test_generalized_shapes_set_in_the_grefcoco_layout(tmp_path):
+    """``make-shapes --generalized``: single-, multi- and no-target expressions, readable by the
+    gRefCOCO loader; a multi-target mask is the union of its objects, a no-target one empty."""
+    from eval.cli import main
+
+    assert main(["make-shapes", "--out", str(tmp_path / "g"), "--n", "40", "--seed", "3", "--generalized"]) == 0
+    ds = GRefDataset(tmp_path / "g", "val")
+    samples = [ds[i] for i in range(len(ds))]
+    kinds = {ds.items[i][1]["type"] for i in range(len(ds))}
+    assert len(samples) == 40 and kinds == {"single", "multi", "none"}
+    for s, (_, sent) in zip(samples, ds.items):
+        if sent["type"] == "none":
+            assert s.no_target and not s.mask.any() and s.targets == 0
+        elif sent["type"] == "multi":
+            assert s.targets in (2, 3) and s.mask.any()
+            assert any(w in s.sentence.split() for w in ("two", "three", "both", "all"))
+        else:
+            assert s.targets == 1 and s.mask.any()
+    again = GRefDataset(tmp_path / "g", "val")  # deterministic for a seed
+    assert [again[i].sentence for i in range(5)] == [s.sentence for s in samples[:5]]
