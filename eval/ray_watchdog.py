@@ -19,15 +19,15 @@ from pathlib import Path
 MARKER_VAR = "DIT_GROUNDING_RAY_SESSION"
 
 
-def marked(marker: str) -> list[int]:
-    """Processes whose environment holds ``MARKER_VAR=marker`` (this one excepted)."""
-    needle = f"{MARKER_VAR}={marker}".encode()
+def marked(marker: str, var: str = MARKER_VAR) -> list[int]:
+    """Live processes whose environment holds ``var=marker`` (this one and zombies excepted)."""
+    needle = f"{var}={marker}".encode()
     out = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            if needle in (d / "environ").read_bytes().split(b"\0"):
+            if needle in (d / "environ").read_bytes().split(b"\0") and _alive(int(d.name)):
                 out.append(int(d.name))
         except OSError:
             continue

@@ -180,7 +180,7 @@ def error_record(cfg: RunConfig, sample_id: str, error: BaseException, attempts:
 def record_or_error(cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_dir: Path, attempts: int = 2,
                     frame_batch: int = 4) -> dict:
     """``sample_record``, tried up to ``attempts`` times; then its ``error_record``."""
-    for k in range(1, attempts + 1):
+    for _ in range(attempts):
         try:
             return sample_record(cfg, grounder, ds, i, run_dir, frame_batch)
         except Exception as e:  # noqa: BLE001 — any failure of one sample is recorded, never lost
@@ -188,15 +188,31 @@ def record_or_error(cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_di
     return error_record(cfg, sample_id, last, attempts)
 
 
-def _postfix(cfg: RunConfig, records: list[dict]) -> dict:
-    if cfg.task == "grefcoco":
-        summ = gref_scores(records).summary()
-        return {"gIoU": f"{summ['giou']:.3f}", "N-acc": f"{summ['n_acc']:.3f}", "T-acc": f"{summ['t_acc']:.3f}"}
-    if cfg.task in ("refcoco", "vizwiz"):
-        summ = image_scores(records).summary()
-        return {"mIoU": f"{summ['miou']:.3f}", "oIoU": f"{summ['oiou']:.3f}"}
-    jf = [r["J&F"] for r in records if r.get("J&F") is not None]
-    return {"J&F": f"{np.mean(jf):.3f}"} if jf else {}
+class _Progress:
+    """The running metrics a run's progress bar shows, updated one record at a time."""
+
+    def __init__(self, task: str, records: list[dict]):
+        self.task = task
+        self.gref, self.image, self.jf = metrics.GeneralizedScores(), metrics.ImageScores(), []
+        for r in records:
+            self.add(r)
+
+    def add(self, r: dict) -> None:
+        if self.task == "grefcoco":
+            self.gref.add(r["inter"], r["union"], r["iou"], r["no_target"], r["pred_empty"])
+        elif self.task in ("refcoco", "vizwiz"):
+            self.image.add(r["inter"], r["union"], r.get("pointing"))
+        elif r.get("J&F") is not None:
+            self.jf.append(r["J&F"])
+
+    def postfix(self) -> dict:
+        if self.task == "grefcoco":
+            summ = self.gref.summary()
+            return {"gIoU": f"{summ['giou']:.3f}", "N-acc": f"{summ['n_acc']:.3f}", "T-acc": f"{summ['t_acc']:.3f}"}
+        if self.task in ("refcoco", "vizwiz"):
+            summ = self.image.summary()
+            return {"mIoU": f"{summ['miou']:.3f}", "oIoU": f"{summ['oiou']:.3f}"}
+        return {"J&F": f"{np.mean(self.jf):.3f}"} if self.jf else {}
 
 
 def run_local(cfg: RunConfig, grounder, run_dir: Path, attempts: int = 2, frame_batch: int = 4) -> dict:
@@ -207,11 +223,13 @@ def run_local(cfg: RunConfig, grounder, run_dir: Path, attempts: int = 2, frame_
     todo = [i for i in select(len(ids), cfg.limit, cfg.shard) if ids[i] not in log.done]
     bar = tqdm(todo, desc=f"{cfg.dataset} {cfg.split}", initial=len(log.records),
                total=len(log.records) + len(todo), dynamic_ncols=True)
+    progress = _Progress(cfg.task, log.records)
     try:
-        for n, i in enumerate(bar):
-            log.append(record_or_error(cfg, grounder, ds, i, ids[i], run_dir, attempts, frame_batch))
-            if n % 8 == 0 or n == len(todo) - 1:
-                bar.set_postfix(_postfix(cfg, log.records))
+        for i in bar:
+            rec = record_or_error(cfg, grounder, ds, i, ids[i], run_dir, attempts, frame_batch)
+            log.append(rec)
+            progress.add(rec)
+            bar.set_postfix(progress.postfix())
     finally:
         log.close()
     return finish_run(cfg, run_dir)

@@ -75,19 +75,9 @@ RUN_ID = f"{os.getpid()}-{time.time_ns()}"
 
 def marked_processes() -> list[int]:
     """PIDs of live processes started by this test run (the marker in their environment)."""
-    needle = f"{RUN_MARKER}={RUN_ID}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                stat = (entry / "stat").read_text()
-                if stat.rsplit(")", 1)[1].split()[0] != "Z":  # zombies are already dead
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+    from eval.ray_watchdog import marked
+
+    return marked(RUN_ID, RUN_MARKER)
 
 
 class Server(LocalServer):

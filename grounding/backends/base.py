@@ -289,8 +289,9 @@ class DiTBackend:
         ``device`` (per-token rows of shorter prompts zero-padded, as ``pad_batch`` pads their
         sequences). With ``text_offload`` the encoders visit ``device`` for that call only."""
         keys = [sequence_key(s) for s in sequences]
-        rows = {k: self.text_cache.get(k) for k in dict.fromkeys(keys) if k in self.text_cache}
-        missing = [k for k in dict.fromkeys(keys) if k not in rows]
+        distinct = dict.fromkeys(keys)
+        rows = {k: self.text_cache.get(k) for k in distinct if k in self.text_cache}
+        missing = [k for k in distinct if k not in rows]
         if missing:
             first = dict(zip(keys, sequences))
             encoders = self.text_encoders() if self.text_offload else []
@@ -440,18 +441,34 @@ def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[n
     enc = tokenizer(prompt, padding="max_length", max_length=length, truncation=True,
                     return_offsets_mapping=True, return_attention_mask=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
-    roles = np.full(length, PADDING, dtype=np.int8)
-    spans = np.full((length, 2), -1, dtype=np.int32)
-    for i, ((s, e), m) in enumerate(zip(enc["offset_mapping"], enc["attention_mask"])):
-        if not m:
-            continue
-        if e <= s:  # BOS/EOS and other pieces with no characters
-            roles[i] = SPECIAL
-            continue
-        roles[i] = TEXT
-        spans[i] = (s, e)
+    roles, spans = place_tokens(enc, 0, np.arange(len(prompt)))
     overflow = len(tokenizer(prompt, add_special_tokens=True)["input_ids"]) > length
     return ids, roles, spans, np.full(length, stream, dtype=np.int8), overflow
+
+
+def place_tokens(enc: dict, start: int, char_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Roles and prompt spans of one tokenizer call's positions from their character offsets: the
+    prompt's text begins at ``start`` of the tokenized text and ``char_map`` maps each of its
+    characters to the prompt (-1: dropped). Masked → ``PADDING``; no characters (BOS/EOS) →
+    ``SPECIAL``; characters of the prompt → ``TEXT`` with their span; other characters →
+    ``TEMPLATE``."""
+    mask = np.asarray(enc["attention_mask"], dtype=bool)
+    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
+    roles = np.full(len(mask), PADDING, dtype=np.int8)
+    spans = np.full((len(mask), 2), -1, dtype=np.int32)
+    for i in np.flatnonzero(mask):
+        s, e = int(offsets[i, 0]), int(offsets[i, 1])
+        if e <= s:
+            roles[i] = SPECIAL
+            continue
+        inside = char_map[max(s - start, 0):max(min(e - start, len(char_map)), 0)]
+        inside = inside[inside >= 0]
+        if len(inside):
+            roles[i] = TEXT
+            spans[i] = (inside.min(), inside.max() + 1)
+        else:
+            roles[i] = TEMPLATE
+    return roles, spans
 
 
 def join_streams(prompt: str, names: tuple[str, ...], parts: list[tuple[np.ndarray, ...]]) -> TokenSequence:
@@ -527,13 +544,10 @@ class TemplateTokens:
         ``tail_padding`` ``PADDING`` positions appended; ``encoder``: record that the text
         encoder reads this whole call and the sequence takes its outputs at ``select``."""
         sel = np.arange(len(self.ids)) if select is None else np.asarray(select, dtype=np.int64)
-        n = tail_padding
-        ids = np.concatenate([self.ids[sel], np.full(n, pad_id, np.int64)])
-        roles = np.concatenate([self.roles[sel], np.full(n, PADDING, np.int8)])
-        spans = np.concatenate([self.spans[sel], np.full((n, 2), -1, np.int32)])
-        enc = EncoderInput(self.ids, self.mask, np.concatenate([sel, np.full(n, -1, np.int64)])) if encoder else None
-        return TokenSequence(prompt, stream_names, np.zeros(len(ids), np.int8), roles, spans, ids,
-                             stream_names[:1] if overflow else (), enc)
+        seq = TokenSequence(prompt, stream_names, np.zeros(len(sel), np.int8), self.roles[sel], self.spans[sel],
+                            self.ids[sel], stream_names[:1] if overflow else (),
+                            EncoderInput(self.ids, self.mask, sel) if encoder else None)
+        return pad_sequence(seq, len(sel) + tail_padding, pad_id)
 
 
 def template_tokens(tokenizer, render: Callable[[str], str], prompt: str, add_special_tokens: bool | None = None,
@@ -550,20 +564,6 @@ def template_tokens(tokenizer, render: Callable[[str], str], prompt: str, add_sp
                     return_attention_mask=True, **call)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     mask = np.asarray(enc["attention_mask"], dtype=bool)
-    offsets = np.asarray(enc["offset_mapping"], dtype=np.int64).reshape(-1, 2)
-    roles = np.full(len(ids), PADDING, dtype=np.int8)
-    spans = np.full((len(ids), 2), -1, dtype=np.int32)
-    for i in np.flatnonzero(mask):
-        s, e = int(offsets[i, 0]), int(offsets[i, 1])
-        if e <= s:
-            roles[i] = SPECIAL
-            continue
-        inside = char_map[max(s - start, 0):max(min(e - start, len(char_map)), 0)]
-        inside = inside[inside >= 0]
-        if len(inside):
-            roles[i] = TEXT
-            spans[i] = (inside.min(), inside.max() + 1)
-        else:
-            roles[i] = TEMPLATE
+    roles, spans = place_tokens(enc, start, char_map)
     full = len(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
     return TemplateTokens(ids, mask, roles, spans, full)

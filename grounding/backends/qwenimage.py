@@ -63,7 +63,7 @@ class QwenImageBackend(DiTBackend):
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
         """Each prompt's whole template through the encoder (last hidden state), the kept positions
         gathered, zero-padded to the batch length, and the mask of real positions."""
-        enc, dim = self.pipe.text_encoder, None
+        enc = self.pipe.text_encoder
         rows = []
         for s in sequences:
             ids = torch.from_numpy(s.encoder.ids[s.encoder.mask][None]).to(self.text_device)
@@ -71,8 +71,7 @@ class QwenImageBackend(DiTBackend):
             valid = np.flatnonzero(s.encoder.mask)
             where = {int(e): i for i, e in enumerate(valid)}
             take = [where[int(p)] if p >= 0 else -1 for p in s.encoder.positions]
-            dim = h.shape[-1]
-            row = torch.zeros(len(take), dim, dtype=h.dtype, device=h.device)
+            row = torch.zeros(len(take), h.shape[-1], dtype=h.dtype, device=h.device)
             sel = [i for i, t in enumerate(take) if t >= 0]
             row[sel] = h[[take[i] for i in sel]]
             rows.append(row)

@@ -9,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from ..segment.instances import Instance
 
-__all__ = ["GroundingResult", "Instance", "mask_to_rle", "rle_to_mask", "colorize", "overlay"]
+__all__ = ["GroundingResult", "Instance", "instance_doc", "mask_to_rle", "rle_to_mask", "colorize", "overlay"]
 
 
 @dataclass
@@ -46,9 +46,14 @@ class GroundingResult:
             "segmenter": self.segmenter,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),
-            "instances": [{"box": [round(float(v), 2) for v in i.box], "score": round(float(i.score), 6),
-                           "segmentation": mask_to_rle(i.mask)} for i in self.instances],
+            "instances": [instance_doc(i, mask_to_rle(i.mask)) for i in self.instances],
         }
+
+
+def instance_doc(instance: Instance, segmentation: dict) -> dict:
+    """One instance as JSON: its box (xyxy), score and ``segmentation`` (in the caller's format)."""
+    return {"box": [round(float(v), 2) for v in instance.box], "score": round(float(instance.score), 6),
+            "segmentation": segmentation}
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:

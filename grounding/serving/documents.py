@@ -9,7 +9,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from ..pipeline.result import GroundingResult, mask_to_rle, overlay  # noqa: F401  (overlay: the /render PNG)
+from ..pipeline.result import GroundingResult, instance_doc, mask_to_rle, overlay  # noqa: F401  (overlay: the /render PNG)
 from .schema import Options
 
 
@@ -68,8 +68,7 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
         "present": bool(r.present),
         "presence_score": round(float(r.presence_score), 6),
         "warnings": list(r.warnings),
-        "instances": [{"box": [round(float(v), 2) for v in i.box], "score": round(float(i.score), 6),
-                       "segmentation": segmentation(i.mask)} for i in r.instances],
+        "instances": [instance_doc(i, segmentation(i.mask)) for i in r.instances],
     }
     if opts.return_mask_png:
         doc["mask_png"] = png(r.mask.astype(np.uint8) * 255)

@@ -41,6 +41,12 @@ def _options(msg: pb.Options, endpoint: str) -> dict:
     return values
 
 
+def segmentation_pb(seg: dict):
+    """A ``documents.result_doc`` segmentation (RLE, polygons or PNG bytes) as its proto message."""
+    return pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
+                           polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])], png=seg.get("png", b""))
+
+
 class GroundingServicer(pb_grpc.GroundingServicer):
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -61,11 +67,6 @@ class GroundingServicer(pb_grpc.GroundingServicer):
     def Segment(self, request, context):
         image, opts, results, timings = self._run(request, context, True)
         out = []
-        def segmentation_pb(seg: dict):
-            return pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
-                                   polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])],
-                                   png=seg.get("png", b""))
-
         for r in results:
             d = result_doc(r, opts, binary=True)
             segmentation = segmentation_pb(d["segmentation"])
