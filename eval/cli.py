@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
                                       ("mevis", "valid_u", "MeViS")):
         p = sub.add_parser(name, help=what)
         _common(p)
+        p.add_argument("--maps", choices=["frame", "clip"], default="frame",
+                       help="frame: the model over each frame; clip: a video DiT (Wan) over windows of frames")
         p.set_defaults(default_split=default_split)
     p = sub.add_parser("vizwiz", help="answer grounding, VizWiz-VQA-Grounding layout (mask IoU)")
     _common(p)
@@ -67,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (the demo model's resolution)")
     p.add_argument("--generalized", action="store_true",
-                   help="several targets or none per expression, in gRefCOCO's layout (dataset name grefcoco)")
+                   help="several targets or none per expression (dataset name grefcoco unless --dataset)")
+    p.add_argument("--layout", choices=["grefcoco", "refer"], default="grefcoco",
+                   help="with --generalized: grefs(unc).json (gRefCOCO's release) or refs(unc).p (the refer "
+                        "API's pickle, the same refs with ann_id lists); python -m eval grefcoco reads both")
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.generalized:
                 name = "grefcoco" if args.dataset == "shapes" else args.dataset
-                folder = write_grefcoco(args.out, args.n, args.seed, args.split, name, args.size)
+                folder = write_grefcoco(args.out, args.n, args.seed, args.split, name, args.size, args.layout)
             else:
                 folder = write_refer(args.out, args.n, args.seed, args.split, args.dataset, args.size)
             print(json.dumps({"written": str(folder), "n": args.n, "split": args.split}))
@@ -95,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             task=args.cmd, data_root=str(args.data_root), dataset=getattr(args, "dataset", args.cmd), split=split,
             model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
             image_root=getattr(args, "image_root", None), limit=args.limit, shard=args.shard, overrides=overrides,
+            video_maps=getattr(args, "maps", "frame"),
         )
         if args.ray:
             from .ray_runner import ModelSpec, RayOptions, run_ray

@@ -1,5 +1,5 @@
 """gRefCOCO (GREx / ReLA; generalized referring: multi-, single- and no-target expressions) in its
-released layout: ``<root>/grefcoco/grefs(unc).json`` — a list of refs, each with ``ref_id``,
+released layout: ``<root>/grefcoco/grefs(unc).json`` (or the same refs as a refer-API pickle, ``refs(unc).p``) — a list of refs, each with ``ref_id``,
 ``image_id``, ``file_name``, ``split``, ``no_target``, ``ann_id`` (a list; ``[-1]`` when there is no
 target) and ``sentences`` — and ``<root>/grefcoco/instances.json`` (COCO). Images from
 ``image_root``, else ``<root>/images/train2014``, else ``<root>/images/mscoco/images/train2014``.
@@ -8,6 +8,7 @@ target) and ``sentences`` — and ``<root>/grefcoco/instances.json`` (COCO). Ima
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ class GRefSample:
     sentence: str
     mask: np.ndarray  # bool [H, W]: union of every target's mask (all False when no target)
     no_target: bool
+    kind: str = ""  # the sentence's "type" where the set records one (the shapes sets do)
 
     @property
     def targets(self) -> int:
@@ -41,10 +43,14 @@ class GRefDataset(ReferIndex):
                  dataset: str = "grefcoco", split_by: str = "unc"):
         root = Path(data_root)
         folder = root / dataset
-        path = folder / f"grefs({split_by}).json"
-        if not path.is_file():
-            raise FileNotFoundError(f"no {path.name} in {folder}")
-        refs = json.loads(path.read_text())
+        path, pickled = folder / f"grefs({split_by}).json", folder / f"refs({split_by}).p"
+        if path.is_file():
+            refs = json.loads(path.read_text())
+        elif pickled.is_file():  # the same refs in the refer API's pickle (make-shapes --layout refer)
+            with open(pickled, "rb") as f:
+                refs = pickle.load(f)
+        else:
+            raise FileNotFoundError(f"no {path.name} (or {pickled.name}) in {folder}")
         inst = json.loads((folder / "instances.json").read_text())
         self._index(folder, refs, inst, split, dataset, image_root,
                     [root / "images" / "train2014", root / "images" / "mscoco" / "images" / "train2014"])
@@ -63,4 +69,5 @@ class GRefDataset(ReferIndex):
         name = ref.get("file_name") or img["file_name"]
         return GRefSample(ref_id=int(ref["ref_id"]), sent_id=int(sent["sent_id"]), ann_ids=ann_ids,
                           image_id=int(ref["image_id"]), image_path=self.image_root / Path(name).name,
-                          sentence=sent.get("sent") or sent.get("raw", ""), mask=mask, no_target=no_target)
+                          sentence=sent.get("sent") or sent.get("raw", ""), mask=mask, no_target=no_target,
+                          kind=str(sent.get("type", "")))

@@ -99,6 +99,9 @@ class RefDataset(ReferIndex):
     def __getitem__(self, i: int) -> RefSample:
         ref, sent = self.items[i]
         img = self.images[ref["image_id"]]
+        if isinstance(ref["ann_id"], list):
+            raise ValueError(f"ref {ref['ref_id']} has several targets or none (ann_id {ref['ann_id']}): a generalized "
+                             "set; run python -m eval grefcoco on it")
         ann = self.anns[ref["ann_id"]]
         mask = ann_to_mask(ann["segmentation"], img["height"], img["width"])
         return RefSample(

@@ -42,11 +42,15 @@ class RunConfig:
     limit: int | None = None
     shard: tuple[int, int] = (0, 1)
     overrides: dict = field(default_factory=dict)
+    video_maps: str = "frame"  # video sets: "frame" (per-frame maps) or "clip" (a video DiT over windows)
 
     def identity(self) -> dict:
-        """Fields that must match for a run directory to be resumed."""
+        """Fields that must match for a run directory to be resumed (``video_maps`` only when not
+        the default, so runs written before it existed still resume)."""
         d = asdict(self)
         d["shard"] = list(self.shard)
+        if d["video_maps"] == "frame":
+            del d["video_maps"]
         return d
 
 
@@ -150,9 +154,12 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
         rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
                "sentence": s.sentence, "no_target": s.no_target, "targets": s.targets, "inter": inter,
                "union": union, "iou": score, "pred_empty": not bool(pred.any()), "present": bool(r.present),
-               "presence_score": r.presence_score, "pred_pixels": int(pred.sum()), "gt_pixels": int(s.mask.sum())}
+               "presence_score": r.presence_score, "instances": len(r.instances) if r.present else 0,
+               "pred_pixels": int(pred.sum()), "gt_pixels": int(s.mask.sum())}
         if not s.no_target:
             rec["pointing"] = metrics.pointing_hit(r.heatmap, s.mask)
+        if s.kind:
+            rec["type"] = s.kind
     elif cfg.task == "vizwiz":
         s = ds[i]
         r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
@@ -262,6 +269,23 @@ def gref_scores(records: Iterable[dict]) -> metrics.GeneralizedScores:
     return s
 
 
+def gref_breakdown(records: list[dict]) -> dict[str, float]:
+    """mIoU over single-target (``miou_single``) and multi-target (``miou_multi``) samples, mean
+    |#instances predicted − #targets| (``count_error``; an empty prediction is 0 instances), and
+    gIoU per sentence type where the set has one (``giou/<type>``)."""
+    out: dict[str, float] = {}
+    for key, rows in (("miou_single", [r for r in records if r.get("targets") == 1]),
+                      ("miou_multi", [r for r in records if (r.get("targets") or 0) > 1])):
+        if rows:
+            out[key] = float(np.mean([r["iou"] for r in rows]))
+    counted = [r for r in records if "instances" in r]
+    if counted:
+        out["count_error"] = float(np.mean([abs(r["instances"] - r["targets"]) for r in counted]))
+    for kind in sorted({r["type"] for r in records if r.get("type")}):
+        out[f"giou/{kind}"] = float(np.mean([r["iou"] for r in records if r.get("type") == kind]))
+    return out
+
+
 def image_scores(records: Iterable[dict]) -> metrics.ImageScores:
     s = metrics.ImageScores()
     for r in records:
@@ -307,7 +331,8 @@ def video_record(cfg: RunConfig, grounder, s, run_dir: Path, frame_batch: int = 
     out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
     out_dir.mkdir(parents=True, exist_ok=True)
     js, fs = [], []
-    for f in iter_video(grounder, s.frames(), s.expression, VideoConfig(batch_frames=frame_batch), **cfg.overrides):
+    video = VideoConfig(batch_frames=frame_batch, maps=cfg.video_maps)  # type: ignore[arg-type]
+    for f in iter_video(grounder, s.frames(), s.expression, video, **cfg.overrides):
         Image.fromarray(f.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[f.index]}.png")
         if s.has_gt:
             gt, void = s.gt(f.index)
@@ -342,6 +367,7 @@ def summarise(task: str, records: list[dict]) -> dict:
         targets = [r for r in records if not r["no_target"] and "pointing" in r]
         if targets:
             out["pointing"] = sum(bool(r["pointing"]) for r in targets) / len(targets)
+        out.update(gref_breakdown(records))
     elif task in ("refcoco", "vizwiz"):
         out = image_scores(records).summary()
         for kind in sorted({r["type"] for r in records if r.get("type")}):

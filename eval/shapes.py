@@ -346,10 +346,13 @@ def generalized_example(rng: np.random.RandomState, kind: str, size: int = 64) -
 
 
 def write_grefcoco(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "grefcoco",
-                   size: int = 64) -> Path:
-    """``n`` generalized scenes in gRefCOCO's released layout under ``out/<dataset>/``:
-    ``grefs(unc).json`` (``ann_id`` a list, ``[-1]`` + ``no_target`` for none) + ``instances.json``,
+                   size: int = 64, layout: str = "grefcoco") -> Path:
+    """``n`` generalized scenes under ``out/<dataset>/``: in gRefCOCO's released layout
+    (``grefs(unc).json``: ``ann_id`` a list, ``[-1]`` + ``no_target`` for none) or, with
+    ``layout="refer"``, the same refs pickled as the refer API's ``refs(unc).p``; + ``instances.json``,
     images in ``images/``; each sentence carries its ``type`` (single / multi / none)."""
+    if layout not in ("grefcoco", "refer"):
+        raise ValueError(f"unknown layout {layout!r}; choose grefcoco or refer")
     folder, images, anns, made = _write_scenes(out, dataset, n, seed, split, size, GENERALIZED_WEIGHTS,
                                                generalized_example)
     refs = []
@@ -358,7 +361,11 @@ def write_grefcoco(out: str | Path, n: int, seed: int, split: str = "val", datas
                      "no_target": not targets, "ann_id": [image_id * 10 + t for t in targets] or [-1],
                      "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind,
                                     "ref_id": i}], "sent_ids": [i]})
-    (folder / "grefs(unc).json").write_text(json.dumps(refs))
+    if layout == "refer":
+        with open(folder / "refs(unc).p", "wb") as f:
+            pickle.dump(refs, f)
+    else:
+        (folder / "grefs(unc).json").write_text(json.dumps(refs))
     (folder / "instances.json").write_text(json.dumps({
         "images": images, "annotations": anns,
         "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))

@@ -5,7 +5,9 @@
 - ``decoder.onnx``: ``image_embeddings``, ``point_coords`` ``[1, N, 2]`` (in the 1024 frame),
   ``point_labels`` ``[1, N]`` (1 positive, 0 negative, 2/3 box corners, -1 padding),
   ``mask_input`` ``[1, 1, 256, 256]``, ``has_mask_input`` ``[1]`` → ``low_res_masks``
-  ``[1, 3, 256, 256]`` (logits) and ``iou_predictions`` ``[1, 3]``. ``N`` is dynamic.
+  ``[1, 3, 256, 256]`` (logits) and ``iou_predictions`` ``[1, 3]``. ``N`` is dynamic, and so is
+  the first axis of the prompts and outputs (``B`` prompt sets on one image decoded in one run:
+  ``point_coords`` ``[B, N, 2]`` → ``low_res_masks`` ``[B, 3, 256, 256]``; manifest ``prompt_batch``).
 
 Unlike segment-anything's ``SamOnnxModel``, nothing about the original image size is in the graph:
 upscaling to the image happens outside (``grounding.segment.segmenters.upscale_masks``).
@@ -109,11 +111,14 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
     with torch.no_grad():
         files["encoder"] = _export(EncoderGraph(sam), (torch.zeros(1, 3, size, size, dtype=dtype),),
                                    out / "encoder.onnx", ENCODER_INPUTS, ENCODER_OUTPUTS, opset, None, large)
-        dec_args = (torch.zeros(1, embed_dim, *grid, dtype=dtype), torch.zeros(1, 3, 2, dtype=dtype),
-                    torch.tensor([[1.0, 0.0, -1.0]], dtype=dtype), torch.zeros(1, 1, 4 * grid[0], 4 * grid[1], dtype=dtype),
-                    torch.zeros(1, dtype=dtype))
+        # Traced with two prompt sets, so the per-prompt repeat of the image embedding stays dynamic.
+        dec_args = (torch.zeros(1, embed_dim, *grid, dtype=dtype), torch.zeros(2, 3, 2, dtype=dtype),
+                    torch.tensor([[1.0, 0.0, -1.0]] * 2, dtype=dtype),
+                    torch.zeros(1, 1, 4 * grid[0], 4 * grid[1], dtype=dtype), torch.zeros(1, dtype=dtype))
+        prompts = {"point_coords": {0: "prompts", 1: "num_points"}, "point_labels": {0: "prompts", 1: "num_points"},
+                   "low_res_masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}}
         files["decoder"] = _export(DecoderGraph(sam), dec_args, out / "decoder.onnx", DECODER_INPUTS, DECODER_OUTPUTS,
-                                   opset, {"point_coords": {1: "num_points"}, "point_labels": {1: "num_points"}}, False)
+                                   opset, prompts, False)
     precision = "fp16" if fp16 else "fp32"
     if quantize:
         if quantize != "int8":
@@ -140,6 +145,7 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
         "pixel_mean": [float(v) for v in sam.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in sam.pixel_std.flatten()],
         "mask_threshold": float(sam.mask_threshold),
+        "prompt_batch": True,
         "graphs": {
             "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
             "decoder": {"inputs": DECODER_INPUTS, "outputs": DECODER_OUTPUTS},

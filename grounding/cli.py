@@ -97,7 +97,8 @@ def cmd_segment_video(args) -> int:
     from .pipeline.video import VideoConfig, iter_video, video_fps, write_outputs
 
     g = grounder_from_args(args)
-    video = VideoConfig(batch_frames=args.batch_frames, window=args.window, motion=args.motion)
+    video = VideoConfig(batch_frames=args.batch_frames, window=args.window, motion=args.motion, maps=args.maps,
+                        clip_frames=args.clip_frames, clip_overlap=args.clip_overlap)
     out = Path(args.out)
     doc = write_outputs(iter_video(g, args.video, args.expression, video), out, video_fps(args.video),
                         overlay_video=not args.no_overlay)
@@ -136,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--window", type=int, default=2, help="temporal aggregation: frames on each side (0 = off)")
     p.add_argument("--motion", type=int, default=2,
                    help="motion compensation of the aggregation: tokens per frame step (0 = off)")
+    p.add_argument("--maps", choices=["frame", "clip"], default="frame",
+                   help="frame: the model over each frame; clip: a video DiT (Wan) over windows of frames")
+    p.add_argument("--clip-frames", type=int, default=17, help="--maps clip: frames per window (4k + 1 for Wan)")
+    p.add_argument("--clip-overlap", type=int, default=4, help="--maps clip: frames shared by neighbouring windows")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=cmd_segment_video)
 
     p = sub.add_parser("tiny-model", help="write a tiny randomly initialised pipeline folder (tests, benchmarks); "
                                           "its attention maps are meaningless")
     p.add_argument("--arch", choices=list(TINY_ARCHS), default="flux",
-                   help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage")
+                   help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage, wan (Wan 2.x video)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["tiny", "medium"], default="tiny",
                    help="medium: width-512 transformer (4 heads × 128; not sd3) for CPU benchmarks")

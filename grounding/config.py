@@ -18,14 +18,14 @@ InstanceMode = Literal["one", "all"]
 CONFIG_NAME = "grounding.json"
 
 # Function words that carry no referent. Inside an expression they get weight 0; appended to the
-# prompt they act as attention magnets (RefAM).
+# prompt they act as attention magnets (RefAM). Counts ("two", "3") say how many, not which.
 STOP_WORDS: frozenset[str] = frozenset(
     """a an the this that these those of on in at to for from by with without and or but nor
     is are was were be been being it its which who whom whose where when while as than then
     into onto upon over under above below near next beside besides between behind before after
     there here some any each every all both either neither one his her their our your my me
     him them us we you he she they i do does did has have had not no yes very too also just
-    so such what how why many much""".split()
+    so such what how why many much two three four five six seven eight nine ten""".split()
 )
 
 

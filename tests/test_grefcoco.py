@@ -105,3 +105,41 @@ def test_generalized_shapes_set_in_the_grefcoco_layout(tmp_path):
             assert s.targets == 1 and s.mask.any()
     again = GRefDataset(tmp_path / "g", "val")  # deterministic for a seed
     assert [again[i].sentence for i in range(5)] == [s.sentence for s in samples[:5]]
+
+
+def test_generalized_shapes_set_in_the_refer_layout(tmp_path):
+    """``--layout refer``: the same refs in the refer API's pickle; the gRefCOCO loader reads it
+    alike, the plain refer loader says it is a generalized set."""
+    from eval.cli import main
+    from eval.refcoco import RefDataset
+
+    args = ["make-shapes", "--n", "12", "--seed", "3", "--generalized"]
+    assert main(args + ["--out", str(tmp_path / "g")]) == 0
+    assert main(args + ["--out", str(tmp_path / "r"), "--layout", "refer"]) == 0
+    assert (tmp_path / "r" / "grefcoco" / "refs(unc).p").is_file()
+    assert not (tmp_path / "r" / "grefcoco" / "grefs(unc).json").exists()
+    a, b = GRefDataset(tmp_path / "g", "val"), GRefDataset(tmp_path / "r", "val")
+    for i in range(len(a)):
+        sa, sb = a[i], b[i]
+        assert (sa.sentence, sa.ann_ids, sa.no_target, sa.kind) == (sb.sentence, sb.ann_ids, sb.no_target, sb.kind)
+        assert np.array_equal(sa.mask, sb.mask)
+    multi = next(i for i in range(len(b)) if len(b.items[i][0]["ann_id"]) != 1 or b[i].no_target)
+    with pytest.raises(ValueError, match="eval grefcoco"):
+        RefDataset(tmp_path / "r", "grefcoco", split="val")[multi]
+
+
+def test_summary_breaks_down_by_target_count_and_counts_instances():
+    from eval.runner import summarise
+
+    recs = [{"id": "0:0", "inter": 5, "union": 10, "iou": 0.5, "no_target": False, "pred_empty": False,
+             "targets": 1, "instances": 1, "type": "single"},
+            {"id": "1:1", "inter": 8, "union": 10, "iou": 0.8, "no_target": False, "pred_empty": False,
+             "targets": 3, "instances": 2, "type": "multi"},
+            {"id": "2:2", "inter": 0, "union": 0, "iou": 1.0, "no_target": True, "pred_empty": True,
+             "targets": 0, "instances": 0, "type": "none"},
+            {"id": "3:3", "inter": 0, "union": 4, "iou": 0.0, "no_target": True, "pred_empty": False,
+             "targets": 0, "instances": 2, "type": "none"}]
+    out = summarise("grefcoco", recs)
+    assert out["miou_single"] == 0.5 and out["miou_multi"] == 0.8
+    assert out["count_error"] == pytest.approx((0 + 1 + 0 + 2) / 4)
+    assert out["giou/none"] == 0.5 and out["giou"] == pytest.approx(2.3 / 4)

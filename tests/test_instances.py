@@ -7,7 +7,8 @@ import pytest
 from conftest import scene
 from grounding.config import ConfigError, GroundingConfig
 from grounding.pipeline.stages import MaskStage
-from grounding.segment.instances import map_regions, requested_count, suppress
+from grounding.segment.instances import Instance, is_plural, map_regions, requested_count, suppress
+from grounding.segment.prompts import box_of, prompts_from_map
 from grounding.segment.segmenters import MapSegmenter
 
 
@@ -19,9 +20,14 @@ def _peaks(h, w, *centres, sigma=3.0):
     return m / m.max()
 
 
-def _instances(heat, expression="the circles", **kw):
+def _instances(heat, expression="the circles", segmenter=None, **kw):
+    """``MaskStage.all_instances`` as the mask stage calls it: the single-referent result first."""
     cfg = GroundingConfig().replace(instances="all").replace(**{f"instances__{k}": v for k, v in kw.items()})
-    return MaskStage.all_instances(np.zeros((*heat.shape, 3), np.uint8), heat, expression, MapSegmenter(), cfg)
+    segmenter = segmenter or MapSegmenter()
+    image = np.zeros((*heat.shape, 3), np.uint8)
+    seg = segmenter(image, heat, prompts_from_map(heat, cfg.threshold, cfg.positive_points))
+    return MaskStage.all_instances(image, heat, expression, segmenter, cfg,
+                                   Instance(seg.mask, box_of(seg.mask), float(heat.max())))
 
 
 def test_two_separated_peaks_are_two_instances_one_is_one():
@@ -40,14 +46,51 @@ def test_weak_regions_and_counts():
     heat3 = _peaks(48, 64, (12, 12, 1.0), (12, 50, 0.95), (38, 30, 0.9))
     assert len(_instances(heat3)) == 3
     assert len(_instances(heat3, expression="the two circles")) == 2  # the expression's count caps it
-    assert len(_instances(heat3, expression="the circle", max_instances=1)) == 1
+    assert len(_instances(heat3, expression="the circles", max_instances=1)) == 1
+    assert len(_instances(heat3, expression="the circle")) == 1  # a singular referent: the best alone
+    assert len(_instances(heat3, expression="the circle and the square")) == 3  # joined phrases
+
+
+def test_the_best_instance_is_the_single_referent_result_and_sam_calls_are_batched():
+    """In "all" mode the peak's region is segmented once (the single-referent result is the first
+    instance) and the other regions in one batched SAM call, equal to one call per region."""
+    from grounding.segment.instances import region_prompts
+    from grounding.segment.segmenters import SamSegmenter, build_sam_tiny
+
+    import torch
+
+    heat = _peaks(48, 64, (12, 12, 1.0), (12, 50, 0.95), (38, 30, 0.9))
+    torch.manual_seed(0)
+    sam = SamSegmenter(build_sam_tiny())
+    calls = []
+    inner = sam.predictor.predict_torch
+
+    def counted(*a, **k):
+        calls.append(a[0].shape[0])
+        return inner(*a, **k)
+
+    sam.predictor.predict_torch = counted
+    found = _instances(heat, segmenter=sam, nms_iou=1.0)
+    assert calls == [1, 2]  # the single-referent call, then both other regions in one batch
+    image = np.zeros((*heat.shape, 3), np.uint8)
+    regions = map_regions(heat, 0.5, 0.6, 0.002)[1:]
+    alone = [sam(image, heat, region_prompts(heat, r, 0.5)) for r in regions]
+    many = sam.segment_many(image, heat, [region_prompts(heat, r, 0.5) for r in regions])
+    for a, b in zip(alone, many):
+        assert np.array_equal(a.mask, b.mask) and abs(a.predicted_iou - b.predicted_iou) < 1e-5
+    assert found and found[0].score == 1.0  # the single-referent result (peak 1) leads
+    assert all(f.mask.any() for f in found)
 
 
 def test_requested_count_reads_numbers_and_quantifiers():
     assert requested_count("the two dogs") == 2 and requested_count("both squares") == 2
     assert requested_count("3 red circles") == 3 and requested_count("the three cars on the left") == 3
-    assert requested_count("all red objects") is None and requested_count("the red circle") is None
-    assert requested_count("every circle") is None
+    assert requested_count("all red objects") is None and requested_count("every circle") is None
+    assert requested_count("the red circle") == 1 and requested_count("the glass on the left") == 1
+    assert requested_count("the red circles") is None and requested_count("the people") is None
+    assert requested_count("the man on the left and the woman") is None  # two phrases
+    assert requested_count("the circle between the square and the star") == 1
+    assert is_plural("boxes") and not is_plural("bus") and not is_plural("glass")
 
 
 def test_regions_and_suppression_helpers():
@@ -110,7 +153,8 @@ def test_demo_model_finds_both_circles_in_a_two_circle_scene():
     d.ellipse([6, 22, 22, 38], fill=(220, 30, 30))
     d.ellipse([42, 22, 58, 38], fill=(220, 30, 30))
     d.rectangle([26, 50, 38, 62], fill=(30, 40, 220))
-    r = g.segment(im, "red circle", instances="all")
+    assert len(g.segment(im, "the red circle", instances="all").instances) == 1  # singular: the best one
+    r = g.segment(im, "the red circles", instances="all")
     boxes = sorted(i.box for i in r.instances)
     assert len(r.instances) == 2, [i.box for i in r.instances]
     assert boxes[0][2] <= 32 <= boxes[1][0]  # one on each side, each its own circle

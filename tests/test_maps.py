@@ -115,3 +115,13 @@ def test_to_image_orientation_and_range():
     assert img.shape == (60, 80) and img.min() == 0.0 and img.max() == 1.0
     y, x = np.unravel_index(img.argmax(), img.shape)
     assert 10 <= y < 20 and 60 <= x < 70
+
+
+def test_presence_score_never_overflows():
+    from grounding.config import PresenceConfig
+    from grounding.readout import presence
+
+    cfg = PresenceConfig(weights={"content_share": 1e6}, bias=0.0)
+    assert presence.score({"content_share": -1.0}, cfg) == 0.0
+    assert presence.score({"content_share": 1.0}, cfg) == 1.0
+    assert presence.score({"content_share": 0.0}, cfg) == 0.5

@@ -62,6 +62,25 @@ def test_parity_with_torch(onnx_dir, sam_tiny_path, h, w):
             assert np.abs(ia - ib).max() <= 1e-4
 
 
+def test_batched_prompt_sets_match_one_at_a_time(onnx_dir, sam_tiny_path):
+    """Several instances' prompt sets in one decoder run (the export's prompt axis) and in one
+    ``predict_torch`` call equal decoding each set alone, in ONNX and in torch."""
+    assert validate(onnx_dir)["prompt_batch"] is True
+    rng = np.random.RandomState(3)
+    img = (rng.rand(300, 400, 3) * 255).astype(np.uint8)
+    pts = (rng.rand(3, 2, 2) * [400, 300]).astype(np.float32)
+    labels = np.ones((3, 2), np.int32)
+    boxes = np.array([[10, 20, 200, 150], [150, 40, 390, 290], [0, 0, 100, 100]], np.float32)
+    for seg in (SamSegmenter(load_sam(sam_tiny_path)), OnnxSamSegmenter(onnx_dir, providers=["CPUExecutionProvider"])):
+        seg.set_image(img)
+        masks, iou, low = seg.predict_many(pts, labels, boxes)
+        assert masks.shape == (3, 3, 300, 400) and iou.shape == (3, 3)
+        for b in range(3):
+            m, i, lo = seg.predict(pts[b], labels[b], boxes[b])
+            assert (m == masks[b]).mean() >= 0.999 and np.abs(i - iou[b]).max() <= 1e-4
+            assert np.abs(lo - low[b]).max() <= 1e-3
+
+
 def _broken_copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -156,7 +156,7 @@ def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_pa
     page.goto(demo_server["url"] + "/ui/")
     page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
     page.set_input_files("#file", str(img))
-    page.fill("#expressions", "red circle")
+    page.fill("#expressions", "the red circles")
     page.check("#instances")
     page.click("#segment")
     page.wait_for_function("document.querySelector('.result .overlay') && "

@@ -176,3 +176,65 @@ def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLD
     report = {"miou_before": now, "miou_after": best, "threshold": fitted.threshold,
               "refine": dataclasses.asdict(fitted.refine), "samples": len(items)}
     return fitted, report
+
+
+RELATIVE_PEAKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def fit_instances(grounder, samples, relative_peaks=RELATIVE_PEAKS, min_t_acc: float = 0.0,
+                  use_segmenter: bool = True) -> tuple[GroundingConfig, dict]:
+    """Generalized referring on ``(image, sentence, mask, no_target)`` samples (a gRefCOCO-layout
+    set): the presence model refitted on target vs no-target samples over every presence feature
+    (the per-head statistics included), then ``instances.min_relative_peak`` and the presence
+    threshold chosen together to maximise gIoU with ``instances="all"``, among thresholds that
+    keep T-acc ≥ ``min_t_acc`` (equal gIoU: the higher relative peak, the fewer spurious
+    instances). Maps are made once; each candidate reruns only the mask stage, and the threshold
+    only decides which predictions become empty."""
+    from eval import metrics
+    from grounding.readout import presence
+
+    cfg = grounder.config.replace(**{"instances.mode": "all"})
+    items = []
+    for image, sentence, mask, no_target in tqdm(samples, desc="calibrate: instances", leave=False):
+        item = grounder.maps([(image, sentence)], cfg, head_stats=True)[0]
+        items.append((item, np.asarray(mask, dtype=bool), bool(no_target)))
+    labels = [0 if nt else 1 for _, _, nt in items]
+    feats = [grounder.segment_map(it, cfg, use_segmenter)[0].features for it, _, _ in items]
+    fitted, report = presence.fit(feats, labels, l2=1.0, head_stats=True)
+    scores = np.array([presence.score(f, fitted) for f in feats])
+    # Per candidate relative peak: each sample's (I, U, IoU) when predicted non-empty (presence aside).
+    open_cfg = cfg.replace(presence={**dataclasses.asdict(fitted), "threshold": 0.0})
+    per_peak = {}
+    for rp in sorted(relative_peaks, reverse=True):
+        c = open_cfg.replace(**{"instances.min_relative_peak": rp})
+        rows = []
+        for it, gt, nt in items:
+            r = grounder.segment_map(it, c, use_segmenter)[0]
+            pred = r.mask if r.present else np.zeros_like(r.mask)
+            rows.append(metrics.gref_sample(pred, gt, nt) + (not pred.any(),))
+        per_peak[rp] = rows
+    nt = np.array([n for _, _, n in items])
+    thresholds = np.unique(np.concatenate([[0.0], scores]))
+    best = None
+    for rp, rows in per_peak.items():
+        iou_on = np.array([r[2] for r in rows])
+        empty_on = np.array([r[3] for r in rows])
+        for t in thresholds:
+            empty = empty_on | (scores < t)
+            iou = np.where(empty, nt.astype(float), iou_on)
+            t_acc = float((~empty[~nt]).mean()) if (~nt).any() else 1.0
+            if t_acc < min_t_acc:
+                continue
+            giou = float(iou.mean())
+            if best is None or giou > best[0] + 1e-12:
+                n_acc = float(empty[nt].mean()) if nt.any() else 0.0
+                best = (giou, rp, float(t), t_acc, n_acc)
+    if best is None:
+        raise ValueError(f"no threshold keeps T-acc ≥ {min_t_acc} on these samples")
+    giou, rp, t, t_acc, n_acc = best
+    fitted.threshold = t
+    out = grounder.config.replace(presence=dataclasses.asdict(fitted), **{"instances.min_relative_peak": rp})
+    report.update({"presence_threshold": t, "min_relative_peak": rp, "giou": giou, "t_acc": t_acc, "n_acc": n_acc,
+                   "samples": len(items), "no_target": int(nt.sum())})
+    report.pop("threshold", None)
+    return out, report

@@ -1,4 +1,4 @@
-"""``python -m training``: calibrate, calibrate-presence, train-answer-head, train-demo — the
+"""``python -m training``: calibrate, calibrate-presence, calibrate-instances, train-answer-head, train-demo — the
 fitting and training commands, outside the inference package."""
 
 from __future__ import annotations
@@ -55,6 +55,20 @@ def cmd_calibrate_presence(args) -> int:
     g = grounder_from_args(args)
     samples = presence_scenes(args.n, args.seed, g.config.resolution)
     fitted, report = fit_presence(g, samples)
+    return _write_config(fitted, out, report)
+
+
+def cmd_calibrate_instances(args) -> int:
+    from eval.grefcoco import GRefDataset
+
+    from .calibrate import fit_instances
+
+    out = _output_folder(args)
+    g = grounder_from_args(args)
+    ds = GRefDataset(args.data, args.split, args.image_root, args.dataset)
+    n = len(ds) if args.limit is None else min(args.limit, len(ds))
+    samples = [(s.image_path, s.sentence, s.mask, s.no_target) for s in (ds[i] for i in range(n))]
+    fitted, report = fit_instances(g, samples, min_t_acc=args.min_t_acc)
     return _write_config(fitted, out, report)
 
 
@@ -125,6 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate_presence)
+
+    p = sub.add_parser("calibrate-instances", help="fit the presence model and instances.min_relative_peak "
+                                                   "for generalized referring on a gRefCOCO-layout set "
+                                                   "(e.g. make-shapes --generalized)")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="root holding <dataset>/grefs(unc).json + instances.json")
+    p.add_argument("--dataset", default="grefcoco")
+    p.add_argument("--split", default="val")
+    p.add_argument("--image-root", default=None)
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--min-t-acc", type=float, default=0.9,
+                   help="only presence thresholds that keep at least this share of the target samples "
+                        "non-empty (T-acc)")
+    p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
+    p.set_defaults(func=cmd_calibrate_instances)
 
     p = sub.add_parser("train-answer-head", help="train the sentence-attention answer head on a "
                                                  "VizWiz-VQA-Grounding-layout set; writes answer_head.safetensors")

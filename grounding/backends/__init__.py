@@ -21,6 +21,7 @@ from .flux2 import Flux2Backend, Flux2KleinBackend
 from .memory import MemoryOptions, drop_vae_decoder, quantization_config
 from .qwenimage import QwenImageBackend
 from .sd3 import SD3Backend
+from .wan import WanBackend
 from .zimage import ZImageBackend
 
 __all__ = ["Backend", "DiTBackend", "Capture", "TokenSequence", "SequenceLayout", "AttentionRecorder",
@@ -47,6 +48,7 @@ register_backend("Flux2Pipeline")(Flux2Backend)
 register_backend("Flux2KleinPipeline", "Flux2KleinKVPipeline", load_as="Flux2KleinPipeline")(Flux2KleinBackend)
 register_backend("QwenImagePipeline", "QwenImageImg2ImgPipeline")(QwenImageBackend)
 register_backend("ZImagePipeline", "ZImageImg2ImgPipeline")(ZImageBackend)
+register_backend("WanPipeline", "WanVideoToVideoPipeline")(WanBackend)
 
 
 def pipeline_index(model: str | Path) -> dict:

@@ -165,6 +165,8 @@ class DiTBackend:
     variable_text_length: ClassVar[bool] = False
     # Entries of ``encode_prompts``' dict without a batch dimension (shared by every sample).
     cond_shared: ClassVar[tuple[str, ...]] = ()
+    # True for video DiTs, whose inputs are clips (``capture_clip``); an image is a one-frame clip.
+    video: ClassVar[bool] = False
 
     def __init__(self, pipe, device: str | torch.device = "cpu", text_cache_size: int = 64):
         self.pipe = pipe

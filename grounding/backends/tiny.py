@@ -402,6 +402,32 @@ def build_tiny_zimage(seed: int = 0, size: str = "tiny"):
         tok, "Qwen3Model"), tokenizer=tok, transformer=transformer)
 
 
+def build_tiny_wan(seed: int = 0, size: str = "tiny"):
+    """A ``WanPipeline``: UMT5 text encoder, the causal Wan video VAE (×8 space, ×4 time, first
+    frame alone; 16 latent channels with non-trivial latents_mean / latents_std), a
+    ``WanTransformer3DModel`` with 2 blocks, 2 heads × 16, patches (1, 2, 2) → 64 px frames =
+    4 × 4 tokens per latent frame."""
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    tok = _t5_tokenizer()
+    encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_layers=2,
+                                          num_heads=4, dropout_rate=0.0, relative_attention_num_buckets=8)).eval()
+    g = torch.Generator().manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True],
+                           latents_mean=(torch.randn(16, generator=g) * 0.1).tolist(),
+                           latents_std=(1.0 + torch.rand(16, generator=g)).tolist()).eval()
+    width = {"tiny": (2, 16, 2), "medium": (4, 32, 4)}[size]
+    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=width[0],
+                                        attention_head_dim=width[1], in_channels=16, out_channels=16, text_dim=32,
+                                        freq_dim=32, ffn_dim=32, num_layers=width[2], cross_attn_norm=True,
+                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    return WanPipeline(tokenizer=tok, text_encoder=encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
+                       transformer=transformer)
+
+
 BUILDERS = {
     "flux": lambda seed, size: build_tiny_flux(seed, size),
     "sd3": lambda seed, size: build_tiny_sd3(seed),
@@ -409,6 +435,7 @@ BUILDERS = {
     "flux2-klein": lambda seed, size: build_tiny_flux2(seed, size, klein=True),
     "qwenimage": build_tiny_qwenimage,
     "zimage": build_tiny_zimage,
+    "wan": build_tiny_wan,
 }
 ARCHS = tuple(BUILDERS)
 

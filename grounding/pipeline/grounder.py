@@ -173,10 +173,17 @@ class Grounder:
         items = self.answers(self.maps(pairs, cfg, components=self.answers.uses_head(cfg)), cfg)
         return [self.masks(it, cfg, use_segmenter)[0] for it in items]
 
-    def segment_video(self, frames, expression: str, video=None, **overrides):
+    def segment_video(self, frames, expression: str, video=None, maps: str | None = None, **overrides):
         """Referring segmentation over a video (path, frame folder, zip of frames, or a sequence /
-        iterator of images): a ``VideoResult`` with a ``FrameResult`` per frame. For long videos
-        use ``grounding.pipeline.video.iter_video`` to stream results instead of keeping them."""
-        from .video import segment_video
+        iterator of images): a ``VideoResult`` with a ``FrameResult`` per frame. ``maps``:
+        "frame" (the model over each frame) or "clip" (a video DiT over windows of frames; sets
+        ``video.maps``). For long videos use ``grounding.pipeline.video.iter_video`` to stream
+        results instead of keeping them."""
+        import dataclasses
+
+        from .video import VideoConfig, segment_video
+
+        if maps is not None:
+            video = dataclasses.replace(video or VideoConfig(), maps=maps)
 
         return segment_video(self, frames, expression, video, **overrides)

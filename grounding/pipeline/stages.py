@@ -94,33 +94,66 @@ class MapStage:
         return out  # type: ignore[return-value]
 
     def __call__(self, pairs: list[tuple[object, str]], cfg: GroundingConfig, components: bool = False,
-                 detail: bool = False) -> list[ReferentMap]:
-        """``components`` also keeps every (block, level, head) map; ``detail`` the cleaned attention."""
+                 detail: bool = False, head_stats: bool = False) -> list[ReferentMap]:
+        """``components`` also keeps every (block, level, head) map; ``detail`` the cleaned attention;
+        ``head_stats`` every per-head presence feature (else only those the presence model uses)."""
         t0 = time.perf_counter()
         images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
         tokens = [self.tokens(expr, cfg) for _, expr in pairs]
         t1 = time.perf_counter()
         caps = self.capture(images, tokens, cfg)
         t2 = time.perf_counter()
-        out = []
-        for im, tok, (cap, b) in zip(images, tokens, caps):
-            s0 = time.perf_counter()
-            tok = tok.padded(cap.text_len)
-            A = cap.sample(b)
-            ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
-            per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
-                if components else None
-            out.append(ReferentMap(
-                im, tok, ref, cap.grid,
-                {"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs),
-                 "maps": (time.perf_counter() - s0) * 1000},
-                features={"content_share": presence.content_share(A, tok.kinds[cap.columns])},
-                components=per, block_names=cap.block_names, cleaned=cleaned if detail else None,
-                timesteps=cap.timesteps))
+        timing = {"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs)}
+        out = [self.read(im, tok, cap, b, cfg, timing, components, detail, head_stats)
+               for im, tok, (cap, b) in zip(images, tokens, caps)]
         if cfg.views.mode == "assembled":
             out = self.assemble_views(out, cfg)
-        return [it.replace(features={**it.features, "concentration": views.match_score(it.map),
-                                     "agreement": it.agreement}) for it in out]
+        return [self.finish(it) for it in out]
+
+    def read(self, image: Image.Image, tok: PromptTokens, cap: Capture, b: int, cfg: GroundingConfig,
+             timing: dict[str, float], components: bool = False, detail: bool = False,
+             head_stats: bool = False) -> ReferentMap:
+        """Sample ``b`` of a capture → its ``ReferentMap`` (RefAM read-out, presence features)."""
+        s0 = time.perf_counter()
+        tok = tok.padded(cap.text_len)
+        A = cap.sample(b)
+        ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
+        per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
+            if components else None
+        kinds = tok.kinds[cap.columns]
+        feats = {"content_share": presence.content_share(A, kinds),
+                 **presence.head_features(A, kinds, cap.block_names, None if head_stats else set(cfg.presence.weights))}
+        return ReferentMap(image, tok, ref, cap.grid, {**timing, "maps": (time.perf_counter() - s0) * 1000},
+                           features=feats, components=per, block_names=cap.block_names,
+                           cleaned=cleaned if detail else None, timesteps=cap.timesteps)
+
+    @staticmethod
+    def finish(it: ReferentMap) -> ReferentMap:
+        return it.replace(features={**it.features, "concentration": views.match_score(it.map),
+                                    "agreement": it.agreement})
+
+    def clip(self, frames: list[Image.Image], expression: str, cfg: GroundingConfig) -> list[ReferentMap]:
+        """A video DiT over one clip (``backend.capture_clip``, one forward per noise level): a
+        ``ReferentMap`` per source frame — the map of the latent frame it was folded into, read
+        out like an image's (the global map; prompt-masked views are per image)."""
+        if not getattr(self.backend, "video", False):
+            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan); this model is "
+                             f"{self.backend.arch!r}: use maps='frame'")
+        t0 = time.perf_counter()
+        images = [open_image(im, cfg.max_image_pixels) for im in frames]
+        tok = self.tokens(expression, cfg)
+        size = self.backend.input_size(*images[0].size, cfg.resolution)
+        t1 = time.perf_counter()
+        cap, groups = self.backend.capture_clip(images, tok.sequence, size, cfg.timesteps, cfg.seed,
+                                                cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None)
+        timing = {"prepare": (t1 - t0) * 1000 / len(images),
+                  "transformer": (time.perf_counter() - t1) * 1000 / len(images)}
+        out: list[ReferentMap | None] = [None] * len(images)
+        for t, group in enumerate(groups):
+            item = self.finish(self.read(images[group[0]], tok, cap, t, cfg, timing))
+            for f in group:
+                out[f] = item.replace(image=images[f])
+        return out  # type: ignore[return-value]
 
     def assemble_views(self, items: list[ReferentMap], cfg: GroundingConfig) -> list[ReferentMap]:
         """Local pass on prompt-masked views (same seeded noise), then G and L assembled."""
@@ -239,7 +272,8 @@ class MaskStage:
         score = combined_score(heatmap, seg)
         mask, box = seg.mask, box_of(seg.mask)
         if cfg.instances.mode == "all" and prev_mask is None and mask_prompt is None:
-            found = self.all_instances(np.asarray(item.image), heatmap, item.tokens.expression, segmenter, cfg)
+            found = self.all_instances(np.asarray(item.image), heatmap, item.tokens.expression, segmenter, cfg,
+                                       Instance(seg.mask, box, float(heatmap.max())))
             timings["segmenter"] = (time.perf_counter() - s1) * 1000
             if not present:  # "nothing matches" is an answer: no instance, an empty mask
                 found = []
@@ -256,17 +290,22 @@ class MaskStage:
         return result, seg
 
     @staticmethod
-    def all_instances(image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter,
-                      cfg: GroundingConfig) -> list[Instance]:
-        """Each kept high region of the map segmented on its own (its peak and box as prompts),
-        overlapping masks suppressed, as many as the expression asks for (else ``max_instances``)."""
+    def all_instances(image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter, cfg: GroundingConfig,
+                      best: Instance) -> list[Instance]:
+        """The referent's instances: ``best`` (the single-referent result, segmented from the
+        peak's region) first, then each other kept high region of the map segmented on its own
+        (its peak and box as prompts, one batched segmenter call), overlapping masks suppressed,
+        as many as the expression asks for (a singular referent: ``best`` alone)."""
         ic = cfg.instances
         cap = min(requested_count(expression) or ic.max_instances, ic.max_instances)
-        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)
-        masks, scores = [], []
-        for region in regions[: 2 * cap]:
-            p = region_prompts(heatmap, region, cfg.threshold, max(1, cfg.positive_points))
-            masks.append(segmenter(image, heatmap, p).mask)
-            scores.append(float(heatmap[region].max()))
-        kept = suppress(masks, scores, ic.nms_iou)[:cap]
-        return [Instance(masks[i], box_of(masks[i]), scores[i]) for i in kept]
+        if not best.mask.any():
+            return []
+        if cap == 1:
+            return [best]
+        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1: 2 * cap]
+        prompts = [region_prompts(heatmap, r, cfg.threshold, max(1, cfg.positive_points)) for r in regions]
+        segs = segmenter.segment_many(image, heatmap, prompts) if prompts else []
+        masks = [best.mask] + [sg.mask for sg in segs]
+        scores = [best.score] + [float(heatmap[r].max()) for r in regions]
+        kept = suppress(masks, [np.inf] + scores[1:], ic.nms_iou)[:cap]
+        return [best if i == 0 else Instance(masks[i], box_of(masks[i]), scores[i]) for i in kept]

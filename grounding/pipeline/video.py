@@ -13,7 +13,7 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -36,6 +36,19 @@ class VideoConfig:
     mask_prompt: bool = True  # SAM gets the previous frame's low-res mask as a prompt
     identity_weight: float = 0.5  # weight of overlap with the previous mask when choosing a mask (0 = off)
     present_threshold: float = 0.05  # map confidence under this (or an empty mask) → present = False
+    # Where maps come from: "frame" — the model over each frame; "clip" — a video DiT (Wan) over
+    # windows of ``clip_frames`` frames (4k + 1 for Wan's VAE), ``clip_overlap`` shared with the next
+    # window; a frame takes the map of the window it sits most inside.
+    maps: Literal["frame", "clip"] = "frame"
+    clip_frames: int = 17
+    clip_overlap: int = 4
+
+    def __post_init__(self):
+        if self.maps not in ("frame", "clip"):
+            raise ValueError(f"video maps must be 'frame' or 'clip', got {self.maps!r}")
+        if self.clip_frames < 1 or not 0 <= self.clip_overlap < self.clip_frames:
+            raise ValueError(f"clip_frames must be ≥ 1 and 0 ≤ clip_overlap < clip_frames, got "
+                             f"{self.clip_frames} / {self.clip_overlap}")
 
 
 @dataclass
@@ -210,6 +223,17 @@ def aggregate(token_maps: list[torch.Tensor], center: int, window: int, decay: f
     return (stack * weights[:, None]).sum(0) / weights.sum()
 
 
+def _cancellable(it: Iterator, cancel) -> Iterator:
+    """``it``'s items while ``cancel()`` (checked before each) is not True."""
+    while True:
+        if cancel is not None and cancel():
+            return
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+
+
 def _batched(it: Iterator, n: int) -> Iterator[list]:
     batch = []
     for x in it:
@@ -219,6 +243,34 @@ def _batched(it: Iterator, n: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
+
+
+def clip_windows(frames: Iterator[tuple[int, Image.Image]], size: int, overlap: int
+                 ) -> Iterator[tuple[list[tuple[int, Image.Image]], int, int]]:
+    """Windows of ``size`` (index, frame) pairs, each sharing ``overlap`` frames with the next, with
+    the slice of each window whose frames take their map from it: ``(window, lo, hi)``. A frame in
+    an overlap goes to the window it sits more inside; the last window keeps the rest."""
+    keep_back = overlap // 2  # trailing frames of a window left to the next one
+    buf: list[tuple[int, Image.Image]] = []
+    lo = 0
+    for pair in frames:
+        buf.append(pair)
+        if len(buf) == size:
+            yield list(buf), lo, size - keep_back
+            buf = buf[size - overlap:]
+            lo = overlap - keep_back
+    if len(buf) > lo:
+        yield buf, lo, len(buf)
+
+
+def _clip_maps(grounder, batch: list[tuple[int, Image.Image]], expression: str, cfg) -> list:
+    """One clip through the video DiT: a ``ReferentMap`` per frame of ``batch`` (the clip padded to
+    the VAE's ``4k + 1`` frames by repeating its last frame; the padding's maps dropped)."""
+    from ..backends.wan import clip_length
+
+    images = [im for _, im in batch]
+    n = clip_length(len(images), grounder.backend.temporal)
+    return grounder.maps.clip(images + [images[-1]] * (n - len(images)), expression, cfg)[: len(images)]
 
 
 def iter_video(grounder, frames, expression: str, video: VideoConfig | None = None, cancel=None,
@@ -256,10 +308,20 @@ def iter_video(grounder, frames, expression: str, video: VideoConfig | None = No
     def needed(pair) -> bool:
         return pair[0] >= context_from
 
-    for batch in _batched(filter(needed, enumerate(read_frames(frames))), max(1, video.batch_frames)):
-        if cancel is not None and cancel():
-            return
-        items = grounder.referent_maps([(im, expression) for _, im in batch], cfg)
+    if video.maps == "clip":
+        if not getattr(grounder.backend, "video", False):
+            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan); this model is "
+                             f"{grounder.backend.arch!r}: use maps='frame'")
+        from ..backends.wan import latent_frames
+
+        latent_frames(video.clip_frames, grounder.backend.temporal)  # a window length the VAE takes
+        windows = ((w[lo:hi], _clip_maps(grounder, w, expression, cfg)[lo:hi])
+                   for w, lo, hi in clip_windows(filter(needed, enumerate(read_frames(frames))),
+                                                 video.clip_frames, video.clip_overlap))
+    else:
+        windows = ((batch, grounder.referent_maps([(im, expression) for _, im in batch], cfg))
+                   for batch in _batched(filter(needed, enumerate(read_frames(frames))), max(1, video.batch_frames)))
+    for batch, items in _cancellable(windows, cancel):
         for (idx, _), item in zip(batch, items):
             if idx < start:
                 history.append(item.map)  # context only: finished before the resume

@@ -6,7 +6,12 @@ Features (each in [0, 1]):
   content words (the rest goes to stop words, magnets, EOS) — low when nothing matches them;
 - ``concentration``: how much the referent map commits to a region (``views.match_score``);
 - ``agreement``: cosine of the global and local maps (assembled views only);
-- ``sam_iou``: SAM's predicted IoU of the chosen mask (with a SAM segmenter only).
+- ``sam_iou``: SAM's predicted IoU of the chosen mask (with a SAM segmenter only);
+- per captured block and head (``head_features``, names ``<stat>@<block>/<head>``), of the raw
+  attention ``c[n]`` image token ``n`` gives the content tokens (mean over noise levels):
+  ``share`` (Σ c / all attention on the prompt's real tokens), ``peak`` (max c), ``top2`` /
+  ``top10`` (mean c over the top 2 % / 10 % of image tokens) — a referent that is there draws
+  more, and more concentrated, attention in some heads than a partial match does.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from ..config import PresenceConfig
 from .tokens import CONTENT, PAD
 
 FEATURES = ("content_share", "concentration", "agreement", "sam_iou")
+HEAD_STATS = ("share", "peak", "top2", "top10")
 
 
 def content_share(A: torch.Tensor, kinds: np.ndarray) -> float:
@@ -31,13 +37,46 @@ def content_share(A: torch.Tensor, kinds: np.ndarray) -> float:
     return float(A[..., content].sum()) / total if total > 0 else 0.0
 
 
+def head_features(A: torch.Tensor, kinds: np.ndarray, block_names: list[str],
+                  wanted: set[str] | None = None) -> dict[str, float]:
+    """``A`` raw probabilities ``[L, V, H, N, C]``, kinds ``[C]``: the ``HEAD_STATS`` of every
+    (block, head), or only the ``wanted`` names (the ones a fitted model uses)."""
+    kinds = np.asarray(kinds)
+    names = [f"{stat}@{b}/{h}" for stat in HEAD_STATS for b in block_names for h in range(A.shape[2])]
+    if wanted is not None:
+        if not wanted.intersection(names):
+            return {}
+    c = A[..., torch.from_numpy(kinds == CONTENT)].sum(-1).mean(1).double()  # [L, H, N]
+    total = A[..., torch.from_numpy(kinds != PAD)].sum(-1).mean(1).double().sum(-1)  # [L, H]
+    n = c.shape[-1]
+    ranked = torch.sort(c, dim=-1, descending=True).values
+    stats = {"share": c.sum(-1) / total.clamp_min(1e-30), "peak": ranked[..., 0],
+             "top2": ranked[..., : max(1, n // 50)].mean(-1), "top10": ranked[..., : max(1, n // 10)].mean(-1)}
+    out = {}
+    for stat in HEAD_STATS:
+        for li, b in enumerate(block_names):
+            for h in range(A.shape[2]):
+                name = f"{stat}@{b}/{h}"
+                if wanted is None or name in wanted:
+                    out[name] = float(stats[stat][li, h])
+    return out
+
+
 def score(features: dict[str, float | None], cfg: PresenceConfig) -> float:
     """Presence probability from the fitted model; features it was not fitted on, or that this
     grounding lacks, are left out. Unfitted: the map's concentration."""
     if not cfg.weights:
         return float(features.get("concentration") or 0.0)
     z = cfg.bias + sum(w * float(features[k]) for k, w in cfg.weights.items() if features.get(k) is not None)
-    return 1.0 / (1.0 + math.exp(-z))
+    return sigmoid(z)
+
+
+def sigmoid(z: float) -> float:
+    """1 / (1 + e^−z) without overflow for large |z|."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 def is_present(features: dict[str, float | None], cfg: PresenceConfig, mask_nonempty: bool) -> tuple[bool, float]:
@@ -90,10 +129,14 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return best_t
 
 
-def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 1e-2) -> tuple[PresenceConfig, dict]:
-    """Fit the logistic model on the features every sample has; threshold by Youden's J.
-    Returns the config and a report (features used, ROC AUC of the score and of each feature)."""
+def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 1e-2,
+        head_stats: bool = False) -> tuple[PresenceConfig, dict]:
+    """Fit the logistic model on the features every sample has (``FEATURES``, and with
+    ``head_stats`` the per-head ones); threshold by Youden's J. Returns the config and a report
+    (features used, ROC AUC of the score and of each named feature)."""
     names = [f for f in FEATURES if all(d.get(f) is not None for d in features)]
+    if head_stats:
+        names += [f for f in features[0] if "@" in f and all(d.get(f) is not None for d in features)]
     if not names:
         raise ValueError("no presence feature is available for every sample")
     X = np.array([[d[f] for f in names] for d in features], dtype=np.float64)
@@ -102,7 +145,8 @@ def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 
     cfg = PresenceConfig(weights={f: float(c) for f, c in zip(names, coef)}, bias=bias)
     scores = np.array([score(d, cfg) for d in features])
     cfg.threshold = youden_threshold(scores, y)
-    report = {"features": names, "roc_auc": roc_auc(scores, y), "threshold": cfg.threshold,
-              "feature_auc": {f: roc_auc(X[:, i], y) for i, f in enumerate(names)},
+    report = {"features": names,
+              "roc_auc": roc_auc(scores, y), "threshold": cfg.threshold,
+              "feature_auc": {f: roc_auc(X[:, i], y) for i, f in enumerate(names) if "@" not in f},
               "samples": len(y), "present": int(y.sum())}
     return cfg, report

@@ -25,6 +25,10 @@ _PHRASE_BREAKS = frozenset(
 # Words that place the referent itself ("at the top", "on the left of ..."): never part of a complement.
 _SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
 
+# A word's last piece that only inflects it ("circle" + "s" when a vocabulary lacks the plural):
+# it marks number, not the object, so it is read as a stop word (its attention is not the referent's).
+_INFLECTIONS = frozenset(("s", "es", "'s", "’s"))
+
 # Kinds of text position, in the order used by `PromptTokens.kinds`. ``TEMPLATE``: a chat
 # template's or system message's token — attended to, never content or a magnet.
 PAD, SPECIAL, PUNCT, STOP, MAGNET, CONTENT, TEMPLATE = range(7)
@@ -90,10 +94,11 @@ def split_words(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(0), m.start(), m.end()) for m in _WORD_RE.finditer(text)]
 
 
-def _word_kind(word: str) -> int:
+def word_kind(word: str) -> int:
+    """PUNCT, STOP (stop words, numbers) or CONTENT."""
     if not any(ch.isalnum() for ch in word):
         return PUNCT
-    return STOP if word.lower() in STOP_WORDS else CONTENT
+    return STOP if word.lower() in STOP_WORDS or word.isdigit() else CONTENT
 
 
 def head_noun(words: list[Word]) -> int | None:
@@ -131,7 +136,7 @@ def validate_expression(expression: str) -> str:
     text = " ".join(expression.split())
     if not text:
         raise ValueError("expression is empty")
-    kinds = [_word_kind(w) for w, _, _ in split_words(text)]
+    kinds = [word_kind(w) for w, _, _ in split_words(text)]
     if CONTENT not in kinds:
         raise ValueError(f"expression {expression!r} has no content words (only stop words or punctuation)")
     return text
@@ -148,7 +153,7 @@ def build_prompt(expression: str, magnets: MagnetConfig) -> tuple[str, list[Word
         prompt = expression + " " + " ".join(extra)
     words = []
     for i, (w, s, e) in enumerate(split_words(prompt)):
-        words.append(Word(w, s, e, MAGNET if i >= n_expr else _word_kind(w)))
+        words.append(Word(w, s, e, MAGNET if i >= n_expr else word_kind(w)))
     return prompt, words
 
 
@@ -193,9 +198,15 @@ def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptT
         if w is None:
             kinds[pos] = TEMPLATE if role == TEMPLATE_ROLE else SPECIAL
             continue
-        kinds[pos] = words[w].kind
+        kinds[pos] = STOP if _inflection(prompt, words[w], int(s), int(e)) else words[w].kind
         word_index[pos] = w
     return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), seq, notes)
+
+
+def _inflection(prompt: str, word: Word, s: int, e: int) -> bool:
+    """Whether the token at ``[s, e)`` is a content word's trailing inflection piece (see ``_INFLECTIONS``)."""
+    return (word.kind == CONTENT and e == word.end and s - word.start >= 3
+            and prompt[s:e].lower() in _INFLECTIONS)
 
 
 def _word_at(spans: list[tuple[int, int]], s: int, e: int) -> int | None:

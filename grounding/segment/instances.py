@@ -9,11 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from ..readout.tokens import CONTENT, Word, head_noun, split_words, word_kind
 from .prompts import Prompts, _spread, box_of
 
 _NUMBERS = {"one": 1, "single": 1, "two": 2, "both": 2, "pair": 2, "couple": 2, "three": 3, "four": 4,
             "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
 _ALL = frozenset("all every each any".split())
+_IRREGULAR_PLURALS = frozenset("people men women children mice geese feet teeth police cattle".split())
 
 
 @dataclass(frozen=True)
@@ -24,16 +26,41 @@ class Instance:
 
 
 def requested_count(expression: str) -> int | None:
-    """The number of instances an expression names: "the two circles" → 2, "both squares" → 2,
-    "3 dogs" → 3; "all red objects" / no number → None (as many as the map shows)."""
-    for word in re.findall(r"[a-z]+|\d+", expression.lower()):
+    """The number of instances an expression asks for: "the two circles" → 2, "both squares" → 2,
+    "3 dogs" → 3, "the red circle" → 1 (a singular head noun); "all red objects", "the circles"
+    (a plural head noun), "the cat and the dog" (joined phrases) → None (as many as the map shows)."""
+    words = [w.lower() for w, _, _ in split_words(expression)]
+    for word in words:
         if word.isdigit():
             return max(1, min(int(word), 100))
         if word in _NUMBERS and word != "one":
             return _NUMBERS[word]
         if word in _ALL:
             return None
-    return None
+    parsed = [Word(w, s, e, word_kind(w)) for w, s, e in split_words(expression)]
+    head = head_noun(parsed)
+    if head is None or is_plural(parsed[head].text) or _joined(parsed):
+        return None
+    return 1
+
+
+def is_plural(noun: str) -> bool:
+    """English plural by form: "circles", "boxes", "people"; not "glass", "bus", "iris"."""
+    n = noun.lower()
+    return n in _IRREGULAR_PLURALS or (len(n) > 3 and n.endswith("s") and not n.endswith(("ss", "us", "is")))
+
+
+def _joined(words: list[Word]) -> bool:
+    """Whether "and" / "or" joins two phrases with content words ("the cat and the dog", "man on
+    the left and woman on the right": two referents, each singular) — not a "between" anchor pair."""
+    for i, w in enumerate(words):
+        t = w.text.lower()
+        if t == "between":
+            return False
+        if t in ("and", "or") and any(v.kind == CONTENT for v in words[:i]) \
+                and any(v.kind == CONTENT for v in words[i + 1:]):
+            return True
+    return False
 
 
 def map_regions(heatmap: np.ndarray, threshold: float, min_relative_peak: float, min_area: float) -> list[np.ndarray]:

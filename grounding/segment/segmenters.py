@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import defaultdict
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -66,6 +67,9 @@ class MapSegmenter:
                  prev_mask: np.ndarray | None = None, mask_prompt: np.ndarray | None = None,
                  identity_weight: float = 0.5) -> Segmentation:
         return Segmentation(prompts.region.copy(), None)
+
+    def segment_many(self, image: np.ndarray, heatmap: np.ndarray, prompts: list[Prompts]) -> list[Segmentation]:
+        return [Segmentation(p.region.copy(), None) for p in prompts]
 
 
 def build_sam_tiny(checkpoint: str | None = None):
@@ -180,6 +184,32 @@ class SamSegmenterBase:
         best = choose(list(masks), prompts.region, [float(v) for v in scores], prev_mask, identity_weight)
         return Segmentation(masks[best].astype(bool), float(scores[best]), low[best])
 
+    def segment_many(self, image: np.ndarray, heatmap: np.ndarray, prompts: list[Prompts]) -> list[Segmentation]:
+        """One segmentation per prompt set (several instances of one image): the image embedded
+        once, prompt sets with the same number of points decoded in one batched call."""
+        self.set_image(image)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, p in enumerate(prompts):
+            groups[len(p.points)].append(i)
+        out: list[Segmentation | None] = [None] * len(prompts)
+        for idx in groups.values():
+            pts = np.stack([prompts[i].points for i in idx]).astype(np.float32)
+            labs = np.stack([prompts[i].labels for i in idx])
+            boxes = np.array([prompts[i].box for i in idx], dtype=np.float32) if self.use_box else None
+            masks, scores, low = self.predict_many(pts, labs, boxes)
+            for j, i in enumerate(idx):
+                best = choose(list(masks[j]), prompts[i].region, [float(v) for v in scores[j]])
+                out[i] = Segmentation(masks[j][best].astype(bool), float(scores[j][best]), low[j][best])
+        return out  # type: ignore[return-value]
+
+    def predict_many(self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``predict`` for ``B`` prompt sets of ``K`` points each (``points`` ``[B, K, 2]``,
+        ``labels`` ``[B, K]``, ``boxes`` ``[B, 4]``): masks ``[B, 3, H, W]``, IoU ``[B, 3]``, low-res
+        logits ``[B, 3, 256, 256]``. This default decodes them one after another."""
+        res = [self.predict(points[b], labels[b], None if boxes is None else boxes[b]) for b in range(len(points))]
+        return tuple(np.stack(r) for r in zip(*res))  # type: ignore[return-value]
+
 
 class SamSegmenter(SamSegmenterBase):
     """SAM in torch, through segment-anything's ``SamPredictor``."""
@@ -203,6 +233,18 @@ class SamSegmenter(SamSegmenterBase):
         with torch.no_grad():
             return self.predictor.predict(point_coords=points, point_labels=labels, box=box, mask_input=mask_input,
                                           multimask_output=True, return_logits=return_logits)
+
+    def predict_many(self, points, labels, boxes):
+        """All prompt sets in one ``SamPredictor.predict_torch`` call (SAM's batched prompts)."""
+        p = self.predictor
+        dev = p.device
+        coords = torch.as_tensor(p.transform.apply_coords(points, p.original_size), dtype=torch.float, device=dev)
+        labs = torch.as_tensor(labels, dtype=torch.int, device=dev)
+        box = None if boxes is None else torch.as_tensor(p.transform.apply_boxes(boxes, p.original_size),
+                                                         dtype=torch.float, device=dev)
+        with torch.no_grad():
+            masks, iou, low = p.predict_torch(coords, labs, box, multimask_output=True)
+        return masks.cpu().numpy(), iou.float().cpu().numpy(), low.float().cpu().numpy()
 
 
 def ort_providers() -> list[str]:
@@ -251,28 +293,44 @@ class OnnxSamSegmenter(SamSegmenterBase):
         padded[0, :, : x.shape[1], : x.shape[2]] = x
         self._embedding = self.encoder.run(None, {"image": padded.astype(self.dtype)})[0]
 
-    def predict(self, points, labels, box, return_logits=False, mask_input=None):
+    def _decoder_prompts(self, points, labels, box) -> tuple[np.ndarray, np.ndarray]:
+        """One prompt set in the decoder's terms: coordinates in the 1024 frame, box corners as
+        labels 2 / 3 (else one padding point, label -1)."""
         coords = self.transform.apply_coords(np.asarray(points, dtype=np.float32), self.original_size)
         labs = np.asarray(labels, dtype=np.float32)
         if box is not None:
             corners = self.transform.apply_boxes(np.asarray(box, dtype=np.float32)[None], self.original_size)
-            coords = np.concatenate([coords, corners.reshape(2, 2)])
-            labs = np.concatenate([labs, [2.0, 3.0]])
-        else:
-            coords = np.concatenate([coords, np.zeros((1, 2), dtype=np.float32)])
-            labs = np.concatenate([labs, [-1.0]])
+            return np.concatenate([coords, corners.reshape(2, 2)]), np.concatenate([labs, [2.0, 3.0]])
+        return np.concatenate([coords, np.zeros((1, 2), dtype=np.float32)]), np.concatenate([labs, [-1.0]])
+
+    def _decode(self, coords: np.ndarray, labs: np.ndarray, mask_input, return_logits: bool):
+        """``B`` prompt sets (``coords`` ``[B, N, 2]``) → masks ``[B, 3, H, W]``, IoU ``[B, 3]``, low-res ``[B, 3, …]``."""
         low = self.manifest["low_res_size"]
         low_res, iou = self.decoder.run(None, {
             "image_embeddings": self._embedding,
-            "point_coords": coords[None].astype(self.dtype),
-            "point_labels": labs[None].astype(self.dtype),
+            "point_coords": coords.astype(self.dtype),
+            "point_labels": labs.astype(self.dtype),
             "mask_input": (np.zeros((1, 1, *low)) if mask_input is None else mask_input[None]).astype(self.dtype),
             "has_mask_input": np.full(1, 0.0 if mask_input is None else 1.0, dtype=self.dtype),
         })
         low_t = torch.from_numpy(low_res.astype(np.float32))
-        logits = upscale_masks(low_t, self.input_size, self.original_size, self.manifest["image_size"])[0].numpy()
+        logits = upscale_masks(low_t, self.input_size, self.original_size, self.manifest["image_size"]).numpy()
         masks = logits if return_logits else logits > self.manifest["mask_threshold"]
-        return masks, iou[0].astype(np.float32), low_res[0].astype(np.float32)
+        return masks, iou.astype(np.float32), low_res.astype(np.float32)
+
+    def predict(self, points, labels, box, return_logits=False, mask_input=None):
+        coords, labs = self._decoder_prompts(points, labels, box)
+        masks, iou, low = self._decode(coords[None], labs[None], mask_input, return_logits)
+        return masks[0], iou[0], low[0]
+
+    def predict_many(self, points, labels, boxes):
+        """One decoder run for every prompt set when the export has a prompt batch axis
+        (``prompt_batch`` in the manifest; older exports decode one set at a time)."""
+        if not self.manifest.get("prompt_batch"):
+            return super().predict_many(points, labels, boxes)
+        sets = [self._decoder_prompts(points[b], labels[b], None if boxes is None else boxes[b])
+                for b in range(len(points))]
+        return self._decode(np.stack([c for c, _ in sets]), np.stack([lab for _, lab in sets]), None, False)
 
 
 def make_segmenter(spec, device: str = "cpu"):
