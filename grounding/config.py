@@ -14,6 +14,7 @@ SinkMode = Literal["redirect", "suppress"]
 ViewMode = Literal["global", "assembled"]
 ViewFill = Literal["blur", "mean", "attention"]
 InstanceMode = Literal["one", "all"]
+VideoMaps = Literal["frame", "clip"]  # where video maps come from (pipeline.video.VideoConfig.maps)
 
 CONFIG_NAME = "grounding.json"
 

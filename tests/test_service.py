@@ -305,6 +305,7 @@ def test_video_task_cancel_then_resume(server, tmp_path):
     (None, {"expression": "red circle", "window": "99"}, 400, "window", "less than or equal to 16"),
     (None, {"expression": "red circle", "threshold": "2"}, 400, "threshold", "less than 1"),
     (None, {"expression": "red circle", "views": "assembled"}, 400, "views", "unknown field"),
+    (None, {"expression": "red circle", "maps": "sometimes"}, 400, "maps", "'frame' or 'clip'"),
 ])
 def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, status, field, message):
     data = _video_bytes(tmp_path, 3) if data is None else data
@@ -312,6 +313,14 @@ def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, 
                    data=fields, timeout=60)
     assert r.status_code == status and r.json()["field"] == field and message in r.json()["error"], r.text
     assert post(server, "/video_progress", json={"task_id": "nope"}).status_code == 404
+
+
+def test_clip_maps_on_an_image_model_fail_with_the_reason(server, tmp_path):
+    task = httpx.post(server["url"] + "/segment_video/submit",
+                      files={"video": ("v.mp4", _video_bytes(tmp_path, 3), "video/mp4")},
+                      data={"expression": "red circle", "maps": "clip"}, timeout=60).json()["task_id"]
+    assert _wait(server, task) == "failed"
+    assert "needs a video diffusion transformer" in _progress(server, task)["error"]
 
 
 def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):

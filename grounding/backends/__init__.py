@@ -18,6 +18,7 @@ from .base import PADDING, ROLE_NAMES, SPECIAL, TEMPLATE, TEXT, Backend, Capture
 from .capture import AttentionRecorder, AttentionStore, SequenceLayout
 from .flux import FluxBackend
 from .flux2 import Flux2Backend, Flux2KleinBackend
+from .hunyuanvideo import HunyuanVideoBackend
 from .memory import MemoryOptions, drop_vae_decoder, quantization_config
 from .qwenimage import QwenImageBackend
 from .sd3 import SD3Backend
@@ -49,6 +50,7 @@ register_backend("Flux2KleinPipeline", "Flux2KleinKVPipeline", load_as="Flux2Kle
 register_backend("QwenImagePipeline", "QwenImageImg2ImgPipeline")(QwenImageBackend)
 register_backend("ZImagePipeline", "ZImageImg2ImgPipeline")(ZImageBackend)
 register_backend("WanPipeline", "WanVideoToVideoPipeline")(WanBackend)
+register_backend("HunyuanVideoPipeline")(HunyuanVideoBackend)
 
 
 def pipeline_index(model: str | Path) -> dict:

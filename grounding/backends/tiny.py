@@ -428,6 +428,71 @@ def build_tiny_wan(seed: int = 0, size: str = "tiny"):
                        transformer=transformer)
 
 
+# Llama 3's pre-tokenizer split (line breaks kept together, digits in groups of up to three).
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+_LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def _llama3_tokenizer():
+    """A byte-level BPE fast tokenizer with Llama 3's control tokens and its BOS post-processor
+    (the kind HunyuanVideo's llava-llama-3 text encoder ships)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    # The words of HunyuanVideo's system prompt, so the template before the prompt is 95 tokens
+    # (its crop_start) as with Llama 3's own vocabulary.
+    vocab, merges = _byte_bpe(("system", "user", "Describe", "video", "by", "detailing", "following", "aspects",
+                               "main", "content", "theme", "color", "shape", "size", "texture", "quantity", "text",
+                               "spatial", "relationships", "objects", "background", "camera", "The", "Actions",
+                               "events", "behaviors", "temporal", "physical", "movement", "changes", "environment",
+                               "light", "style", "atmosphere", "angles", "movements", "transitions", "used", "ĊĊ"))
+    vocab = {**vocab, **{t: len(vocab) + i for i, t in enumerate(_LLAMA3_SPECIALS)}}
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.decoder = decoders.ByteLevel()
+    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _LLAMA3_SPECIALS])
+    bos = vocab["<|begin_of_text|>"]
+    bpe.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
+                                                       special_tokens=[("<|begin_of_text|>", bos)])
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
+                                   pad_token="<|end_of_text|>", model_max_length=131072)
+
+
+def build_tiny_hunyuanvideo(seed: int = 0, size: str = "tiny"):
+    """A ``HunyuanVideoPipeline``: a Llama text encoder behind the pipeline's system/user template
+    (cropped at 95), CLIP for the pooled embedding, the causal HunyuanVideo VAE (×8 space, ×4
+    time), a ``HunyuanVideoTransformer3DModel`` with 1 dual + 1 single block (2 of each at
+    "medium"), 2 heads × 10, guidance-distilled → 64 px frames = 8 × 8 tokens per latent frame."""
+    from diffusers import (AutoencoderKLHunyuanVideo, FlowMatchEulerDiscreteScheduler, HunyuanVideoPipeline,
+                           HunyuanVideoTransformer3DModel)
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    tok = _llama3_tokenizer()
+    clip_tok = _clip_tokenizer()
+    llama = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=37, num_hidden_layers=3,
+                                   num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id)).eval()
+    vae = AutoencoderKLHunyuanVideo(in_channels=3, out_channels=3, latent_channels=4,
+                                    down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+                                    up_block_types=("HunyuanVideoUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8),
+                                    layers_per_block=1, norm_num_groups=4, spatial_compression_ratio=8,
+                                    temporal_compression_ratio=4, mid_block_add_attention=True).eval()
+    layers = {"tiny": 1, "medium": 2}[size]
+    transformer = HunyuanVideoTransformer3DModel(in_channels=4, out_channels=4, num_attention_heads=2,
+                                                 attention_head_dim=10, num_layers=layers, num_single_layers=layers,
+                                                 num_refiner_layers=1, patch_size=1, patch_size_t=1,
+                                                 guidance_embeds=True, text_embed_dim=16, pooled_projection_dim=32,
+                                                 rope_axes_dim=(2, 4, 4)).eval()
+    return HunyuanVideoPipeline(text_encoder=llama, tokenizer=tok, transformer=transformer, vae=vae,
+                                scheduler=FlowMatchEulerDiscreteScheduler(),
+                                text_encoder_2=_clip_encoder(len(clip_tok), with_projection=False),
+                                tokenizer_2=clip_tok)
+
+
 BUILDERS = {
     "flux": lambda seed, size: build_tiny_flux(seed, size),
     "sd3": lambda seed, size: build_tiny_sd3(seed),
@@ -436,6 +501,7 @@ BUILDERS = {
     "qwenimage": build_tiny_qwenimage,
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
+    "hunyuanvideo": build_tiny_hunyuanvideo,
 }
 ARCHS = tuple(BUILDERS)
 

@@ -1,9 +1,11 @@
-"""Video referring segmentation: per-frame maps (frames batched through the transformer),
-temporal aggregation of the maps, SAM on every frame with the previous frame's mask as a mask
-prompt, and the referent's identity kept by overlap with the previous mask.
+"""Video referring segmentation: per-frame maps (frames batched through the transformer) or clip
+maps (a video diffusion transformer over windows of frames, one forward per window: each frame
+gets the map of the latent frame it was folded into), temporal aggregation of the maps, SAM on
+every frame with the previous frame's mask as a mask prompt, and the referent's identity kept by
+overlap with the previous mask.
 
-Frames stream through: at most ``2·window + batch_frames`` frames are held at any time, so
-memory stays bounded however long the video is.
+Frames stream through: at most ``2·window + batch_frames`` frames (clip maps: ``clip_frames`` +
+``window``) are held at any time, so memory stays bounded however long the video is.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import zipfile
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Literal
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..config import VideoMaps
 from ..readout import maps
 from ..segment.segmenters import map_confidence
 
@@ -39,7 +42,7 @@ class VideoConfig:
     # Where maps come from: "frame" — the model over each frame; "clip" — a video DiT (Wan) over
     # windows of ``clip_frames`` frames (4k + 1 for Wan's VAE), ``clip_overlap`` shared with the next
     # window; a frame takes the map of the window it sits most inside.
-    maps: Literal["frame", "clip"] = "frame"
+    maps: VideoMaps = "frame"
     clip_frames: int = 17
     clip_overlap: int = 4
 
@@ -266,7 +269,7 @@ def clip_windows(frames: Iterator[tuple[int, Image.Image]], size: int, overlap: 
 def _clip_maps(grounder, batch: list[tuple[int, Image.Image]], expression: str, cfg) -> list:
     """One clip through the video DiT: a ``ReferentMap`` per frame of ``batch`` (the clip padded to
     the VAE's ``4k + 1`` frames by repeating its last frame; the padding's maps dropped)."""
-    from ..backends.wan import clip_length
+    from ..backends.video import clip_length
 
     images = [im for _, im in batch]
     n = clip_length(len(images), grounder.backend.temporal)
@@ -312,7 +315,7 @@ def iter_video(grounder, frames, expression: str, video: VideoConfig | None = No
         if not getattr(grounder.backend, "video", False):
             raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan); this model is "
                              f"{grounder.backend.arch!r}: use maps='frame'")
-        from ..backends.wan import latent_frames
+        from ..backends.video import latent_frames
 
         latent_frames(video.clip_frames, grounder.backend.temporal)  # a window length the VAE takes
         windows = ((w[lo:hi], _clip_maps(grounder, w, expression, cfg)[lo:hi])

@@ -168,7 +168,10 @@ class VideoJobs:
 
         prev = rle_to_mask(done[-1]["segmentation"]) if done else None
         options = parse_options(opts, "segment_video")
-        video = VideoConfig(window=options.window)
+        if options.maps == "clip" and not getattr(engine.grounder.backend, "video", False):
+            raise RequestError(f"maps='clip' needs a video diffusion transformer (Wan, HunyuanVideo); this model is "
+                               f"{engine.grounder.backend.arch!r}", field="maps")
+        video = VideoConfig(window=options.window, maps=options.maps)
         overrides = options.overrides()
         cancelled = False
 

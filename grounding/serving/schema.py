@@ -15,7 +15,7 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import InstanceMode, SinkMode, ViewMode
+from ..config import InstanceMode, SinkMode, VideoMaps, ViewMode
 
 MaskFormat = t.Literal["rle", "polygon", "png"]
 HeatmapFormat = t.Literal["png", "array"]
@@ -54,6 +54,8 @@ class Options(BaseModel):
         json_schema_extra=_config("instances.mode"))
     # Video jobs only.
     window: int = Field(2, ge=0, le=16, description="video: temporal aggregation over ±window frames")
+    maps: VideoMaps = Field("frame", description='video: "frame" — the model over each frame; "clip" — a video '
+                                                 'diffusion transformer (Wan, HunyuanVideo) over windows of frames')
     return_overlay: bool = Field(False, description="video: a base64 overlay mp4 in the result")
 
     def overrides(self) -> dict[str, t.Any]:
@@ -74,7 +76,7 @@ ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
     "ground": ("heatmap_format", *_REFAM, "seed", "views"),
     "answer_ground": (*_RESULT, "threshold", "seed", "views"),
     "render": ("threshold", "seed", "views"),
-    "segment_video": ("window", "return_overlay", "threshold", "seed"),
+    "segment_video": ("window", "maps", "return_overlay", "threshold", "seed"),
 }
 
 
