@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tiny-model", help="write a tiny randomly initialised pipeline folder (tests, benchmarks); "
                                           "its attention maps are meaningless")
     p.add_argument("--arch", choices=list(TINY_ARCHS), default="flux",
-                   help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage, wan (Wan 2.x video)")
+                   help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage, wan / wan2.2 (Wan video, one or two experts), hunyuanvideo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["tiny", "medium"], default="tiny",
                    help="medium: width-512 transformer (4 heads × 128; not sd3) for CPU benchmarks")

@@ -161,6 +161,8 @@ def test_quantization_builds_diffusers_pipeline_config():
     assert cfg.is_granular and sorted(m) == ["text_encoder", "text_encoder_2", "transformer"]  # VAE left alone
     assert isinstance(m["transformer"], diffusers.BitsAndBytesConfig) and m["transformer"].load_in_8bit
     assert isinstance(m["text_encoder"], transformers.BitsAndBytesConfig) and m["text_encoder"].load_in_8bit
+    wan22 = quantization_config("int8", ["transformer", "transformer_2", "text_encoder", "vae"], torch.bfloat16)
+    assert isinstance(wan22.quant_mapping["transformer_2"], diffusers.BitsAndBytesConfig)  # both Wan 2.2 experts
     if importlib.util.find_spec("bitsandbytes") is None:  # diffusers' 4-bit config reads its version
         with pytest.raises(ValueError, match="needs the bitsandbytes package"):
             quantization_config("nf4", comps, torch.bfloat16)

@@ -260,3 +260,34 @@ def test_davis_runner_with_clip_maps(wan_dir, tmp_path):
     assert summary["n"] == 5 and summary["scored"] == 5 and 0.0 <= summary["J&F"] <= 1.0
     assert json.loads((run / "run.json").read_text())["config"]["video_maps"] == "clip"
     assert len(list((run / "Annotations" / "red-disc").rglob("*.png"))) == 15
+
+
+@torch.no_grad()
+def test_wan22_reads_each_noise_level_from_the_expert_the_pipeline_runs(tmp_path):
+    """Wan 2.2 A14B: ``transformer`` at σ ≥ boundary_ratio (0.875), ``transformer_2`` below; a
+    capture over levels of both experts equals each expert's capture, in the levels' order."""
+    from grounding.backends.tiny import save_tiny_model
+
+    b = load_backend(save_tiny_model(tmp_path / "wan22", "wan2.2"))
+    assert b.pipe.transformer_2 is not None and b.pipe.config.boundary_ratio == 0.875
+    assert b.expert(0.3) is b.pipe.transformer_2 and b.expert(0.9) is b.pipe.transformer
+    seq = b.tokenize(["the red circle"], MAX_LEN)[0]
+    size = b.input_size(64, 48, 64)
+    frames = _clip(5)
+    both = b.capture([frames], [seq], size, (0.9, 0.3), seed=2)
+    high = b.capture([frames], [seq], size, (0.9,), seed=2)
+    low = b.capture([frames], [seq], size, (0.3,), seed=2)
+    assert torch.equal(both.probs[:, 0], high.probs[:, 0]) and torch.equal(both.probs[:, 1], low.probs[:, 0])
+    assert not torch.equal(high.probs, low.probs) and b.transformer is b.pipe.transformer
+    latents = b.encode_pixels([frames], size)
+    cond = b.encode_prompts([seq])
+    b.transformer = b.pipe.transformer_2  # what the low-noise capture ran: the second expert's own forward
+    try:
+        store = AttentionStore(layout=lambda block, q, k: b.layout(block, q, k, len(seq), 0),
+                               columns=torch.from_numpy(low.columns))
+        with b.capturing(store, b.block_names):
+            b.forward(b.add_noise(latents, torch.randn(latents.shape[1:], generator=torch.Generator("cpu")
+                                                       .manual_seed(2)).expand_as(latents), 0.3), 0.3, cond, 3.5)
+    finally:
+        b.transformer = b.pipe.transformer
+    assert torch.equal(torch.stack([store.maps[n][0] for n in b.block_names]), low.probs[:, 0])

@@ -87,7 +87,7 @@ def quantization_config(kind: Quantization, components: list[str], dtype: torch.
 
     mapping = {}
     for name in components:
-        if name == "transformer":
+        if name in ("transformer", "transformer_2"):  # transformer_2: Wan 2.2's low-noise expert
             mapping[name] = make(diffusers)
         elif name.startswith("text_encoder"):
             mapping[name] = make(transformers)

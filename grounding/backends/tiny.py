@@ -402,11 +402,12 @@ def build_tiny_zimage(seed: int = 0, size: str = "tiny"):
         tok, "Qwen3Model"), tokenizer=tok, transformer=transformer)
 
 
-def build_tiny_wan(seed: int = 0, size: str = "tiny"):
+def build_tiny_wan(seed: int = 0, size: str = "tiny", experts: int = 1):
     """A ``WanPipeline``: UMT5 text encoder, the causal Wan video VAE (×8 space, ×4 time, first
     frame alone; 16 latent channels with non-trivial latents_mean / latents_std), a
     ``WanTransformer3DModel`` with 2 blocks, 2 heads × 16, patches (1, 2, 2) → 64 px frames =
-    4 × 4 tokens per latent frame."""
+    4 × 4 tokens per latent frame. ``experts=2``: Wan 2.2 A14B's layout — a second (low-noise)
+    transformer and ``boundary_ratio`` 0.875."""
     from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline, WanTransformer3DModel
     from transformers import UMT5Config, UMT5EncoderModel
 
@@ -420,12 +421,17 @@ def build_tiny_wan(seed: int = 0, size: str = "tiny"):
                            latents_mean=(torch.randn(16, generator=g) * 0.1).tolist(),
                            latents_std=(1.0 + torch.rand(16, generator=g)).tolist()).eval()
     width = {"tiny": (2, 16, 2), "medium": (4, 32, 4)}[size]
-    transformer = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=width[0],
-                                        attention_head_dim=width[1], in_channels=16, out_channels=16, text_dim=32,
-                                        freq_dim=32, ffn_dim=32, num_layers=width[2], cross_attn_norm=True,
-                                        qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+
+    def transformer():
+        return WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=width[0], attention_head_dim=width[1],
+                                     in_channels=16, out_channels=16, text_dim=32, freq_dim=32, ffn_dim=32,
+                                     num_layers=width[2], cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                                     rope_max_seq_len=32).eval()
+
+    two = experts == 2
     return WanPipeline(tokenizer=tok, text_encoder=encoder, vae=vae, scheduler=FlowMatchEulerDiscreteScheduler(),
-                       transformer=transformer)
+                       transformer=transformer(), transformer_2=transformer() if two else None,
+                       boundary_ratio=0.875 if two else None)
 
 
 # Llama 3's pre-tokenizer split (line breaks kept together, digits in groups of up to three).
@@ -501,6 +507,7 @@ BUILDERS = {
     "qwenimage": build_tiny_qwenimage,
     "zimage": build_tiny_zimage,
     "wan": build_tiny_wan,
+    "wan2.2": lambda seed, size: build_tiny_wan(seed, size, experts=2),
     "hunyuanvideo": build_tiny_hunyuanvideo,
 }
 ARCHS = tuple(BUILDERS)

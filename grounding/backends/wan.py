@@ -7,6 +7,10 @@ The pipeline feeds the text encoder's states of the real tokens and zeros after 
 attention mask: the model attends to those zero positions too, so their keys are in every row's
 softmax (the read-out's log-sum-exp runs over them) while only the real tokens are kept.
 
+Wan 2.2 A14B has two experts: ``transformer`` for timesteps ≥ ``boundary_ratio ·
+num_train_timesteps`` and ``transformer_2`` (low noise) below; each noise level is read from the
+expert the pipeline would run at it (``expert``).
+
 Clips (``video.VideoDiTBackend``): the causal Wan VAE keeps the first frame alone and then folds
 ``vae_scale_factor_temporal`` (4) frames into each latent frame; latents are normalised by the
 VAE's per-channel ``latents_mean`` / ``latents_std``; patches (1, 2, 2).
@@ -17,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PADDING, TokenSequence, join_streams, tokenize_stream
+from .base import PADDING, Capture, TokenSequence, join_streams, tokenize_stream
 from .capture import SequenceLayout
 from .video import VideoDiTBackend
 
@@ -61,6 +65,40 @@ class WanBackend(VideoDiTBackend):
         states = enc(ids, mask).last_hidden_state.to(enc.dtype)
         keep = mask.bool()[..., None]
         return {"embeds": torch.where(keep, states, torch.zeros_like(states)).to(self.device, self.dtype)}
+
+    def expert(self, sigma: float) -> torch.nn.Module:
+        """The transformer ``WanPipeline`` runs at noise level ``sigma`` (Wan 2.2's two experts)."""
+        pipe = self.pipe
+        second = getattr(pipe, "transformer_2", None)
+        ratio = getattr(pipe.config, "boundary_ratio", None)
+        if second is None or ratio is None:
+            return pipe.transformer
+        boundary = ratio * pipe.scheduler.config.num_train_timesteps
+        return pipe.transformer if sigma * self.timestep_scale >= boundary else second
+
+    @torch.no_grad()
+    def capture(self, images, sequences, size, timesteps, seed, guidance_scale=3.5, blocks=None, lse_source="fused",
+                image_keep=None, early_exit=True) -> Capture:
+        """``DiTBackend.capture`` with each noise level on its expert (levels of one expert in one
+        capture, the probabilities put back in the order of ``timesteps``)."""
+        experts = [self.expert(t) for t in timesteps]
+        if all(e is self.transformer for e in experts):
+            return super().capture(images, sequences, size, timesteps, seed, guidance_scale, blocks, lse_source,
+                                   image_keep, early_exit)
+        parts, order = [], []
+        for e in dict.fromkeys(experts):
+            idx = [i for i, x in enumerate(experts) if x is e]
+            levels = tuple(timesteps[i] for i in idx)
+            own, self.transformer = self.transformer, e
+            try:
+                parts.append(super().capture(images, sequences, size, levels, seed, guidance_scale, blocks,
+                                             lse_source, image_keep, early_exit))
+            finally:
+                self.transformer = own
+            order += idx
+        probs = torch.cat([c.probs for c in parts], dim=1)[:, torch.argsort(torch.tensor(order))]
+        first = parts[0]
+        return Capture(probs, first.block_names, tuple(timesteps), first.columns, first.grid, first.text_len)
 
     def encode_clips(self, x: torch.Tensor) -> torch.Tensor:
         """The video-to-video pipeline's ``(z − latents_mean) / latents_std`` on the VAE's mode."""
