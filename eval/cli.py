@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=what)
         _common(p)
         p.add_argument("--maps", choices=["frame", "clip"], default="frame",
-                       help="frame: the model over each frame; clip: a video DiT (Wan) over windows of frames")
+                       help="frame: the model over each frame; clip: a video DiT (Wan, HunyuanVideo) over windows of frames")
         p.set_defaults(default_split=default_split)
     p = sub.add_parser("vizwiz", help="answer grounding, VizWiz-VQA-Grounding layout (mask IoU)")
     _common(p)

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--motion", type=int, default=2,
                    help="motion compensation of the aggregation: tokens per frame step (0 = off)")
     p.add_argument("--maps", choices=["frame", "clip"], default="frame",
-                   help="frame: the model over each frame; clip: a video DiT (Wan) over windows of frames")
+                   help="frame: the model over each frame; clip: a video DiT (Wan, HunyuanVideo) over windows of frames")
     p.add_argument("--clip-frames", type=int, default=17, help="--maps clip: frames per window (4k + 1 for Wan)")
     p.add_argument("--clip-overlap", type=int, default=4, help="--maps clip: frames shared by neighbouring windows")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")

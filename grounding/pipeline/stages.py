@@ -132,13 +132,17 @@ class MapStage:
         return it.replace(features={**it.features, "concentration": views.match_score(it.map),
                                     "agreement": it.agreement})
 
+    def require_video(self) -> None:
+        """``ValueError`` unless the backbone is a video DiT (what clip maps need)."""
+        if not getattr(self.backend, "video", False):
+            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan, HunyuanVideo); this model is "
+                             f"{self.backend.arch!r}: use maps='frame'")
+
     def clip(self, frames: list[Image.Image], expression: str, cfg: GroundingConfig) -> list[ReferentMap]:
         """A video DiT over one clip (``backend.capture_clip``, one forward per noise level): a
         ``ReferentMap`` per source frame — the map of the latent frame it was folded into, read
         out like an image's (the global map; prompt-masked views are per image)."""
-        if not getattr(self.backend, "video", False):
-            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan); this model is "
-                             f"{self.backend.arch!r}: use maps='frame'")
+        self.require_video()
         t0 = time.perf_counter()
         images = [open_image(im, cfg.max_image_pixels) for im in frames]
         tok = self.tokens(expression, cfg)

@@ -39,9 +39,9 @@ class VideoConfig:
     mask_prompt: bool = True  # SAM gets the previous frame's low-res mask as a prompt
     identity_weight: float = 0.5  # weight of overlap with the previous mask when choosing a mask (0 = off)
     present_threshold: float = 0.05  # map confidence under this (or an empty mask) → present = False
-    # Where maps come from: "frame" — the model over each frame; "clip" — a video DiT (Wan) over
-    # windows of ``clip_frames`` frames (4k + 1 for Wan's VAE), ``clip_overlap`` shared with the next
-    # window; a frame takes the map of the window it sits most inside.
+    # Where maps come from: "frame" — the model over each frame; "clip" — a video DiT (Wan,
+    # HunyuanVideo) over windows of ``clip_frames`` frames (4k + 1 for their causal VAEs),
+    # ``clip_overlap`` shared with the next window; a frame takes the map of the window it sits most inside.
     maps: VideoMaps = "frame"
     clip_frames: int = 17
     clip_overlap: int = 4
@@ -312,11 +312,9 @@ def iter_video(grounder, frames, expression: str, video: VideoConfig | None = No
         return pair[0] >= context_from
 
     if video.maps == "clip":
-        if not getattr(grounder.backend, "video", False):
-            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan); this model is "
-                             f"{grounder.backend.arch!r}: use maps='frame'")
         from ..backends.video import latent_frames
 
+        grounder.maps.require_video()
         latent_frames(video.clip_frames, grounder.backend.temporal)  # a window length the VAE takes
         windows = ((w[lo:hi], _clip_maps(grounder, w, expression, cfg)[lo:hi])
                    for w, lo, hi in clip_windows(filter(needed, enumerate(read_frames(frames))),

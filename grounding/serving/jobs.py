@@ -168,9 +168,11 @@ class VideoJobs:
 
         prev = rle_to_mask(done[-1]["segmentation"]) if done else None
         options = parse_options(opts, "segment_video")
-        if options.maps == "clip" and not getattr(engine.grounder.backend, "video", False):
-            raise RequestError(f"maps='clip' needs a video diffusion transformer (Wan, HunyuanVideo); this model is "
-                               f"{engine.grounder.backend.arch!r}", field="maps")
+        if options.maps == "clip":
+            try:
+                engine.grounder.maps.require_video()
+            except ValueError as e:
+                raise RequestError(str(e), field="maps") from None
         video = VideoConfig(window=options.window, maps=options.maps)
         overrides = options.overrides()
         cancelled = False
