@@ -12,6 +12,13 @@ from PIL import Image
 from conftest import scene
 
 
+def save_tiny_models(root: Path, archs: list[str]) -> dict[str, Path]:
+    """A tiny random pipeline folder per arch under ``root`` (``grounding.backends.tiny``)."""
+    from grounding.backends.tiny import save_tiny_model
+
+    return {a: save_tiny_model(root / a, a) for a in archs}
+
+
 def write_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "unc", n_images: int = 3) -> Path:
     """``root/<dataset>/refs(<split_by>).p`` + ``instances.json`` and images under the refer layout.
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from conftest import scene
+from fixtures import save_tiny_models
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
 from grounding.backends.base import PADDING, SPECIAL as SPECIAL_ROLE, TEMPLATE as TEMPLATE_ROLE, TEXT
 from grounding.config import MagnetConfig
@@ -28,10 +29,7 @@ EXPR = "the system user on the left of the red circle"  # words the templates al
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from grounding.backends.tiny import save_tiny_model
-
-    root = tmp_path_factory.mktemp("backbones")
-    return {a: save_tiny_model(root / a, a) for a in ARCHS}
+    return save_tiny_models(tmp_path_factory.mktemp("backbones"), ARCHS)
 
 
 @pytest.fixture(scope="module")

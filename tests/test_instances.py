@@ -37,6 +37,13 @@ def test_two_separated_peaks_are_two_instances_one_is_one():
     assert not np.logical_and(two[0].mask, two[1].mask).any()
     one = _instances(_peaks(48, 64, (24, 30, 1.0)))
     assert len(one) == 1
+    from grounding.segment.segmenters import Segmentation
+
+    def plain(image, heat, prompts, **_):  # a bare callable segmenter (no batched segment_many)
+        return Segmentation(prompts.region.copy(), None)
+
+    again = _instances(_peaks(48, 64, (24, 14, 1.0), (24, 48, 0.9)), segmenter=plain)
+    assert [i.box for i in again] == [i.box for i in two]
 
 
 def test_weak_regions_and_counts():

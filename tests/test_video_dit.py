@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from conftest import scene
-from fixtures import write_davis_fixture
+from fixtures import save_tiny_models, write_davis_fixture
 from test_backbones import RecordSDPA
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
 from grounding.backends.base import PADDING, TEXT
@@ -29,10 +29,7 @@ PIPELINES = {"wan": "WanPipeline", "hunyuanvideo": "HunyuanVideoPipeline"}
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
-    from grounding.backends.tiny import save_tiny_model
-
-    root = tmp_path_factory.mktemp("video-dits")
-    return {a: save_tiny_model(root / a, a) for a in ARCHS}
+    return save_tiny_models(tmp_path_factory.mktemp("video-dits"), ARCHS)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from ..readout.tokens import PromptTokens, align
 from ..segment import refine
 from ..segment.instances import Instance, map_regions, region_prompts, requested_count, suppress
 from ..segment.prompts import box_of, prompts_from_map
-from ..segment.segmenters import MapSegmenter, Segmentation, combined_score
+from ..segment.segmenters import MapSegmenter, Segmentation, combined_score, segment_many
 from .result import GroundingResult
 
 _MAP_SEGMENTER = MapSegmenter()
@@ -308,7 +308,7 @@ class MaskStage:
             return [best]
         regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1: 2 * cap]
         prompts = [region_prompts(heatmap, r, cfg.threshold, max(1, cfg.positive_points)) for r in regions]
-        segs = segmenter.segment_many(image, heatmap, prompts) if prompts else []
+        segs = segment_many(segmenter, image, heatmap, prompts) if prompts else []
         masks = [best.mask] + [sg.mask for sg in segs]
         scores = [best.score] + [float(heatmap[r].max()) for r in regions]
         kept = suppress(masks, [np.inf] + scores[1:], ic.nms_iou)[:cap]

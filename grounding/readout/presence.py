@@ -42,24 +42,18 @@ def head_features(A: torch.Tensor, kinds: np.ndarray, block_names: list[str],
     """``A`` raw probabilities ``[L, V, H, N, C]``, kinds ``[C]``: the ``HEAD_STATS`` of every
     (block, head), or only the ``wanted`` names (the ones a fitted model uses)."""
     kinds = np.asarray(kinds)
-    names = [f"{stat}@{b}/{h}" for stat in HEAD_STATS for b in block_names for h in range(A.shape[2])]
-    if wanted is not None:
-        if not wanted.intersection(names):
-            return {}
+    keys = [(stat, li, h, f"{stat}@{b}/{h}") for stat in HEAD_STATS for li, b in enumerate(block_names)
+            for h in range(A.shape[2])]
+    keys = [k for k in keys if wanted is None or k[3] in wanted]
+    if not keys:
+        return {}
     c = A[..., torch.from_numpy(kinds == CONTENT)].sum(-1).mean(1).double()  # [L, H, N]
     total = A[..., torch.from_numpy(kinds != PAD)].sum(-1).mean(1).double().sum(-1)  # [L, H]
     n = c.shape[-1]
     ranked = torch.sort(c, dim=-1, descending=True).values
     stats = {"share": c.sum(-1) / total.clamp_min(1e-30), "peak": ranked[..., 0],
              "top2": ranked[..., : max(1, n // 50)].mean(-1), "top10": ranked[..., : max(1, n // 10)].mean(-1)}
-    out = {}
-    for stat in HEAD_STATS:
-        for li, b in enumerate(block_names):
-            for h in range(A.shape[2]):
-                name = f"{stat}@{b}/{h}"
-                if wanted is None or name in wanted:
-                    out[name] = float(stats[stat][li, h])
-    return out
+    return {name: float(stats[stat][li, h]) for stat, li, h, name in keys}
 
 
 def score(features: dict[str, float | None], cfg: PresenceConfig) -> float:
@@ -145,8 +139,7 @@ def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 
     cfg = PresenceConfig(weights={f: float(c) for f, c in zip(names, coef)}, bias=bias)
     scores = np.array([score(d, cfg) for d in features])
     cfg.threshold = youden_threshold(scores, y)
-    report = {"features": names,
-              "roc_auc": roc_auc(scores, y), "threshold": cfg.threshold,
+    report = {"features": names, "roc_auc": roc_auc(scores, y), "threshold": cfg.threshold,
               "feature_auc": {f: roc_auc(X[:, i], y) for i, f in enumerate(names) if "@" not in f},
               "samples": len(y), "present": int(y.sum())}
     return cfg, report

@@ -3,7 +3,6 @@ prompts, and how many instances an expression asks for. Pure helpers; ``MaskStag
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,15 +28,14 @@ def requested_count(expression: str) -> int | None:
     """The number of instances an expression asks for: "the two circles" → 2, "both squares" → 2,
     "3 dogs" → 3, "the red circle" → 1 (a singular head noun); "all red objects", "the circles"
     (a plural head noun), "the cat and the dog" (joined phrases) → None (as many as the map shows)."""
-    words = [w.lower() for w, _, _ in split_words(expression)]
-    for word in words:
+    parsed = [Word(w, s, e, word_kind(w)) for w, s, e in split_words(expression)]
+    for word in (w.text.lower() for w in parsed):
         if word.isdigit():
             return max(1, min(int(word), 100))
         if word in _NUMBERS and word != "one":
             return _NUMBERS[word]
         if word in _ALL:
             return None
-    parsed = [Word(w, s, e, word_kind(w)) for w, s, e in split_words(expression)]
     head = head_noun(parsed)
     if head is None or is_plural(parsed[head].text) or _joined(parsed):
         return None

@@ -68,8 +68,14 @@ class MapSegmenter:
                  identity_weight: float = 0.5) -> Segmentation:
         return Segmentation(prompts.region.copy(), None)
 
-    def segment_many(self, image: np.ndarray, heatmap: np.ndarray, prompts: list[Prompts]) -> list[Segmentation]:
-        return [Segmentation(p.region.copy(), None) for p in prompts]
+
+def segment_many(segmenter, image: np.ndarray, heatmap: np.ndarray, prompts: list[Prompts]) -> list[Segmentation]:
+    """One segmentation per prompt set on one image: the segmenter's batched ``segment_many`` (SAM)
+    where it has one, else one call per set (the map segmenter, a plain callable)."""
+    many = getattr(segmenter, "segment_many", None)
+    if many is not None:
+        return many(image, heatmap, prompts)
+    return [segmenter(image, heatmap, p) for p in prompts]
 
 
 def build_sam_tiny(checkpoint: str | None = None):
