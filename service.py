@@ -20,10 +20,11 @@ from PIL import Image as PILImage
 from starlette.staticfiles import StaticFiles
 
 from grounding.serving import documents, jobs, requests, schema
-from grounding.serving.engine import Engine, EngineCalls, jobs_for, raise_first_error
+from grounding.serving.engine import EngineCalls, jobs_for, raise_first_error
 from grounding.serving.guard import RequestGuard, error_response
 from grounding.serving.lifecycle import SHUTDOWN
 from grounding.serving.settings import load_settings
+from grounding.serving.startup import EngineStartError, start_engine
 
 SETTINGS = load_settings()
 logger = logging.getLogger("bentoml.grounding")
@@ -38,34 +39,47 @@ _GPU = {"resources": {"gpu": SETTINGS.workers}} if SETTINGS.device.startswith("c
 
 @bentoml.service(name="grounding-engine", workers=SETTINGS.workers, traffic={"timeout": 600}, **_GPU)
 class GroundingEngine:
-    """The loaded model. ``run`` is batchable: a list of jobs in, a list of results out."""
+    """The loaded model. ``run`` is batchable: a list of jobs in, a list of results out. A start
+    that fails (model, gRPC port) is final: the worker stays up unready and says why (``startup.py``)."""
 
     def __init__(self) -> None:
         SHUTDOWN.install(SETTINGS.shutdown_grace_s)
         index = bentoml.server_context.worker_index or 1
-        self.engine = Engine.from_settings(SETTINGS, worker_index=index)
-        self.grpc_server = None
-        grpc_port = 0
-        if SETTINGS.grpc_port:
-            from grounding.serving.grpc_server import start_grpc_server
-
-            # every worker binds the same port (SO_REUSEPORT): the kernel spreads connections
-            self.grpc_server, grpc_port = start_grpc_server(self.engine, SETTINGS)
+        self.engine, self.grpc_server, self.failure = None, None, None
+        try:
+            self.engine, self.grpc_server, grpc_port = start_engine(SETTINGS, index)
+        except EngineStartError as e:
+            self.failure = str(e)
+            logger.error("grounding engine not started (worker %d): %s", index, self.failure)
+            return
         logger.info("grounding engine ready (worker %d): %s; gRPC %s", index, self.engine.info(),
                     f"on {SETTINGS.grpc_host}:{grpc_port}" if grpc_port else "off")
+
+    def __is_ready__(self) -> bool:
+        return self.engine is not None
+
+    def _failed(self) -> dict:
+        return {"error": f"grounding engine not started: {self.failure}", "status": 503}
 
     @bentoml.api(**_BATCHING)
     def run(self, jobs: list[t.Any]) -> list[t.Any]:
         """Job dicts (``grounding.serving.engine.Job`` fields) → result dicts (``GroundingResult`` fields or an error)."""
-        return self.engine.run_payload(jobs)
+        return self.engine.run_payload(jobs) if self.engine else [self._failed() for _ in jobs]
 
     @bentoml.api
     def info(self) -> dict:
-        return self.engine.info()
+        return self.engine.info() if self.engine else self._failed()
+
+    @bentoml.api
+    def status(self) -> dict:
+        """Whether the model is loaded, and the one-line reason when its start failed."""
+        return {"ready": self.engine is not None, "failure": self.failure}
 
     @bentoml.api
     def video(self, job: dict) -> dict:
         """Run (or resume) a video job prepared by ``Grounding.segment_video``."""
+        if self.engine is None:
+            return self._failed()
         try:
             return jobs.VideoJobs(SETTINGS.jobs_dir, SETTINGS).run(self.engine, job)
         except (ValueError, FileNotFoundError) as e:
@@ -79,8 +93,11 @@ class GroundingEngine:
 
 GroundingEngine.add_asgi_middleware(RequestGuard, settings=SETTINGS, public=False)
 UI = StaticFiles(directory=Path(schema.__file__).parent / "ui", html=True)
+# The quick-start images and their expressions (``examples/examples.json``), one click away on the page.
+EXAMPLES = StaticFiles(directory=Path(__file__).parent / "examples", check_dir=False)
 
 
+@bentoml.asgi_app(EXAMPLES, path="/examples")
 @bentoml.asgi_app(UI, path="/ui")
 @bentoml.service(name="grounding", traffic={"timeout": 600, "max_concurrency": 256})
 class Grounding:
@@ -93,6 +110,10 @@ class Grounding:
     def __init__(self) -> None:
         SHUTDOWN.install(SETTINGS.shutdown_grace_s)
         self.calls = EngineCalls(self.engine, SETTINGS)
+
+    async def __is_ready__(self) -> bool:
+        """Ready when the engine is; a failed engine start is learnt here (``/readyz`` says it)."""
+        return await self.calls.ready()
 
     async def _respond(self, endpoint: str, fields: dict, build: t.Callable[..., t.Any]):
         """An endpoint's request fields (``schema.request_model(endpoint)``) → ``build(image, options,

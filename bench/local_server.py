@@ -28,10 +28,11 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """``bentoml serve`` with ``env`` (``GROUNDING_*`` settings) on free loopback ports; REST at
-    ``url``, gRPC at ``grpc``. Raises ``RuntimeError`` (with the log's tail) if it does not get ready."""
+    """``bentoml serve`` with ``env`` (``GROUNDING_*`` settings; a None value unsets a variable) on
+    free loopback ports; REST at ``url``, gRPC at ``grpc``. Raises ``RuntimeError`` (with the log's
+    tail) if it does not get ready; ``ready_timeout=0`` returns once started, without waiting."""
 
-    def __init__(self, workdir: Path, ready_timeout: float = 300, **env: str):
+    def __init__(self, workdir: Path, ready_timeout: float = 300, **env: str | None):
         workdir.mkdir(parents=True, exist_ok=True)
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -40,6 +41,10 @@ class LocalServer:
                         GROUNDING_JOBS_DIR=str(workdir / "jobs"), BENTOML_HOME=str(workdir / "bentoml_home"),
                         HOST="127.0.0.1")
         self.env.update(env)
+        self.env = {k: v for k, v in self.env.items() if v is not None}  # None: unset it
+        if "GROUNDING_GRPC_PORT" not in self.env:  # unset: the service's own rule, the REST port + 1
+            self.grpc_port = self.port + 1
+            self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.jobs_dir = Path(self.env["GROUNDING_JOBS_DIR"])
         self.log_path = workdir / "serve.log"
         self.log = open(self.log_path, "w+")
@@ -48,7 +53,8 @@ class LocalServer:
              str(self.port)], cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
             start_new_session=True)
         try:
-            self.wait_ready(ready_timeout)
+            if ready_timeout:
+                self.wait_ready(ready_timeout)
         except RuntimeError:
             self.stop()
             raise

@@ -59,12 +59,22 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def grounder_from_args(args):
     from .pipeline.grounder import Grounder
 
+    from .backends.load_errors import ModelLoadError, load_error_message
     from .backends.memory import MemoryOptions
+    from .config import ConfigError
 
     memory = MemoryOptions(offload=args.offload, quantization=args.quantization,
                            text_encoder_device=args.text_encoder_device, text_offload=args.text_offload)
-    return Grounder.from_pretrained(args.model, segmenter=args.segmenter, device=args.device, dtype=args.dtype,
-                                    memory=memory, **parse_overrides(args.set))
+    overrides = parse_overrides(args.set)
+    try:
+        g = Grounder.from_pretrained(args.model, segmenter=args.segmenter, device=args.device, dtype=args.dtype,
+                                     memory=memory, **overrides)
+    except (ConfigError, TypeError):  # a bad --set: the caller's input (exit 2)
+        raise
+    except Exception as e:  # one line with the real cause, not diffusers' last word
+        raise ModelLoadError(load_error_message(args.model, e)) from e
+    print(f"model {args.model}: {g.config.card.summary()}", file=sys.stderr)
+    return g
 
 
 def cmd_segment(args) -> int:
@@ -89,7 +99,9 @@ def cmd_segment(args) -> int:
                 "model": str(args.model)})
     doc["timings_ms"]["load_model"] = round((t1 - t0) * 1000, 2)
     (out / "result.json").write_text(json.dumps(doc, indent=2) + "\n")
-    print(json.dumps({"box": doc["box"], "score": doc["score"], "out": str(out)}))
+    print(json.dumps({"present": doc["present"], "presence_score": doc["presence_score"],
+                      "best_guess": doc["best_guess"], "box": doc["box"], "score": doc["score"],
+                      "instances": len(doc["instances"]), "out": str(out)}))
     return 0
 
 
@@ -163,10 +175,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(ap: argparse.ArgumentParser, argv: list[str] | None) -> int:
-    """Parse and run a subcommand; bad input is ``error: ...`` on stderr and exit 2."""
+    """Parse and run a subcommand; bad input is ``error: ...`` on stderr and exit 2, a model that
+    cannot be loaded one ``error: cannot load model ...`` line and exit 1."""
+    from .backends.load_errors import ModelLoadError
+
     args = ap.parse_args(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except ModelLoadError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -210,6 +210,35 @@ class InstancesConfig(_Checked):
 
 
 @dataclass
+class ModelCard(_Checked):
+    """What a model knows and how its settings were fitted: ``/info``, the page's banner and the
+    CLI say it, so nobody reads a shapes model's answer on a photograph as a finding. Not an option
+    of a call (``replace`` keeps it as stored)."""
+
+    _group = "card"
+
+    # What it grounds, in words: the images and expressions it was made or calibrated for.
+    domain: str = ""
+    # True once a calibration command has fitted this folder's settings on data.
+    calibrated: bool = False
+    # How and on what (commands and data sets), one entry per calibration run.
+    calibration: tuple[str, ...] = ()
+    notes: str = ""
+
+    UNCALIBRATED: typing.ClassVar[str] = ("uncalibrated defaults: maps and thresholds were not fitted to this "
+                                          "model; run `python -m training calibrate` on your data")
+
+    def summary(self) -> str:
+        """One sentence for a banner or a log line."""
+        if not self.calibrated:
+            return f"{self.domain}; {self.UNCALIBRATED}" if self.domain else self.UNCALIBRATED
+        return f"{self.domain or 'domain not stated'}; calibrated ({'; '.join(self.calibration)})"
+
+    def to_info(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "calibration": list(self.calibration), "summary": self.summary()}
+
+
+@dataclass
 class GroundingConfig(_Checked):
     """Everything that decides how a map is made. Defaults are documented in README."""
 
@@ -235,6 +264,7 @@ class GroundingConfig(_Checked):
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
+    card: ModelCard = field(default_factory=ModelCard)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = 0.5
     positive_points: int = 1

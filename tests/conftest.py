@@ -84,10 +84,10 @@ class Server(LocalServer):
     """``bench/local_server.LocalServer`` on the tiny model with the test run's marker; a start
     that fails fails the test."""
 
-    def __init__(self, model_dir, tmp: Path, **env: str):
+    def __init__(self, model_dir, tmp: Path, ready_timeout: float = 180, **env: str | None):
         self.model = str(model_dir)
         try:
-            super().__init__(tmp, ready_timeout=180, GROUNDING_MODEL=str(model_dir),
+            super().__init__(tmp, ready_timeout=ready_timeout, GROUNDING_MODEL=str(model_dir),
                              GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), **{RUN_MARKER: RUN_ID}, **env)
         except RuntimeError as e:
             pytest.fail(str(e))
@@ -100,6 +100,15 @@ class Server(LocalServer):
 def server(tiny_flux_dir, tmp_path_factory):
     srv = Server(tiny_flux_dir, tmp_path_factory.mktemp("server"))
     yield srv.as_dict()
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_server(tmp_path_factory):
+    """The shipped demo model served as ``make serve`` serves it: gRPC left to follow the REST
+    port (+ 1), the model's own settings (card, threshold, presence)."""
+    srv = Server(ROOT / "models" / "shapes-demo", tmp_path_factory.mktemp("demo-server"), GROUNDING_GRPC_PORT=None)
+    yield srv
     srv.stop()
 
 

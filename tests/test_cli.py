@@ -65,6 +65,33 @@ def test_tiny_model_then_segment(arch, how, tmp_path):
     assert Image.open(out / "heatmap.png").mode == "RGB"
 
 
+def test_a_model_that_cannot_load_is_one_line(tmp_path):
+    """No traceback: one ``error: cannot load model ...`` line naming the cause, exit 1."""
+    scene().save(tmp_path / "img.png")
+    (tmp_path / "not-a-pipeline").mkdir()
+    for model, cause in [(tmp_path / "not-a-pipeline", "not a diffusers pipeline folder"),
+                         ("some-org/some-model", "HF_HUB_OFFLINE=1 forbids downloads"),  # run() sets it
+                         ("./no/such/folder", "neither a local folder nor a valid Hugging Face repository id")]:
+        p = run("segment", "--model", model, tmp_path / "img.png", "the red circle", "--out", tmp_path / "o", check=False)
+        assert p.returncode == 1, p.stderr[-2000:]
+        lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warnings.warn" not in ln]
+        assert lines == [f"error: cannot load model {str(model)!r}: " + lines[0].split(": ", 2)[2]], p.stderr
+        assert cause in lines[0] and "Traceback" not in p.stderr
+
+
+def test_segment_prints_presence_and_the_card(tmp_path):
+    """On the shipped model the summary line says present / presence / best guess, the card is
+    printed once, and a photograph (outside the model's domain) is "not present", no instance."""
+    out = tmp_path / "out"
+    p = run("segment", "--model", "shapes-demo", ROOT / "examples" / "hopper.jpg", "the woman in uniform", "--out", out)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    assert summary["present"] is False and summary["best_guess"] is True and summary["instances"] == 0
+    assert 0.0 <= summary["presence_score"] < 0.5
+    assert p.stderr.count("model shapes-demo: the project's synthetic shapes world only") == 1
+    doc = json.loads((out / "result.json").read_text())
+    assert doc["instances"] == [] and doc["best_guess"] is True
+
+
 def test_segment_bad_expression_exits_with_message(tmp_path, tiny_flux_dir):
     scene().save(tmp_path / "img.png")
     p = run("segment", "--model", tiny_flux_dir, tmp_path / "img.png", "the of", "--out", tmp_path / "o", check=False)
@@ -84,6 +111,10 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     masks = report["masks"]  # the mask stage is fitted too, and what it chose is what was written
     assert 0.0 <= masks["miou_before"] <= masks["miou_after"] <= 1.0
     assert cfg["threshold"] == masks["threshold"] and cfg["refine"] == masks["refine"]
+    # the model card now says it was calibrated, on what, and the CLI printed the card once
+    assert cfg["card"]["calibrated"] is True
+    assert cfg["card"]["calibration"] == [f"python -m training calibrate on 9 refcoco samples of {data} (val)"]
+    assert p.stderr.count(f"model {tiny_flux_dir}: uncalibrated defaults") == 1
 
 
 def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
@@ -95,6 +126,7 @@ def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
     cfg = json.loads((out / "grounding.json").read_text())
     assert set(cfg["presence"]["weights"]) == {"content_share", "concentration"}
     assert cfg["presence"]["threshold"] == report["threshold"]
+    assert cfg["card"]["calibrated"] and cfg["card"]["calibration"][-1].startswith("python -m training calibrate-presence on 12")
 
 
 def test_training_commands_are_not_in_the_inference_cli(tmp_path, tiny_flux_dir):

@@ -20,6 +20,10 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     assert "EXPOSE 3000" in dockerfile and "EXPOSE 50051" in dockerfile
     assert "GROUNDING_GRPC_PORT=50051" in dockerfile.replace('"', "")
     assert "GROUNDING_GRPC_HOST=0.0.0.0" in dockerfile.replace('"', "")  # in a container, as REST
+    # a probe on readiness, a Hugging Face cache to mount, and the driver the torch wheels need stated
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile.split("HEALTHCHECK", 1)[1].split("\n\n")[0]
+    assert "HF_HOME=/home/bentoml/.cache/huggingface" in dockerfile and "VOLUME /home/bentoml/.cache/huggingface" in dockerfile
+    assert "nvidia-driver-min" in dockerfile
     import yaml
 
     services = {s["name"]: s for s in yaml.safe_load((bento / "bento.yaml").read_text())["services"]}
@@ -28,7 +32,7 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     assert "resources" not in services["grounding"]["config"]  # the public API service needs no GPU
     src = bento / "src"
     for f in ("service.py", "grounding/serving/proto/grounding_pb2.py", "grounding/serving/proto/grounding.proto",
-              "grounding/readout/maps.py"):
+              "grounding/readout/maps.py", "examples/examples.json", "examples/shapes-1.png", "examples/hopper.jpg"):
         assert (src / f).is_file(), f
     for d in ("eval", "training", "exporters", "tests", "bench"):  # the image ships no training or eval code
         assert not (src / d).exists(), d

@@ -127,19 +127,6 @@ def test_page_sends_the_api_key(guarded, browser, tmp_path):
     page.close()
 
 
-@pytest.fixture(scope="module")
-def demo_server(tmp_path_factory):
-    """The service on the shipped demo model, whose attention really grounds."""
-    from conftest import Server
-
-    demo = ROOT / "models" / "shapes-demo"
-    if not (demo / "model_index.json").is_file():
-        pytest.skip("the shipped demo model is absent")
-    srv = Server(demo, tmp_path_factory.mktemp("demo-server"), GROUNDING_GRPC_PORT="0")
-    yield srv.as_dict()
-    srv.stop()
-
-
 def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_path):
     from PIL import Image, ImageDraw
 
@@ -153,7 +140,7 @@ def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_pa
     page = browser.new_page(viewport={"width": 1200, "height": 900})
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(demo_server["url"] + "/ui/")
+    page.goto(demo_server.url + "/ui/")
     page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
     page.set_input_files("#file", str(img))
     page.fill("#expressions", "the red circles")
@@ -162,7 +149,7 @@ def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_pa
     page.wait_for_function("document.querySelector('.result .overlay') && "
                            "document.querySelector('.result .overlay').dataset.instances")
     assert page.get_attribute(".result .overlay", "data-instances") == "2"
-    assert page.text_content(".result .present") == "yes — 2 instances"
+    assert page.text_content(".result .present").startswith("yes — 2 instances (presence ")
     # two colours on the canvas: green-tinted pixels on the left circle, orange-tinted on the right
     left, right = page.eval_on_selector(".result .overlay", """c => {
         const ctx = c.getContext('2d');
@@ -171,5 +158,53 @@ def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_pa
     assert left != right
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-instances.png"), full_page=True)
+    assert not errors, errors
+    page.close()
+
+
+def test_first_contact_page_on_a_photograph(demo_server, browser):
+    """The shipped model on a real photograph, as a new user meets it: the banner says what the
+    model knows, the photograph is one click away, the answer is "not found" with the kept mask
+    drawn only as a dashed outline (no green fill, no box), and the threshold field shows the
+    model's own value and is not sent until changed. Screenshot: test-artifacts/first-contact.png."""
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    # the form fields of every request the page makes (Playwright does not expose multipart bodies)
+    page.add_init_script("""const send = window.fetch; window.sentFields = [];
+        window.fetch = (url, opts) => { if (opts && opts.body instanceof FormData) window.sentFields.push([...opts.body.keys()]);
+                                        return send(url, opts); };""")
+    sent = lambda: page.evaluate("window.sentFields[window.sentFields.length - 1]")  # noqa: E731
+    page.goto(demo_server.url + "/ui/")
+    page.wait_for_selector("#card:not([hidden])")
+    assert "shapes world" in page.text_content("#card .domain")
+    assert page.text_content("#card .calibration").startswith("calibrated: python -m training calibrate")
+    assert page.input_value("#threshold") == "0.4"  # the model's calibrated value, not a page default
+    page.wait_for_selector("#examples button.example")
+    assert page.eval_on_selector_all("#examples button.example", "bs => bs.length") == 4
+    page.click("#examples button.example:has-text('the woman in uniform')")
+    page.wait_for_function("document.querySelector('#file-name').textContent.startsWith('hopper.jpg')")
+    assert page.input_value("#expressions") == "the woman in uniform"
+    page.click("#segment")
+    page.wait_for_function("document.querySelector('.result .overlay') && "
+                           "document.querySelector('.result .overlay').dataset.drawn")
+    assert page.get_attribute(".result .overlay", "data-drawn") == "best-guess"
+    assert page.text_content(".result .present").startswith("no — not found (presence 0.")
+    assert "best guess" in page.text_content(".result .present")
+    assert page.text_content(".result .box") == "— (nothing found)"
+    assert "expression" in sent() and "threshold" not in sent()
+    green = page.eval_on_selector(".result .overlay", """c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 60 && d[i + 1] > d[i + 2] + 60) n++;
+        return n; }""")
+    assert green == 0  # no found-object tint anywhere
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "first-contact.png"), full_page=True)
+    # once the user changes the threshold, it is sent
+    page.fill("#threshold", "0.5")
+    page.dispatch_event("#threshold", "input")
+    page.click("#segment")
+    page.wait_for_function("window.sentFields.length === 2")
+    assert "threshold" in sent()
     assert not errors, errors
     page.close()

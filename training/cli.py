@@ -20,9 +20,12 @@ def _output_folder(args) -> Path:
     return out
 
 
-def _write_config(fitted, out: Path, report: dict) -> int:
-    """Save a fitted ``grounding.json`` into ``out`` and print the report with its path."""
+def _write_config(fitted, out: Path, report: dict, what: str) -> int:
+    """Save a fitted ``grounding.json`` into ``out`` (its model card saying ``what`` was fitted on
+    what) and print the report with its path."""
     out.mkdir(parents=True, exist_ok=True)
+    card = fitted.card
+    fitted = fitted.replace(**{"card.calibrated": True, "card.calibration": [*card.calibration, what]})
     fitted.save_pretrained(out)
     report["written"] = str(out / "grounding.json")
     print(json.dumps(report))
@@ -43,7 +46,8 @@ def cmd_calibrate(args) -> int:
     fitted, report = fit(collect(g, samples, levels), g.config)
     if args.masks:
         fitted, report["masks"] = fit_masks(g, samples, fitted)
-    return _write_config(fitted, out, report)
+    return _write_config(fitted, out, report, f"python -m training calibrate on {n} {args.dataset} samples "
+                                              f"of {args.data} ({args.split})")
 
 
 def cmd_calibrate_presence(args) -> int:
@@ -55,7 +59,8 @@ def cmd_calibrate_presence(args) -> int:
     g = grounder_from_args(args)
     samples = presence_scenes(args.n, args.seed, g.config.resolution)
     fitted, report = fit_presence(g, samples)
-    return _write_config(fitted, out, report)
+    return _write_config(fitted, out, report, f"python -m training calibrate-presence on {args.n} generated "
+                                              f"shapes scenes (seed {args.seed})")
 
 
 def cmd_calibrate_instances(args) -> int:
@@ -69,7 +74,8 @@ def cmd_calibrate_instances(args) -> int:
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     samples = [(s.image_path, s.sentence, s.mask, s.no_target) for s in (ds[i] for i in range(n))]
     fitted, report = fit_instances(g, samples, min_t_acc=args.min_t_acc)
-    return _write_config(fitted, out, report)
+    return _write_config(fitted, out, report, f"python -m training calibrate-instances on {n} samples of "
+                                              f"{args.data} ({args.split}, --min-t-acc {args.min_t_acc})")
 
 
 def cmd_train_answer_head(args) -> int:

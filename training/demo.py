@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from grounding.backends.capture import dispatcher_capture
-from grounding.config import GroundingConfig
+from grounding.config import GroundingConfig, ModelCard
 
 log = logging.getLogger("grounding.demo")
 
@@ -435,6 +435,14 @@ def export_weights(path: str | Path, out: str | Path) -> Path:
     return save_pipeline(Path(out), cfg, vae.eval(), t5.eval(), t5_tok, clip.eval(), clip_tok, transformer.eval())
 
 
+# What the demo model knows (its ``grounding.json`` model card; calibration commands add theirs).
+DEMO_DOMAIN = ("the project's synthetic shapes world only: 2-4 coloured circles, squares and triangles (six "
+               "colours, two sizes) on plain light backgrounds, 64 px, expressions of colour, shape, size, position "
+               "and relation words; photographs and other words are outside it (expect present: false)")
+DEMO_NOTES = ("a 3 M-parameter FluxPipeline trained from scratch by `python -m training train-demo`; a stand-in "
+              "for real DiT weights, not a photo model")
+
+
 def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, transformer) -> Path:
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
 
@@ -445,7 +453,7 @@ def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, t
     )
     pipe.save_pretrained(out, safe_serialization=True)
     GroundingConfig(resolution=cfg.size, max_sequence_length=cfg.max_sequence_length, guidance_scale=1.0,
-                    timesteps=(0.2,)).save_pretrained(out)
+                    timesteps=(0.2,), card=ModelCard(domain=DEMO_DOMAIN, notes=DEMO_NOTES)).save_pretrained(out)
     return out
 
 

@@ -28,8 +28,15 @@ class GroundingResult:
     presence_score: float = 0.0
     features: dict[str, float | None] = field(default_factory=dict)  # presence features
     # ``segment.instances.Instance`` list: one (the mask itself) in ``instances="one"`` mode, zero
-    # or more in "all" mode (then ``mask`` is their union and ``box`` the best one's).
+    # or more in "all" mode (then ``mask`` is their union and ``box`` the best one's); none at all
+    # when ``present`` is False, whatever the mode.
     instances: list[Instance] = field(default_factory=list)
+
+    @property
+    def best_guess(self) -> bool:
+        """The mask is only a best guess: the model says the referent is not present, yet a mask
+        is kept (the RefCOCO protocol scores one). Draw it as a guess, never as a found object."""
+        return not self.present and bool(self.mask.any())
 
     def to_json(self) -> dict:
         """JSON-ready dict; the mask as COCO RLE (``{"size": [h, w], "counts": str}``)."""
@@ -43,6 +50,7 @@ class GroundingResult:
             "point_labels": [int(v) for v in self.point_labels],
             "present": bool(self.present),
             "presence_score": round(float(self.presence_score), 6),
+            "best_guess": self.best_guess,
             "segmenter": self.segmenter,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "warnings": list(self.warnings),
@@ -81,15 +89,22 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
 
 
 def overlay(image: Image.Image, result: GroundingResult, heat_alpha: float = 0.35, mask_alpha: float = 0.45) -> Image.Image:
-    """The image with the heatmap blended in, the mask tinted, the box and the points drawn."""
+    """The image with the heatmap blended in, the mask tinted, the box and the points drawn. A
+    best guess (``result.best_guess``: not present) is drawn as a dashed grey outline of the mask
+    with no box and no tint, and the image says "not found"."""
     base = np.asarray(image.convert("RGB"), dtype=np.float32)
     out = base * (1 - heat_alpha) + colorize(result.heatmap).astype(np.float32) * heat_alpha
-    tint = np.array([30, 255, 60], dtype=np.float32)
-    out[result.mask] = out[result.mask] * (1 - mask_alpha) + tint * mask_alpha
+    if not result.best_guess:
+        tint = np.array([30, 255, 60], dtype=np.float32)
+        out[result.mask] = out[result.mask] * (1 - mask_alpha) + tint * mask_alpha
     im = Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
     w = max(1, round(max(im.size) / 300))
-    if result.mask.any():
+    if result.best_guess:
+        _dashed_outline(im, result.mask, (200, 200, 200), w)
+        draw.text((3, 2), "not found", fill=(255, 255, 255), stroke_width=1,
+                  stroke_fill=(0, 0, 0))
+    elif result.mask.any():
         x0, y0, x1, y1 = result.box
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40), width=w)
     r = 2 * w + 1
@@ -97,3 +112,15 @@ def overlay(image: Image.Image, result: GroundingResult, heat_alpha: float = 0.3
         colour = (255, 255, 0) if lab == 1 else (255, 0, 255)
         draw.ellipse([x - r, y - r, x + r, y + r], fill=colour, outline=(0, 0, 0))
     return im
+
+
+def _dashed_outline(im: Image.Image, mask: np.ndarray, colour: tuple[int, int, int], width: int) -> None:
+    """The mask's boundary pixels (thickened to ``width``), every other run of 4·width left out."""
+    from scipy import ndimage
+
+    edge = mask & ~ndimage.binary_erosion(mask, iterations=width, border_value=0)
+    yy, xx = np.nonzero(edge)
+    keep = ((xx + yy) // (4 * width)) % 2 == 0
+    arr = np.asarray(im).copy()
+    arr[yy[keep], xx[keep]] = colour
+    im.paste(Image.fromarray(arr))

@@ -283,8 +283,8 @@ class MaskStage:
                 found = []
             mask = np.logical_or.reduce([i.mask for i in found]) if found else np.zeros_like(seg.mask)
             box = found[0].box if found else (0.0, 0.0, 0.0, 0.0)
-        else:
-            found = [Instance(seg.mask, box, score)] if seg.mask.any() else []
+        else:  # the mask stays as the best guess (RefCOCO scores one), but "not present" finds nothing
+            found = [Instance(seg.mask, box, score)] if seg.mask.any() and present else []
         result = GroundingResult(
             expression=item.tokens.expression, mask=mask, box=box,
             score=score, heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,

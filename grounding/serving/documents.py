@@ -67,6 +67,7 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
         "point_labels": [int(v) for v in r.point_labels],
         "present": bool(r.present),
         "presence_score": round(float(r.presence_score), 6),
+        "best_guess": r.best_guess,
         "warnings": list(r.warnings),
         "instances": [instance_doc(i, segmentation(i.mask)) for i in r.instances],
     }

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..pipeline.result import GroundingResult, Instance
+from .lifecycle import START
 from .schema import Options, RequestError
 from .settings import Settings
 
@@ -53,9 +54,14 @@ class Engine:
         return cls(g, settings)
 
     def info(self) -> dict:
+        """What is loaded, the model card (what it knows, whether it was calibrated) and the
+        defaults a client may want to show (``threshold``, ``resolution``, ``instances``)."""
         g = self.grounder
+        cfg = g.config
         return {"model": str(g.model_id), "arch": g.backend.arch, "segmenter": g.segmenter.name,
                 "device": str(g.backend.device), "dtype": str(g.backend.dtype).replace("torch.", ""),
+                "card": cfg.card.to_info(),
+                "defaults": {"threshold": cfg.threshold, "resolution": cfg.resolution, "instances": cfg.instances.mode},
                 "grpc_port": self.settings.grpc_port, "max_batch_size": self.settings.max_batch_size}
 
     def run_payload(self, jobs: list[dict]) -> list[dict]:
@@ -123,6 +129,8 @@ class EngineCalls:
         self._good = 0.0  # monotonic time of the last answer or good probe
 
     async def ready(self) -> bool:
+        if START.failure is not None:  # a failed start is final (startup.py): no probe
+            return False
         if time.monotonic() - self._good < self.READY_TTL_S:
             return True
         try:
@@ -131,7 +139,25 @@ class EngineCalls:
             ok = False
         if ok:
             self._good = time.monotonic()
+        else:
+            await self._learn_failure()
         return ok
+
+    async def _learn_failure(self) -> None:
+        """Ask a not-ready engine whether its start failed (it answers at once when it did; while it
+        loads, the call times out) and keep the line in ``START``."""
+        try:
+            state = await asyncio.wait_for(self.client.to_async.status(), 1.0)
+        except Exception:  # loading, restarting or gone: nothing learnt
+            return
+        if state.get("failure"):
+            START.failure = state["failure"]
+
+    def unavailable(self) -> RequestError:
+        """The 503 for a call made while the engine cannot answer: its start failure, or "retry"."""
+        if START.failure is not None:
+            return RequestError(f"grounding engine not started: {START.failure}", 503)
+        return RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
 
     async def _call(self, fn, *args):
         import aiohttp
@@ -139,9 +165,8 @@ class EngineCalls:
         from bentoml.exceptions import ServiceUnavailable
 
         budget = self.settings.engine_timeout()
-        unavailable = RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
         if not await self.ready():
-            raise unavailable
+            raise self.unavailable()
         for attempt in range(2):
             deadline = time.monotonic() + budget
             try:
@@ -158,9 +183,9 @@ class EngineCalls:
                 self._good = 0.0
                 while not await self.ready():
                     if time.monotonic() > deadline:
-                        raise unavailable from None
+                        raise self.unavailable() from None
                     await asyncio.sleep(0.5)
-        raise unavailable
+        raise self.unavailable()
 
     async def run(self, jobs: list[dict]) -> list[dict]:
         return await self._call(self.client.to_async.run, jobs)
@@ -175,7 +200,7 @@ class EngineCalls:
         import httpx
 
         if not await self.ready():
-            raise RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
+            raise self.unavailable()
         try:
             return await self.client.to_async.video(job)
         except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:

@@ -1,7 +1,8 @@
 """gRPC endpoint over the same ``Engine`` as the REST service (same process), with the standard
 health service and server reflection.
 
-Binds ``Settings.grpc_host`` (the REST host under ``make serve``; 127.0.0.1 by default), over TLS
+Binds ``Settings.grpc_host`` (the REST host under ``make serve``; 127.0.0.1 by default) without
+``SO_REUSEPORT`` (a port held by another process is an error, never a shared port), over TLS
 when ``grpc_tls_cert``/``grpc_tls_key`` are set. With an API key, every call but the health
 service needs ``authorization: Bearer <key>`` metadata (UNAUTHENTICATED otherwise), as REST does.
 """
@@ -73,6 +74,7 @@ class GroundingServicer(pb_grpc.GroundingServicer):
             out.append(pb.Result(
                 expression=d["expression"], box=d["box"], box_format=d["box_format"], score=d["score"],
                 segmentation=segmentation, present=d["present"], presence_score=d["presence_score"],
+                best_guess=d["best_guess"],
                 warnings=d["warnings"],
                 points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
                 mask_png=d.get("mask_png", b""), heatmap_png=d.get("heatmap_png", b""),
@@ -132,7 +134,8 @@ def start_grpc_server(engine: Engine, settings: Settings, port: int | None = Non
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
                          interceptors=[_ApiKey(key)] if key else [],
                          options=[("grpc.max_receive_message_length", 64 * 2**20),
-                                  ("grpc.max_send_message_length", 64 * 2**20)])
+                                  ("grpc.max_send_message_length", 64 * 2**20),
+                                  ("grpc.so_reuseport", 0)])  # a port another server holds is a bind error
     pb_grpc.add_GroundingServicer_to_server(GroundingServicer(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

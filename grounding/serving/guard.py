@@ -9,7 +9,7 @@ the guard reads the body itself (bounded), validates it against the one request 
 BentoML a canonical body it cannot misread:
 
 - **auth**: with an API key set, every route but the probes (``/readyz``, ``/healthz``, ``/livez``)
-  and the page's static files (``/ui/``) needs ``Authorization: Bearer <key>`` (401 otherwise);
+  and the page's static files (``/ui/``, ``/examples/``) needs ``Authorization: Bearer <key>`` (401 otherwise);
   ``/metrics``, ``/docs.json`` and BentoML's index page are behind the key too;
 - **size**: ``Content-Length`` over the route's limit → 413 before a byte is read; a chunked body
   is counted while read and cut at the limit (``Settings.body_limit``); a body that stops coming
@@ -22,10 +22,13 @@ BentoML a canonical body it cannot misread:
   expression=b``); any other repeated field, two images, or an unknown field → 400; every option
   and text is checked by ``requests.check_fields`` (the schema's own ranges, so ``seed=2**64`` is a
   400); filenames are replaced (``upload.<suffix>``); the video of a job is checked at submit;
+- **GET /info**: answered as ``POST /info`` (BentoML's APIs take POST only; a model card is read
+  with a GET);
 - **errors**: every 4xx/5xx response, ours or BentoML's, leaves as ``{"error": message, "field":
   name-or-null}``, logged as one line; a 503 carries ``Retry-After``;
 - **probes and shutdown**: ``/readyz`` answers within ``READY_TIMEOUT_S`` (503 when the engine does
-  not answer: a dead engine's socket is held by BentoML's process manager, so a probe would hang);
+  not answer: a dead engine's socket is held by BentoML's process manager, so a probe would hang;
+  503 with the engine's one-line reason when its start failed for good, ``lifecycle.START``);
   while the process drains after SIGTERM (``lifecycle.SHUTDOWN``) new requests get 503, and
   in-flight ones still running at the deadline get 503.
 
@@ -48,7 +51,7 @@ from starlette.datastructures import Headers, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.responses import JSONResponse
 
-from .lifecycle import SHUTDOWN
+from .lifecycle import SHUTDOWN, START
 from .requests import check_fields
 from .schema import FILE_FIELDS, ROUTES, RequestError, error_body
 from .settings import Settings
@@ -56,7 +59,7 @@ from .settings import Settings
 logger = logging.getLogger("bentoml.grounding")
 
 OPEN_PATHS = ("/readyz", "/healthz", "/livez")
-OPEN_PREFIXES = ("/ui/", "/ui")
+OPEN_PREFIXES = ("/ui/", "/ui", "/examples/")
 READY_TIMEOUT_S = 1.0
 RETRY_AFTER_S = 5
 _SPOOL = 8 * 2**20  # bodies past this go to a temporary file, not memory
@@ -155,8 +158,12 @@ class RequestGuard:
                 self._authorize(scope)
             if SHUTDOWN.draining:
                 raise RequestError("server shutting down", 503)
+            if path == "/readyz" and START.failure is not None:  # final (startup.py): answered here
+                raise RequestError(START.failure, 503)
             if self.public and method == "POST" and path in ROUTES:
                 scope, receive = await self._checked(scope, receive, ROUTES[path])
+            elif self.public and method in ("GET", "HEAD") and path == "/info":  # BentoML APIs are POST only
+                scope, receive = _replay({**scope, "method": "POST"}, receive, b"{}", "application/json")
         except RequestError as e:
             headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
             return await error_response(e, headers)(scope, receive, sender)
@@ -335,6 +342,8 @@ class _ErrorRewriter:
     async def _flush(self):
         status = self._start["status"]
         text, field = _message_and_field(bytes(self._body), status)
+        if self.path == "/readyz" and START.failure is not None:  # learnt during this probe
+            text = START.failure
         body = json.dumps(error_body(text, field)).encode()
         headers = [(k, v) for k, v in self._start.get("headers", [])
                    if k.lower() not in (b"content-length", b"content-type")]
@@ -342,6 +351,8 @@ class _ErrorRewriter:
         if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
             headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))
         log = logger.error if status >= 500 and status != 503 else (logger.warning if status == 503 else logger.info)
+        if status == 503 and self.path in OPEN_PATHS:  # probes are polled: their 503s would flood the log
+            log = logger.debug
         log("%d %s %s%s: %s", status, self.method, self.path, f" [{field}]" if field else "", text[:300])
         await self.send({**self._start, "headers": headers})
         await self.send({"type": "http.response.body", "body": body})

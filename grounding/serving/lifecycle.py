@@ -1,4 +1,10 @@
-"""Shutdown with a deadline, for each worker process of the service.
+"""A worker's life: a start that failed for good (``START``), and shutdown with a deadline
+(``SHUTDOWN``), for each worker process of the service.
+
+``START.failure`` is the engine's one-line reason for not starting (``startup.start_engine``), once
+the REST worker has learnt it (``EngineCalls``): ``/readyz`` and every call then answer 503 with it.
+
+Shutdown:
 
 uvicorn (under ``bentoml serve``) waits for in-flight requests without a limit after SIGTERM, and
 BentoML's process manager waits a day before it kills a worker. ``Shutdown.install`` chains a
@@ -95,3 +101,13 @@ class Shutdown:
 
 
 SHUTDOWN = Shutdown()
+
+
+class Start:
+    """The engine's failed start as this process knows it; ``failure`` stays None while it starts or runs."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+
+START = Start()

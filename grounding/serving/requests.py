@@ -22,7 +22,9 @@ def parse_expressions(expression, settings: Settings) -> list[str]:
         raise RequestError("missing field: expression", field="expression")
     if isinstance(expression, str):
         text = expression.strip()
-        if text.startswith("["):  # a JSON list sent as a form field
+        # A JSON list, or one JSON string, sent as a form field (BentoML's clients JSON-encode every
+        # multipart field, so a plain string arrives in quotes): decoded, so the text is as typed.
+        if text.startswith("[") or (len(text) >= 2 and text[0] == text[-1] == '"'):
             try:
                 expression = json.loads(text)
             except json.JSONDecodeError:

@@ -6,7 +6,7 @@
 | ``GROUNDING_SEGMENTER`` | SAM checkpoint path; empty = map-threshold masks | empty |
 | ``GROUNDING_DEVICE`` | ``cpu`` / ``cuda`` | cuda when available |
 | ``GROUNDING_DTYPE`` | ``float32`` / ``bfloat16`` / ``float16`` | bf16 on cuda, fp32 on cpu |
-| ``GROUNDING_GRPC_PORT`` | gRPC port; 0 = off | 50051 |
+| ``GROUNDING_GRPC_PORT`` | gRPC port (engine worker *i* of several: port + *i* − 1); 0 = off | the REST port + 1 (3001 under ``make serve``) |
 | ``GROUNDING_MAX_BATCH_SIZE`` | adaptive batching: largest batch | 8 |
 | ``GROUNDING_MAX_LATENCY_MS`` | adaptive batching: queue latency budget (503 past it) | 60000 |
 | ``GROUNDING_MAX_IMAGE_PIXELS`` | larger images get 413 | 40000000 |
@@ -45,7 +45,7 @@ class Settings:
     segmenter: str = ""
     device: str = ""
     dtype: str = ""
-    grpc_port: int = 50051
+    grpc_port: int = -1  # -1: the REST port + 1 (resolved by load_settings)
     max_batch_size: int = 8
     max_latency_ms: int = 60000
     max_image_pixels: int = 40_000_000
@@ -80,6 +80,11 @@ class Settings:
                              text_encoder_device=self.text_encoder_device or None,
                              text_offload=bool(self.text_offload), text_cache_size=self.text_cache_size)
 
+    def worker_grpc_port(self, worker_index: int) -> int:
+        """The gRPC port of engine worker ``worker_index`` (1-based): ``grpc_port + index − 1``, so
+        several workers never share a port; 0 = gRPC off."""
+        return self.grpc_port + worker_index - 1 if self.grpc_port > 0 else 0
+
     def engine_timeout(self) -> float:
         return float(self.engine_timeout_s or self.max_latency_ms / 1000 + self.engine_margin_s)
 
@@ -101,6 +106,20 @@ class Settings:
                 raise ValueError(f"GROUNDING_API_KEY_FILE {self.api_key_file} is empty")
             return key
         return ""
+
+
+def rest_port(env) -> int:
+    """The REST port of the server this process belongs to: BentoML tells every worker where each
+    service listens (``BENTOML_RUNNER_MAP``); outside a server, ``$PORT`` or BentoML's 3000."""
+    import json
+    from urllib.parse import urlsplit
+
+    try:
+        url = json.loads(env.get("BENTOML_RUNNER_MAP") or "{}").get("grounding", "")
+        port = urlsplit(url).port if url.startswith("http") else None
+    except (ValueError, AttributeError):
+        port = None
+    return port or int(env.get("PORT") or 3000)
 
 
 def load_settings(environ: dict | None = None) -> Settings:
@@ -129,6 +148,8 @@ def load_settings(environ: dict | None = None) -> Settings:
             except (TypeError, ValueError):
                 raise ValueError(f"GROUNDING_{f.name.upper()}={v!r} is not a{'n' if cast is int else ''} "
                                  f"{f.type}") from None
+    if out.get("grpc_port", -1) == -1:
+        out["grpc_port"] = rest_port(env) + 1
     if "grpc_host" not in out:
         out["grpc_host"] = env.get("HOST") or "127.0.0.1"
     s = Settings(**out)

@@ -79,7 +79,7 @@ class Segmentation(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[str] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., png: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score", "instances")
+    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score", "instances", "best_guess")
     EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     BOX_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Result(_message.Message):
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     PRESENCE_SCORE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    BEST_GUESS_FIELD_NUMBER: _ClassVar[int]
     expression: str
     box: _containers.RepeatedScalarFieldContainer[float]
     box_format: str
@@ -104,7 +105,8 @@ class Result(_message.Message):
     warnings: _containers.RepeatedScalarFieldContainer[str]
     presence_score: float
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
-    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ...) -> None: ...
+    best_guess: bool
+    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., best_guess: _Optional[bool] = ...) -> None: ...
 
 class Instance(_message.Message):
     __slots__ = ("box", "score", "segmentation")

@@ -3,6 +3,8 @@
 
 const $ = (sel) => document.querySelector(sel);
 let imageFile = null;
+// The threshold field shows the model's own value (from /info); it is sent only once the user changes it.
+let thresholdChanged = false;
 
 // The service's API key, when it has one: typed into the header field, kept for this tab only,
 // sent as "Authorization: Bearer <key>" on every call (the page itself is served without a key).
@@ -95,6 +97,24 @@ async function tint(ctx, w, h, pngB64, rgb) {
   ctx.putImageData(frame, 0, 0);
 }
 
+// A mask's boundary, dashed: how a best guess is drawn (never filled like a found object).
+async function outline(ctx, w, h, pngB64, rgb, lw) {
+  const mask = pixels(await loadImage("data:image/png;base64," + pngB64), w, h);
+  const inside = (x, y) => x >= 0 && y >= 0 && x < w && y < h && mask.data[4 * (y * w + x)] > 127;
+  const frame = ctx.getImageData(0, 0, w, h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      if (!inside(x, y) || Math.floor((x + y) / (4 * lw)) % 2) continue;
+      let edge = false;
+      for (let d = 1; d <= lw && !edge; d++) {
+        edge = !inside(x - d, y) || !inside(x + d, y) || !inside(x, y - d) || !inside(x, y + d);
+      }
+      if (edge) for (let k = 0; k < 3; k++) frame.data[4 * (y * w + x) + k] = rgb[k];
+    }
+  }
+  ctx.putImageData(frame, 0, 0);
+}
+
 async function drawOverlay(canvas, photo, result) {
   const [w, h] = [photo.naturalWidth, photo.naturalHeight];
   canvas.width = w; canvas.height = h;
@@ -113,17 +133,12 @@ async function drawOverlay(canvas, photo, result) {
     canvas.dataset.instances = String(instances.length);
     return;
   }
-  if (result.mask_png) {
-    const mask = pixels(await loadImage("data:image/png;base64," + result.mask_png), w, h);
-    const frame = ctx.getImageData(0, 0, w, h);
-    for (let p = 0; p < mask.data.length; p += 4) {
-      if (mask.data[p] > 127) {
-        frame.data[p] = frame.data[p] * 0.55 + 30 * 0.45;
-        frame.data[p + 1] = frame.data[p + 1] * 0.55 + 255 * 0.45;
-        frame.data[p + 2] = frame.data[p + 2] * 0.55 + 60 * 0.45;
-      }
-    }
-    ctx.putImageData(frame, 0, 0);
+  if (result.mask_png && result.best_guess) {  // not present: the kept mask is a guess, outlined only
+    await outline(ctx, w, h, result.mask_png, [210, 210, 210], lw);
+    canvas.dataset.drawn = "best-guess";
+  } else if (result.mask_png) {
+    await tint(ctx, w, h, result.mask_png, [30, 255, 60]);
+    canvas.dataset.drawn = "mask";
   }
   if (result.present) {
     const [x0, y0, x1, y1] = result.box;
@@ -165,10 +180,13 @@ async function render(doc, mode) {
       await drawHeatmap(card.querySelector(".heat"), photo, result.heatmap_png);
       card.querySelector(".score").textContent = result.score.toFixed(3);
       const n = (result.instances || []).length;
-      card.querySelector(".present").textContent = $("#instances").checked
-        ? (n ? `yes — ${n} instance${n > 1 ? "s" : ""}` : "no match")
-        : (result.present ? "yes" : "no — not found");
-      card.querySelector(".box").textContent = result.box.map((v) => v.toFixed(0)).join(", ");
+      const presence = `(presence ${result.presence_score.toFixed(2)})`;
+      card.querySelector(".present").textContent = result.present
+        ? ($("#instances").checked ? `yes — ${n} instance${n === 1 ? "" : "s"} ${presence}` : `yes ${presence}`)
+        : `no — not found ${presence}${result.best_guess ? "; the dashed outline is only a best guess" : ""}`;
+      card.classList.toggle("absent", !result.present);
+      card.querySelector(".box").textContent = result.present
+        ? result.box.map((v) => v.toFixed(0)).join(", ") : "— (nothing found)";
       const dlMask = card.querySelector(".dl-mask");
       dlMask.href = "data:image/png;base64," + result.mask_png;
     } else {
@@ -176,7 +194,8 @@ async function render(doc, mode) {
       await drawHeatmap(card.querySelector(".heat"), photo, result.heatmap.data);
       card.querySelector(".score").textContent = "—";
       card.querySelector(".present").textContent = "—";
-      card.querySelector(".box").textContent = result.peak ? `peak at ${result.peak.map((v) => v.toFixed(0)).join(", ")}` : "—";
+      card.querySelector(".box").closest("dd").previousElementSibling.textContent = "heatmap peak (x, y)";
+      card.querySelector(".box").textContent = result.peak ? result.peak.map((v) => v.toFixed(0)).join(", ") : "—";
       card.querySelector(".dl-mask").remove();
     }
     card.querySelector(".warnings").textContent = (result.warnings || []).join(" ");
@@ -197,7 +216,7 @@ async function run(mode) {
   try {
     const all = $("#instances").checked;
     const extra = mode === "segment"
-      ? { return_heatmap: true, return_mask_png: true, threshold: $("#threshold").value,
+      ? { return_heatmap: true, return_mask_png: true, ...(thresholdChanged ? { threshold: $("#threshold").value } : {}),
           instances: all ? "all" : "one", ...(all ? { mask_format: "png" } : {}) }
       : { heatmap_format: "png" };
     const resp = await api(mode, { method: "POST", body: formData(extra) });
@@ -298,18 +317,50 @@ function init() {
   const key = $("#api-key");
   key.value = sessionStorage.getItem("dit-grounding-key") || "";
   key.addEventListener("change", () => { sessionStorage.setItem("dit-grounding-key", apiKey()); loadInfo(); });
+  $("#threshold").addEventListener("input", () => { thresholdChanged = true; });
   loadInfo();
+  loadExamples();
 }
 
 function loadInfo() {
-  api("info", { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })
+  api("info")
     .then(async (r) => {
       if (r.status === 401) throw new Error("this service needs an API key (field above)");
       if (!r.ok) throw new Error(await errorText(r));
       return r.json();
     })
-    .then((i) => { $("#model-info").textContent = `model ${i.model} · ${i.segmenter} · ${i.device}`; })
+    .then((i) => {
+      $("#model-info").textContent = `model ${i.model} · ${i.segmenter} · ${i.device}`;
+      const card = i.card || {};
+      const banner = $("#card");
+      banner.querySelector(".domain").textContent = card.domain || "domain not stated";
+      banner.querySelector(".calibration").textContent = card.calibrated
+        ? `calibrated: ${(card.calibration || []).join("; ")}` : card.summary;
+      banner.classList.toggle("uncalibrated", !card.calibrated);
+      banner.hidden = false;
+      if (i.defaults && !thresholdChanged) $("#threshold").value = i.defaults.threshold;
+    })
     .catch((e) => { $("#model-info").textContent = `model info unavailable: ${e.message || e}`; });
+}
+
+// The shipped examples (GET /examples/examples.json): one click loads the image and its expression.
+function loadExamples() {
+  fetch("../examples/examples.json").then((r) => (r.ok ? r.json() : [])).then((list) => {
+    const box = $("#examples");
+    for (const ex of list) {
+      const b = document.createElement("button");
+      b.type = "button"; b.className = "example"; b.title = `${ex.expression} — ${ex.note}`;
+      b.innerHTML = `<img alt="" src="../examples/${ex.image}"><span></span>`;
+      b.querySelector("span").textContent = ex.expression;
+      b.addEventListener("click", async () => {
+        const blob = await (await fetch(`../examples/${ex.image}`)).blob();
+        chooseFile(new File([blob], ex.image, { type: blob.type }));
+        $("#expressions").value = ex.expression;
+      });
+      box.appendChild(b);
+    }
+    box.hidden = !list.length;
+  }).catch(() => {});
 }
 
 init();
