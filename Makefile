@@ -26,6 +26,7 @@ browser:
 test: $(STAMP) browser
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
+# The tests marked slow (kept out of `make test` for its 10-minute budget); .ci/run runs both.
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 

@@ -176,3 +176,44 @@ def test_expression_as_a_json_string_is_kept_as_typed(demo_server):
                        data={"expression": "the red triangle"}, timeout=60)
     assert plain.json()["results"][0]["score"] == r.json()["results"][0]["score"]
     assert re.fullmatch(r"the red triangle", plain.json()["results"][0]["expression"])
+
+
+def _raised(inner: BaseException, outer: BaseException) -> BaseException:
+    """``outer`` raised while handling ``inner``, as diffusers wraps the hub's errors."""
+    try:
+        try:
+            raise inner
+        except BaseException:
+            raise outer
+    except BaseException as e:
+        return e
+
+
+def test_load_error_names_the_real_cause():
+    """The causes behind diffusers' last word ("does not appear to have a file named
+    model_index.json"), each as one line with what to do; real exceptions where they can be had
+    here (offline mode, not a pipeline, a bad id), the hub's own classes for the others."""
+    import httpx2
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from grounding.backends import pipeline_index
+    from grounding.backends.load_errors import load_error_message
+
+    def real(model):
+        with pytest.raises(Exception) as e:
+            pipeline_index(model)
+        return load_error_message(model, e.value)
+
+    assert "HF_HUB_OFFLINE=1 forbids downloads" in real("some-org/some-model")  # conftest sets offline mode
+    assert real(ROOT / "examples").endswith("has no model_index.json: not a diffusers pipeline folder")
+    assert real("./no/such/folder").endswith("neither a local folder nor a valid Hugging Face repository id")
+    response = httpx2.Response(403, request=httpx2.Request("GET", "https://huggingface.co/x/y/resolve/main/m.json"))
+    last = OSError("x/y does not appear to have a file named model_index.json.")
+    gated = load_error_message("x/y", _raised(GatedRepoError("gated", response=response), last))
+    assert gated.startswith("cannot load model 'x/y': a gated repository") and "HF_TOKEN" in gated
+    missing = load_error_message("x/y", _raised(RepositoryNotFoundError("404", response=response), last))
+    assert "no such repository" in missing
+    oom = load_error_message("m", _raised(MemoryError("cannot allocate 24 GiB"), RuntimeError("loading failed")))
+    assert "out of memory" in oom and "GROUNDING_QUANTIZATION" in oom
+    for line in (gated, missing, oom):
+        assert "\n" not in line

@@ -21,7 +21,9 @@ DEMO = ROOT / "models" / "shapes-demo"
 N_SCENES = 100
 SCORES = ("inter", "union", "iou", "pointing", "pred_pixels", "box")
 
-pytestmark = pytest.mark.skipif(not (DEMO / "model_index.json").is_file(), reason="the shipped demo model is absent")
+# slow: real local Ray clusters (~110 s in all); CI runs them after `make test` (`make test-slow`)
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DEMO / "model_index.json").is_file(), reason="the shipped demo model is absent")]
 
 
 @pytest.fixture(scope="module")

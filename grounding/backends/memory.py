@@ -18,6 +18,8 @@ from typing import Literal, get_args
 
 import torch
 
+from ..config import ConfigError  # a ValueError: a choice the caller made
+
 Offload = Literal["model", "sequential"]
 Quantization = Literal["int8", "nf4", "fp8"]
 _PACKAGES = {"int8": "bitsandbytes", "nf4": "bitsandbytes", "fp8": "torchao"}
@@ -34,33 +36,33 @@ class MemoryOptions:
 
     def __post_init__(self):
         if self.offload not in (None, *get_args(Offload)):
-            raise ValueError(f"offload must be one of {list(get_args(Offload))} or None, got {self.offload!r}")
+            raise ConfigError(f"offload must be one of {list(get_args(Offload))} or None, got {self.offload!r}")
         if self.quantization not in (None, *get_args(Quantization)):
-            raise ValueError(f"quantization must be one of {list(get_args(Quantization))} or None, "
+            raise ConfigError(f"quantization must be one of {list(get_args(Quantization))} or None, "
                              f"got {self.quantization!r}")
         if self.text_cache_size < 0:
-            raise ValueError(f"text_cache_size must be ≥ 0, got {self.text_cache_size}")
+            raise ConfigError(f"text_cache_size must be ≥ 0, got {self.text_cache_size}")
         if self.text_encoder_device is not None:
             torch.device(self.text_encoder_device)  # a clear error for a bad name
         if self.offload and self.text_encoder_device is not None:
-            raise ValueError("offload and text_encoder_device both place the text encoders; choose one")
+            raise ConfigError("offload and text_encoder_device both place the text encoders; choose one")
 
     def check(self, device: str | torch.device) -> None:
-        """Raise ``ValueError`` for a choice this machine cannot make (before any weight is read)."""
+        """Raise ``ConfigError`` (a ``ValueError``) for a choice this machine cannot make (before any weight is read)."""
         needs_cuda = [f"offload={self.offload!r}"] if self.offload else []
         needs_cuda += [f"quantization={self.quantization!r}"] if self.quantization else []
         needs_cuda += ["text_offload"] if self.text_offload else []
         if needs_cuda and (torch.device(device).type != "cuda" or not torch.cuda.is_available()):
-            raise ValueError(f"{', '.join(needs_cuda)} needs a CUDA device; "
+            raise ConfigError(f"{', '.join(needs_cuda)} needs a CUDA device; "
                              f"{'this machine has none' if not torch.cuda.is_available() else f'device is {device}'}")
         if self.text_encoder_device and torch.device(self.text_encoder_device).type == "cuda" \
                 and not torch.cuda.is_available():
-            raise ValueError(f"text_encoder_device={self.text_encoder_device!r} needs CUDA; this machine has none")
+            raise ConfigError(f"text_encoder_device={self.text_encoder_device!r} needs CUDA; this machine has none")
         package = _PACKAGES.get(self.quantization or "")
         if package and importlib.util.find_spec(package) is None:
-            raise ValueError(f"quantization={self.quantization!r} needs the {package} package (pip install {package})")
+            raise ConfigError(f"quantization={self.quantization!r} needs the {package} package (pip install {package})")
         if self.offload and importlib.util.find_spec("accelerate") is None:
-            raise ValueError("offload needs the accelerate package (pip install accelerate)")
+            raise ConfigError("offload needs the accelerate package (pip install accelerate)")
 
 
 def quantization_config(kind: Quantization, components: list[str], dtype: torch.dtype):
@@ -73,7 +75,7 @@ def quantization_config(kind: Quantization, components: list[str], dtype: torch.
 
     package = _PACKAGES[kind]
     if kind != "int8" and importlib.util.find_spec(package) is None:  # int8 configs build without it
-        raise ValueError(f"quantization={kind!r} needs the {package} package (pip install {package})")
+        raise ConfigError(f"quantization={kind!r} needs the {package} package (pip install {package})")
 
     def make(lib):
         if kind == "int8":
