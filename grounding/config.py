@@ -212,8 +212,9 @@ class InstancesConfig(_Checked):
 @dataclass
 class ModelCard(_Checked):
     """What a model knows and how its settings were fitted: ``/info``, the page's banner and the
-    CLI say it, so nobody reads a shapes model's answer on a photograph as a finding. Not an option
-    of a call (``replace`` keeps it as stored)."""
+    CLI say it, so nobody reads a shapes model's answer on a photograph as a finding. Stored in
+    ``grounding.json`` (the calibration commands add their runs); no request can change it (the
+    service's schema has no such option)."""
 
     _group = "card"
 

@@ -143,3 +143,58 @@ def test_overlong_expression_is_truncated_with_a_warning(backend):
 
 def test_split_words_keeps_punctuation_and_apostrophes():
     assert [w for w, _, _ in split_words("dog's bench, left!")] == ["dog's", "bench", ",", "left", "!"]
+
+
+# Llama 3's pre-tokenizer split (Qwen2/2.5/3 and Tekken use the same letter rule): one punctuation
+# mark is glued to the next word, `[^\r\n\p{L}\p{N}]?\p{L}+`.
+_BYTE_BPE_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+GLUED = ["guy in t-shirt", "black-and-white cat", "left-most giraffe", "half-eaten sandwich", "cat/dog on the sofa",
+         "a dog,a cat", "e-mail@address.com", "über-cool dog", "<think> box", "the man's hat", "3rd car from left"]
+
+
+def _byte_bpe_tokenizer(texts: list[str]):
+    """A byte-level BPE fast tokenizer with the real pre-tokenizer (split regex + byte level) whose
+    vocabulary holds every pre-token of ``texts`` whole — as large real vocabularies hold
+    ``-shirt``, ``,a`` or ``/dog`` — so each pre-token is one token."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_BYTE_BPE_SPLIT), behavior="isolated"),
+                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    vocab = {t: i for i, t in enumerate(bytes_to_unicode().values())}
+    merges = []
+    for text in texts:
+        for piece, _ in pre.pre_tokenize_str(text):
+            for k in range(2, len(piece) + 1):  # left to right: "-s"+"h" ... up to the whole piece
+                if piece[:k] not in vocab:
+                    merges.append((piece[: k - 1], piece[k - 1]))
+                    vocab[piece[:k]] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    bpe.pre_tokenizer, bpe.decoder = pre, decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, pad_token="<pad>", model_max_length=512)
+
+
+@pytest.mark.parametrize("expression", GLUED)
+def test_byte_bpe_glued_punctuation_never_costs_a_word_its_token(expression):
+    """Every word gets its tokens, including a token that carries a punctuation mark glued to it
+    (``-shirt`` is "shirt"'s); a token is the punctuation's only when it holds nothing else."""
+    from grounding.backends.base import TEXT, join_streams, tokenize_stream
+
+    magnets = MagnetConfig()
+    tok = _byte_bpe_tokenizer([expression + " and of with the a"])
+    tokenize = lambda prompt: join_streams(prompt, ("llm",), [tokenize_stream(tok, prompt, 64, 0)])  # noqa: E731
+    pt = align(expression, tokenize, magnets)
+    seq = pt.sequence
+    for w, word in enumerate(pt.words):
+        positions = pt.positions(w)
+        if word.kind == PUNCT:
+            continue
+        assert positions, f"{word.text!r} of {expression!r} got no token"
+        # every text token overlapping the word's letters is the word's
+        for pos in np.flatnonzero(seq.roles == TEXT):
+            s, e = seq.spans[pos]
+            if min(e, word.end) - max(s, word.start) > 0:
+                assert pt.word_index[pos] == w, (expression, word.text, pt.prompt[s:e])

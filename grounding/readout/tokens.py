@@ -190,11 +190,10 @@ def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptT
     prompt, words = build_prompt(expression, magnets)
     kinds = np.full(len(seq), PAD, dtype=np.int8)
     word_index = np.full(len(seq), -1, dtype=np.int32)
-    spans = [(w.start, w.end) for w in words]
     for pos, (role, (s, e)) in enumerate(zip(seq.roles, seq.spans)):
         if role == PADDING:
             continue
-        w = _word_at(spans, int(s), int(e)) if role == TEXT else None
+        w = _word_at(words, int(s), int(e)) if role == TEXT else None
         if w is None:
             kinds[pos] = TEMPLATE if role == TEMPLATE_ROLE else SPECIAL
             continue
@@ -209,14 +208,23 @@ def _inflection(prompt: str, word: Word, s: int, e: int) -> bool:
             and prompt[s:e].lower() in _INFLECTIONS)
 
 
-def _word_at(spans: list[tuple[int, int]], s: int, e: int) -> int | None:
-    """The word a token's character span [s, e) belongs to (a bare space piece → next word)."""
+def _word_at(words: list[Word], s: int, e: int) -> int | None:
+    """The word a token's character span [s, e) belongs to: of the words it overlaps, a word
+    rather than a punctuation mark, then the one it covers most (the first on a tie). Byte-level
+    BPE pre-tokenizers (Qwen, Llama 3, Tekken) glue one punctuation mark to the *next* word —
+    "t-shirt" → ``t`` ``-shirt``, "a dog,a cat" → ``,a`` — and such a token is the word's, or the
+    word would get no column. A bare space piece → the next word."""
     if e <= s:
         return None
-    for i, (ws, we) in enumerate(spans):
-        if s < we and e > ws:
-            return i
-    for i, (ws, _) in enumerate(spans):
-        if ws >= e:
+    best, best_key = None, None
+    for i, w in enumerate(words):
+        overlap = min(e, w.end) - max(s, w.start)
+        key = (w.kind != PUNCT, overlap)
+        if overlap > 0 and (best_key is None or key > best_key):
+            best, best_key = i, key
+    if best is not None:
+        return best
+    for i, w in enumerate(words):
+        if w.start >= e:
             return i
     return None
