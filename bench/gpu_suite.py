@@ -11,9 +11,14 @@ For FLUX.1 [dev] (12 B transformer, with a real-size random T5-XXL) and Z-Image 
      ``Grounder.segment_batch`` as one batch vs one at a time — the service's engine path, in process.
 Prints a table and a final JSON line. ``--small`` runs the same code on tiny pipelines (CPU, seconds;
 ``make test`` runs it so it cannot rot). Random weights: the maps mean nothing, the costs are real.
+``--dry-run`` walks the real-size path on the ``meta`` device (no memory, no values, seconds; also in
+``make test``): the released-size pipelines build, tokenize, encode, and capture every block at
+4096 image tokens, and the early exit stops where it should — so the GPU run fails on nothing
+but the GPU.
 
     python bench/gpu_suite.py                 # CUDA, real size
     python bench/gpu_suite.py --small --device cpu
+    python bench/gpu_suite.py --dry-run       # real size on the meta device
 """
 
 from __future__ import annotations
@@ -82,6 +87,38 @@ def build(arch: str, small: bool, device: torch.device, dtype: torch.dtype):
         torch.set_default_dtype(prev)
     cls, _ = backend_class(type(pipe).__name__)
     return cls(pipe.to(device), device)
+
+
+def build_dry(arch: str):
+    """The real-size backend on the ``meta`` device, text encoders with data on the CPU where their
+    forward reads values (transformers' Qwen3 mask code and Z-Image's unmasked-row selection do;
+    FLUX.1's T5-XXL and CLIP run on meta as they are)."""
+    b = build(arch, False, torch.device("meta"), torch.bfloat16)
+    if arch == "zimage":
+        b.pipe.text_encoder = b.pipe.text_encoder.to_empty(device="cpu")
+        b.text_device = torch.device("cpu")
+    return b
+
+
+def dry_run_section(arch: str) -> dict:
+    """One backbone at released size on meta: parameters, blocks, the shapes of a full capture and
+    of an early-exit capture, and the captured maps' size as computed from their shape."""
+    t0 = time.perf_counter()
+    b = build_dry(arch)
+    built = time.perf_counter() - t0
+    image, seq, size = inputs(b, 64, 512)
+    names = b.block_names
+    full = b.capture([image], [seq], size, (0.5,), 0, blocks=names)
+    half = b.capture([image], [seq], size, (0.5,), 0, blocks=names[: len(names) // 2])
+    probs = full.probs  # [L, V, B, H, N, C]
+    expected = (len(names), 1, 1, probs.shape[3], full.grid[0] * full.grid[1], len(full.columns))
+    assert tuple(probs.shape) == expected, (tuple(probs.shape), expected)
+    assert half.probs.shape[0] == len(names) // 2 and half.probs.shape[1:] == probs.shape[1:]
+    return {"params_b": round(sum(p.numel() for p in b.pipe.transformer.parameters()) / 1e9, 2),
+            "blocks": len(names), "heads": probs.shape[3], "image_tokens": full.grid[0] * full.grid[1],
+            "text_tokens": len(seq), "captured_columns": len(full.columns), "map_shape": list(probs.shape),
+            "map_mib_fp32": round(probs.numel() * 4 / 2**20, 1), "walk_s": round(time.perf_counter() - t0, 1),
+            "build_s": round(built, 1)}
 
 
 def inputs(b, side: int, text: int):
@@ -268,7 +305,10 @@ def main() -> None:
     ap.add_argument("--archs", default="flux,zimage")
     ap.add_argument("--memory-archs", default="flux", help="archs whose memory options are measured")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: capture,memory,throughput")
+    ap.add_argument("--dry-run", action="store_true", help="real size on the meta device: shapes, no values")
     args = ap.parse_args()
+    if args.dry_run:
+        return dry_run(args.archs)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device; run with --small --device cpu")
@@ -305,6 +345,20 @@ def main() -> None:
             t = row["throughput"]
             print(f"  engine throughput: {t['unbatched_req_s']} req/s one at a time, {t['batched_req_s']} batched "
                   f"(×{t['batched_over_unbatched']})")
+    result["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(result))
+
+
+def dry_run(archs: str) -> None:
+    started = time.perf_counter()
+    result: dict = {"bench": "gpu_suite", "dry_run": True, "device": "meta", "dtype": "bfloat16"}
+    print(f"{'arch':<8} {'params':>8} {'blocks':>6} {'heads':>5} {'image':>6} {'text':>5} {'cols':>5} "
+          f"{'captured maps':>26} {'MiB fp32':>9} {'walk s':>6}")
+    for arch in filter(None, archs.split(",")):
+        r = result[arch] = dry_run_section(arch)
+        print(f"{arch:<8} {r['params_b']:>7}B {r['blocks']:>6} {r['heads']:>5} {r['image_tokens']:>6} "
+              f"{r['text_tokens']:>5} {r['captured_columns']:>5} {str(r['map_shape']):>26} {r['map_mib_fp32']:>9} "
+              f"{r['walk_s']:>6}")
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 

@@ -351,7 +351,9 @@ class DiTBackend:
                     self.forward(self.add_noise(latents, noise, sigma), sigma, cond, guidance_scale)
                 except StopForward:
                     pass  # the last captured block has run: nothing after it can change a map
-        probs = torch.stack([torch.stack(store.maps[n]) for n in names]).cpu()
+        probs = torch.stack([torch.stack(store.maps[n]) for n in names])
+        if probs.device.type != "meta":  # a dry run on the meta device (bench/gpu_suite.py) has shapes only
+            probs = probs.cpu()
         return Capture(probs, names, tuple(timesteps), columns, grid, text_len)
 
 
