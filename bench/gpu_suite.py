@@ -24,7 +24,6 @@ but the GPU.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import importlib.util
 import json

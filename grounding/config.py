@@ -156,7 +156,7 @@ class RefineConfig(_Checked):
 @dataclass
 class PresenceConfig(_Checked):
     """Is the referent in the image? A logistic model over map features (``presence.FEATURES``),
-    fitted by ``python -m grounding calibrate-presence``; ``present = score ≥ threshold`` and a
+    fitted by ``python -m training calibrate-presence``; ``present = score ≥ threshold`` and a
     non-empty mask. Unfitted (no weights): the score is the map's concentration and ``present``
     only asks for a non-empty mask."""
 

@@ -7,12 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 torch.set_num_threads(2)
+
+from fixtures import scene  # noqa: E402  (the shared scene helper)
 
 
 @pytest.fixture(scope="session")
@@ -45,15 +45,6 @@ def sam_tiny_path(tmp_path_factory):
     torch.save(build_sam_tiny().state_dict(), path)
     return path
 
-
-def scene(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
-    """A light background with a red disc and a blue square."""
-    rng = np.random.RandomState(seed)
-    arr = np.full((h, w, 3), 225, dtype=np.float32) + rng.normal(0, 4, (h, w, 3))
-    yy, xx = np.mgrid[:h, :w]
-    arr[(xx - w * 0.3) ** 2 + (yy - h * 0.5) ** 2 < (min(w, h) * 0.18) ** 2] = (220, 30, 30)
-    arr[(abs(xx - w * 0.72) < w * 0.12) & (abs(yy - h * 0.5) < h * 0.16)] = (30, 40, 220)
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
 
 
 @pytest.fixture

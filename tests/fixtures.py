@@ -1,4 +1,5 @@
-"""Small datasets written in official formats, for tests."""
+"""Test helpers shared by the test modules (none imports another): scenes, encoded images and
+videos, an SDPA recorder, and small datasets written in official formats."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ import json
 import pickle
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+import io
 
-from conftest import scene
+import numpy as np
+import torch.nn.functional as F
+from PIL import Image
+from torch.overrides import TorchFunctionMode
+
 
 
 def save_tiny_models(root: Path, archs: list[str]) -> dict[str, Path]:
@@ -194,3 +198,48 @@ def write_grefcoco_fixture(root: Path, n_images: int = 2) -> Path:
 
     shutil.rmtree(root / "_refer")
     return root
+
+
+def scene(w: int = 64, h: int = 48, seed: int = 0) -> Image.Image:
+    """A light background with a red disc and a blue square."""
+    rng = np.random.RandomState(seed)
+    arr = np.full((h, w, 3), 225, dtype=np.float32) + rng.normal(0, 4, (h, w, 3))
+    yy, xx = np.mgrid[:h, :w]
+    arr[(xx - w * 0.3) ** 2 + (yy - h * 0.5) ** 2 < (min(w, h) * 0.18) ** 2] = (220, 30, 30)
+    arr[(abs(xx - w * 0.72) < w * 0.12) & (abs(yy - h * 0.5) < h * 0.16)] = (30, 40, 220)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def video_bytes(tmp_path, n: int, name: str = "v.mp4") -> bytes:
+    from grounding.pipeline.video import OverlayWriter
+
+    frames, _ = moving_video(n, 64, 48)
+    w = OverlayWriter(tmp_path / name, 8)
+    for f in frames:
+        w.write(f)
+    w.close()
+    return (tmp_path / name).read_bytes()
+
+
+class RecordSDPA(TorchFunctionMode):
+    """q, k and mask of every stock SDPA call, tagged with the attention module running it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.block = [], None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and self.block is not None:
+            q = kwargs.get("query", args[0] if args else None)
+            k = kwargs.get("key", args[1] if len(args) > 1 else None)
+            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+            self.calls.append((self.block, q.detach().clone(), k.detach().clone(),
+                               None if mask is None else mask.detach().clone()))
+        return func(*args, **kwargs)

@@ -10,11 +10,8 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
-from conftest import scene
-from fixtures import save_tiny_models
+from fixtures import RecordSDPA, save_tiny_models, scene
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
 from grounding.backends.base import PADDING, SPECIAL as SPECIAL_ROLE, TEMPLATE as TEMPLATE_ROLE, TEXT
 from grounding.config import MagnetConfig
@@ -125,23 +122,6 @@ def test_template_edits_and_overflow_are_followed(backends):
     with pytest.raises(ValueError, match="no room for the expression"):  # the system message alone fills it
         align("red circle", lambda p: b.tokenize([p], 16)[0], MagnetConfig())
 
-
-class RecordSDPA(TorchFunctionMode):
-    """q, k and mask of every stock SDPA call, tagged with the attention module running it."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls, self.block = [], None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention and self.block is not None:
-            q = kwargs.get("query", args[0] if args else None)
-            k = kwargs.get("key", args[1] if len(args) > 1 else None)
-            mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            self.calls.append((self.block, q.detach().clone(), k.detach().clone(),
-                               None if mask is None else mask.detach().clone()))
-        return func(*args, **kwargs)
 
 
 def _inputs(b, expressions):

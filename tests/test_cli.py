@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene
-from fixtures import write_refer_fixture
+from fixtures import scene, write_refer_fixture
 from grounding.pipeline.result import rle_to_mask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, Server, scene
+from conftest import ROOT, Server
+from fixtures import scene
 from grounding.serving.proto import grounding_pb2 as pb, grounding_pb2_grpc as pb_grpc
 from grounding.serving.settings import load_settings, rest_port
 

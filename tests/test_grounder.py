@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import scene
+from fixtures import scene
 from grounding import Grounder
 from grounding.images import ImageTooLarge, open_image
 

@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from conftest import API_KEY as KEY
-from conftest import scene
-from test_service import _video_bytes, encode
+from fixtures import encode, scene, video_bytes
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
@@ -127,7 +126,7 @@ def _video_bytes_cached() -> bytes:
         from pathlib import Path
 
         with tempfile.TemporaryDirectory() as d:
-            _VIDEO.append(_video_bytes(Path(d), 3))
+            _VIDEO.append(video_bytes(Path(d), 3))
     return _VIDEO[0]
 
 
@@ -310,15 +309,15 @@ def test_video_jobs_retention(guarded, tmp_path):
     def progress(task):
         return _post(guarded, "/video_progress", json={"task_id": task})
 
-    first = submit(_video_bytes(tmp_path, 3), "the red circle")
+    first = submit(video_bytes(tmp_path, 3), "the red circle")
     assert _wait_auth(guarded, first) == "completed"
     assert progress(first).json()["state"] == "done"
-    long_task = submit(_video_bytes(tmp_path, 150, "long.mp4"), "the blue square")  # deletes `first`
+    long_task = submit(video_bytes(tmp_path, 150, "long.mp4"), "the blue square")  # deletes `first`
     _error(progress(first), 404, "task_id", "retention")
     deadline = time.time() + 60
     while progress(long_task).json().get("done", 0) < 2 and time.time() < deadline:
         time.sleep(0.05)
-    short = submit(_video_bytes(tmp_path, 2, "short.mp4"), "the red circle")  # `long_task` is running: kept
+    short = submit(video_bytes(tmp_path, 2, "short.mp4"), "the red circle")  # `long_task` is running: kept
     assert progress(long_task).status_code == 200 and progress(long_task).json()["state"] in ("running", "done")
     assert _wait_auth(guarded, long_task, 180) == "completed"
     assert _wait_auth(guarded, short) == "completed"

@@ -4,7 +4,6 @@ through the Grounder on the tiny model and the shipped demo model."""
 import numpy as np
 import pytest
 
-from conftest import scene
 from grounding.config import ConfigError, GroundingConfig
 from grounding.pipeline.stages import MaskStage
 from grounding.segment.instances import Instance, is_plural, map_regions, requested_count, suppress

@@ -14,8 +14,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Server, scene
-from test_service import _video_bytes, encode
+from conftest import Server
+from fixtures import encode, scene, video_bytes
 
 LATENCY_MS, MARGIN_S = 4000, 4
 BUDGET_S = LATENCY_MS / 1000 + MARGIN_S  # Settings.engine_timeout()
@@ -100,7 +100,7 @@ def test_sigterm_with_requests_in_flight(tiny_flux_dir, tmp_path):
     procs = srv.tree()
     assert len(procs) >= 3  # the manager, the API worker, the engine worker
     try:
-        video = _video_bytes(tmp_path, 400, "long.mp4")
+        video = video_bytes(tmp_path, 400, "long.mp4")
         task = httpx.post(srv.url + "/segment_video/submit", files={"video": ("v.mp4", video, "video/mp4")},
                           data={"expression": "the red circle"}, timeout=60).json()["task_id"]
         deadline = time.time() + 60

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import scene
+from fixtures import scene
 from grounding.backends import MemoryOptions, load_backend
 from grounding.backends.base import sequence_key
 from grounding.backends.memory import quantization_config

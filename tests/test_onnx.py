@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import scene
+from fixtures import scene
 from exporters.sam import validate
 from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter, load_sam
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from conftest import scene
+from fixtures import scene
 from grounding.backends.capture import AttentionStore
 from grounding.backends import load_backend
 from grounding.config import MagnetConfig

@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import MAX_PIXELS, scene
+from fixtures import encode, scene, video_bytes
 from grounding.pipeline.result import rle_to_mask
 
-
-def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, format=fmt, **kw)
-    return buf.getvalue()
 
 
 def post(server, route, files=None, data=None, json=None):
@@ -225,17 +220,6 @@ def test_grpc_segment_ground_health_reflection(server):
         assert "grounding.v1.Grounding" in names and "grpc.health.v1.Health" in names
 
 
-def _video_bytes(tmp_path, n: int, name: str = "v.mp4") -> bytes:
-    from fixtures import moving_video
-    from grounding.pipeline.video import OverlayWriter
-
-    frames, _ = moving_video(n, 64, 48)
-    w = OverlayWriter(tmp_path / name, 8)
-    for f in frames:
-        w.write(f)
-    w.close()
-    return (tmp_path / name).read_bytes()
-
 
 def _submit(server, data: bytes, **fields) -> str:
     r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
@@ -261,7 +245,7 @@ def _progress(server, task_id: str) -> dict:
 
 
 def test_video_task_end_to_end(server, tmp_path):
-    task = _submit(server, _video_bytes(tmp_path, 6), expression="the red circle", return_overlay="true")
+    task = _submit(server, video_bytes(tmp_path, 6), expression="the red circle", return_overlay="true")
     assert _wait(server, task) == "completed"
     doc = httpx.get(server["url"] + "/segment_video/get", params={"task_id": task}).json()
     assert [f["frame"] for f in doc["frames"]] == list(range(6)) and 0 <= doc["keyframe"] < 6
@@ -276,7 +260,7 @@ def test_video_task_end_to_end(server, tmp_path):
 
 
 def test_video_task_cancel_then_resume(server, tmp_path):
-    data = _video_bytes(tmp_path, 150)
+    data = video_bytes(tmp_path, 150)
     task = _submit(server, data, expression="the blue square")
     import time
 
@@ -308,7 +292,7 @@ def test_video_task_cancel_then_resume(server, tmp_path):
     (None, {"expression": "red circle", "maps": "sometimes"}, 400, "maps", "'frame' or 'clip'"),
 ])
 def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, status, field, message):
-    data = _video_bytes(tmp_path, 3) if data is None else data
+    data = video_bytes(tmp_path, 3) if data is None else data
     r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
                    data=fields, timeout=60)
     assert r.status_code == status and r.json()["field"] == field and message in r.json()["error"], r.text
@@ -317,7 +301,7 @@ def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, 
 
 def test_clip_maps_on_an_image_model_fail_with_the_reason(server, tmp_path):
     task = httpx.post(server["url"] + "/segment_video/submit",
-                      files={"video": ("v.mp4", _video_bytes(tmp_path, 3), "video/mp4")},
+                      files={"video": ("v.mp4", video_bytes(tmp_path, 3), "video/mp4")},
                       data={"expression": "red circle", "maps": "clip"}, timeout=60).json()["task_id"]
     assert _wait(server, task) == "failed"
     assert "needs a video diffusion transformer" in _progress(server, task)["error"]

@@ -1,13 +1,12 @@
 """The browser page, in a real headless Chromium (Debian's, driven by Playwright) against the real
 `bentoml serve`. A screenshot is kept in test-artifacts/ui.png."""
 
-import io
 import shutil
-from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, scene
+from conftest import ROOT
+from fixtures import scene
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = ROOT / "test-artifacts"

@@ -14,9 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import scene
-from fixtures import save_tiny_models, write_davis_fixture
-from test_backbones import RecordSDPA
+from fixtures import RecordSDPA, save_tiny_models, scene, write_davis_fixture
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
 from grounding.backends.base import PADDING, TEXT
 from grounding.backends.video import clip_length, latent_frames
