@@ -122,11 +122,13 @@ class EngineCalls:
     """
 
     READY_TTL_S = 2.0
+    FAILURE_PROBE_S = 5.0
 
     def __init__(self, client, settings: Settings):
         self.client = client
         self.settings = settings
         self._good = 0.0  # monotonic time of the last answer or good probe
+        self._asked = -1e9  # monotonic time of the last start-failure probe
 
     async def ready(self) -> bool:
         if START.failure is not None:  # a failed start is final (startup.py): no probe
@@ -145,7 +147,13 @@ class EngineCalls:
 
     async def _learn_failure(self) -> None:
         """Ask a not-ready engine whether its start failed (it answers at once when it did; while it
-        loads, the call times out) and keep the line in ``START``."""
+        loads, the call times out) and keep the line in ``START``. At most once per
+        ``FAILURE_PROBE_S``: a failed start is final, so learning it a little late costs nothing,
+        while an engine restarting after a crash must not cost every waiting request a probe."""
+        now = time.monotonic()
+        if now - self._asked < self.FAILURE_PROBE_S:
+            return
+        self._asked = now
         try:
             state = await asyncio.wait_for(self.client.to_async.status(), 1.0)
         except Exception:  # loading, restarting or gone: nothing learnt
