@@ -30,7 +30,8 @@ vocab: $(STAMP)
 test: $(STAMP) browser vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
-# The tests marked slow (kept out of `make test` for its 10-minute budget); .ci/run runs both.
+# The tests marked slow (real Ray, released-shape numerics: kept out of `make test` for its 10-minute
+# budget); .ci/run runs both.
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
