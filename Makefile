@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Serving may download a hub model; the tests never do (every model they use is local or built).
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv test test-slow serve bench clean proto browser vocab
+.PHONY: venv test test-slow lint serve bench clean proto browser vocab
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,9 @@ test: $(STAMP) browser vocab
 # budget); .ci/run runs both.
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve service:Grounding --host $${HOST:-127.0.0.1} --port $${PORT:-3000}

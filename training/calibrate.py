@@ -69,11 +69,11 @@ def _select_heads(c: Collected, levels: list[int], max_heads: int) -> tuple[list
     best = 0.0
     while len(chosen) < min(max_heads, L * H):
         trial = {}
-        for l in range(L):
+        for blk in range(L):
             for h in range(H):
-                if (l, h) not in chosen:
-                    peak = (total + per[:, l, h]).argmax(dim=-1)
-                    trial[(l, h)] = float(c.inside[rows, peak].float().mean())
+                if (blk, h) not in chosen:
+                    peak = (total + per[:, blk, h]).argmax(dim=-1)
+                    trial[(blk, h)] = float(c.inside[rows, peak].float().mean())
         comp, acc = max(trial.items(), key=lambda kv: (kv[1], -kv[0][0], -kv[0][1]))
         if acc <= best and chosen:
             break
@@ -86,9 +86,9 @@ def _select_heads(c: Collected, levels: list[int], max_heads: int) -> tuple[list
 def _weights(chosen: list[tuple[int, int]], L: int, H: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Block and head weights that give every chosen (block, head) map the same weight."""
     bw, hw = torch.zeros(L), torch.zeros(L, H)
-    for l, h in chosen:
-        bw[l] += 1.0
-        hw[l, h] = 1.0
+    for blk, h in chosen:
+        bw[blk] += 1.0
+        hw[blk, h] = 1.0
     return bw, hw
 
 
@@ -110,7 +110,7 @@ def fit(c: Collected, cfg: GroundingConfig, max_heads: int = 64) -> tuple[Ground
         everything = pointing(c, ls, ones_b, ones_h)
         chosen, acc = _select_heads(c, ls, max_heads)
         if everything >= acc:
-            chosen, acc = [(l, h) for l in range(L) for h in range(H)], everything
+            chosen, acc = [(blk, h) for blk in range(L) for h in range(H)], everything
         candidates.append((acc, -len(chosen), -len(ls), ls, chosen))
     after, _, _, levels, chosen = max(candidates, key=lambda x: x[:3])
 
@@ -118,12 +118,12 @@ def fit(c: Collected, cfg: GroundingConfig, max_heads: int = 64) -> tuple[Ground
         return cfg, {"before": before, "after": before, "kept_current": True, "samples": int(c.per.shape[0])}
     names = c.block_names
     bw, hw = _weights(chosen, L, H)
-    kept = [l for l in range(L) if bw[l] > 0]
+    kept = [blk for blk in range(L) if bw[blk] > 0]
     fitted = cfg.replace(
         timesteps=[c.timesteps[v] for v in levels],
-        blocks=None if len(kept) == L else [names[l] for l in kept],
-        block_weights={names[l]: float(bw[l]) for l in kept},
-        head_weights={f"{names[l]}/{h}": 0.0 for l in kept for h in range(H) if hw[l, h] == 0},
+        blocks=None if len(kept) == L else [names[blk] for blk in kept],
+        block_weights={names[blk]: float(bw[blk]) for blk in kept},
+        head_weights={f"{names[blk]}/{h}": 0.0 for blk in kept for h in range(H) if hw[blk, h] == 0},
     )
     report = {"before": before, "after": after, "kept_current": False, "timesteps": list(fitted.timesteps),
               "blocks": list(fitted.blocks) if fitted.blocks else "all", "heads": len(chosen),

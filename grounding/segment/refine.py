@@ -30,12 +30,12 @@ def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: fl
     """Window-averaged linear coefficients of the colour guided filter: ``src ≈ a·guide + b`` by
     ridge regression (``eps``) in every window, averaged over the windows holding each pixel.
     ``guide`` float ``[H, W, 3]`` in [0, 1], ``src`` ``[H, W]`` → (a ``[H, W, 3]``, b ``[H, W]``)."""
-    I = guide.astype(np.float64)
+    g = guide.astype(np.float64)  # the filter's I
     p = src.astype(np.float64)
-    mean_I = box_mean(I, radius)  # [H, W, 3]
+    mean_I = box_mean(g, radius)  # [H, W, 3]
     mean_p = box_mean(p, radius)
-    cov_Ip = box_mean(I * p[..., None], radius) - mean_I * mean_p[..., None]
-    var_I = box_mean(I[..., :, None] * I[..., None, :], radius) - mean_I[..., :, None] * mean_I[..., None, :]
+    cov_Ip = box_mean(g * p[..., None], radius) - mean_I * mean_p[..., None]
+    var_I = box_mean(g[..., :, None] * g[..., None, :], radius) - mean_I[..., :, None] * mean_I[..., None, :]
     a = np.linalg.solve(var_I + eps * np.eye(3), cov_Ip[..., None])[..., 0]
     b = mean_p - (a * mean_I).sum(axis=-1)
     return box_mean(a, radius), box_mean(b, radius)
