@@ -24,7 +24,7 @@ from grounding.serving.engine import EngineCalls, jobs_for, raise_first_error
 from grounding.serving.guard import RequestGuard, error_response
 from grounding.serving.lifecycle import SHUTDOWN
 from grounding.serving.settings import load_settings
-from grounding.serving.startup import EngineStartError, start_engine
+from grounding.serving.startup import EngineStartError, not_started, start_engine
 
 SETTINGS = load_settings()
 logger = logging.getLogger("bentoml.grounding")
@@ -59,7 +59,7 @@ class GroundingEngine:
         return self.engine is not None
 
     def _failed(self) -> dict:
-        return {"error": f"grounding engine not started: {self.failure}", "status": 503}
+        return {"error": not_started(self.failure), "status": 503}
 
     @bentoml.api(**_BATCHING)
     def run(self, jobs: list[t.Any]) -> list[t.Any]:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, Server
-from fixtures import scene
+from fixtures import encode, scene
 from grounding.serving.proto import grounding_pb2 as pb, grounding_pb2_grpc as pb_grpc
 from grounding.serving.settings import load_settings, rest_port
 
@@ -53,7 +53,7 @@ def test_a_model_that_cannot_be_downloaded_says_why_once(tmp_path):
         assert line.startswith(f"cannot load model '{model}': cannot reach the Hugging Face Hub"), line
         assert "offline" not in line.lower() and "\n" not in line
         pid = srv.worker("grounding-engine").pid
-        seg = httpx.post(srv.url + "/segment", files={"image": ("a.png", _png(scene()))}, data={"expression": "dog"})
+        seg = httpx.post(srv.url + "/segment", files={"image": ("a.png", encode(scene()))}, data={"expression": "dog"})
         assert seg.status_code == 503 and seg.json()["error"] == f"grounding engine not started: {line}"
         info = httpx.get(srv.url + "/info")
         assert info.status_code == 503 and line in info.json()["error"]
@@ -84,7 +84,7 @@ def test_a_taken_grpc_port_stops_the_start(tmp_path, tiny_flux_dir):
             stub = pb_grpc.GroundingStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
             for _ in range(6):
                 with pytest.raises(grpc.RpcError) as e:
-                    stub.Segment(pb.SegmentRequest(image=_png(scene()), expressions=["x"]), timeout=5)
+                    stub.Segment(pb.SegmentRequest(image=encode(scene()), expressions=["x"]), timeout=5)
                 assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED
             time.sleep(3)
             assert srv.worker("grounding-engine").pid == pid
@@ -105,12 +105,6 @@ def test_grpc_port_follows_the_rest_port():
     assert load_settings({"PORT": "8080", "GROUNDING_GRPC_PORT": "0"}).grpc_port == 0
     s = load_settings({"GROUNDING_GRPC_PORT": "7000", "GROUNDING_WORKERS": "3"})
     assert [s.worker_grpc_port(i) for i in (1, 2, 3)] == [7000, 7001, 7002]  # never a shared port
-
-
-def _png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def test_info_is_the_model_card(demo_server):

@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+import vocabularies
+
 from grounding.backends import ROLE_NAMES, load_backend
 from grounding.config import MagnetConfig
 from grounding.readout.tokens import CONTENT, MAGNET, PAD, PUNCT, SPECIAL, STOP, align, head_noun, split_words, validate_expression
@@ -145,23 +147,21 @@ def test_split_words_keeps_punctuation_and_apostrophes():
     assert [w for w, _, _ in split_words("dog's bench, left!")] == ["dog's", "bench", ",", "left", "!"]
 
 
-# Llama 3's pre-tokenizer split (Qwen2/2.5/3 and Tekken use the same letter rule): one punctuation
-# mark is glued to the next word, `[^\r\n\p{L}\p{N}]?\p{L}+`.
-_BYTE_BPE_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                   r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 GLUED = ["guy in t-shirt", "black-and-white cat", "left-most giraffe", "half-eaten sandwich", "cat/dog on the sofa",
          "a dog,a cat", "e-mail@address.com", "über-cool dog", "<think> box", "the man's hat", "3rd car from left"]
 
 
 def _byte_bpe_tokenizer(texts: list[str]):
-    """A byte-level BPE fast tokenizer with the real pre-tokenizer (split regex + byte level) whose
+    """A byte-level BPE fast tokenizer with the real pre-tokenizer (Llama 3's split regex — Qwen and
+    Tekken share its letter rule ``[^\r\n\p{L}\p{N}]?\p{L}+``, which glues one punctuation mark to
+    the next word — and the byte level) whose
     vocabulary holds every pre-token of ``texts`` whole — as large real vocabularies hold
     ``-shirt``, ``,a`` or ``/dog`` — so each pre-token is one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_BYTE_BPE_SPLIT), behavior="isolated"),
+    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(vocabularies.LLAMA3_SPLIT), behavior="isolated"),
                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     vocab = {t: i for i, t in enumerate(bytes_to_unicode().values())}
     merges = []

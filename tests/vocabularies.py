@@ -94,9 +94,10 @@ def _ranks_from_tiktoken(path: Path) -> dict[bytes, int]:
     return ranks
 
 
-def _byte_level_bpe(ranks: dict[bytes, int], pattern: str, nfc: bool = False):
-    """A ``tokenizers.Tokenizer``: byte-level BPE over tiktoken ``ranks`` with ``pattern`` as the split."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+def _byte_level_bpe(ranks: dict[bytes, int], pattern: str, nfc: bool = False, first: tuple[str, ...] = ()):
+    """A ``tokenizers.Tokenizer``: byte-level BPE over tiktoken ``ranks`` with ``pattern`` as the split;
+    ``first``: special tokens that take ids 0.. (the BPE ids then start after them, as in Tekken)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     class _Converter(TikTokenConverter):
@@ -105,12 +106,15 @@ def _byte_level_bpe(ranks: dict[bytes, int], pattern: str, nfc: bool = False):
             return ranks_in
 
     vocab, merges = _Converter().extract_vocab_merges_from_model(ranks)
+    vocab = {**{name: i for i, name in enumerate(first)}, **{t: i + len(first) for t, i in vocab.items()}}
     tok = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                                                  pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     tok.decoder = decoders.ByteLevel()
     if nfc:
         tok.normalizer = normalizers.NFC()
+    if first:
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in first])
     return tok
 
 
@@ -170,7 +174,6 @@ def llama3_tokenizer():
 def tekken_tokenizer(chat_template: str | None = None):
     """Mistral's Tekken (v3, 2024-09-11): 1,000 control tokens first, then the byte-level ranks of
     ``default_vocab_size`` (131,072) shifted by 1,000, with Tekken's own split pattern."""
-    from tokenizers import AddedToken
     from transformers import PreTrainedTokenizerFast
 
     def build():
@@ -179,19 +182,8 @@ def tekken_tokenizer(chat_template: str | None = None):
         n_special = cfg["default_num_special_tokens"]
         inner = cfg["default_vocab_size"] - n_special
         ranks = {base64.b64decode(v["token_bytes"]): v["rank"] for v in doc["vocab"][:inner]}
-        tok = _byte_level_bpe(ranks, cfg["pattern"])
-        # shift: control tokens take ids 0..999, so the BPE ids move up by 1000
-        from tokenizers import Tokenizer, models
-
         names = TEKKEN_SPECIALS + [f"<SPECIAL_{i}>" for i in range(len(TEKKEN_SPECIALS), n_special)]
-        vocab = {**{name: i for i, name in enumerate(names)},
-                 **{t: i + n_special for t, i in tok.get_vocab().items()}}
-        state = json.loads(tok.to_str())
-        merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in state["model"]["merges"]]
-        shifted = Tokenizer(models.BPE(vocab, merges, fuse_unk=False, ignore_merges=True))
-        shifted.pre_tokenizer, shifted.decoder = tok.pre_tokenizer, tok.decoder
-        shifted.add_special_tokens([AddedToken(name, special=True, normalized=False) for name in names])
-        return shifted
+        return _byte_level_bpe(ranks, cfg["pattern"], first=tuple(names))
 
     fast = PreTrainedTokenizerFast(tokenizer_object=_cached("tekken", build), bos_token="<s>", eos_token="</s>",
                                    unk_token="<unk>", pad_token="<pad>", model_max_length=131072)

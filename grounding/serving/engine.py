@@ -18,6 +18,7 @@ from ..pipeline.result import GroundingResult, Instance
 from .lifecycle import START
 from .schema import Options, RequestError
 from .settings import Settings
+from .startup import not_started
 
 
 @dataclass
@@ -164,7 +165,7 @@ class EngineCalls:
     def unavailable(self) -> RequestError:
         """The 503 for a call made while the engine cannot answer: its start failure, or "retry"."""
         if START.failure is not None:
-            return RequestError(f"grounding engine not started: {START.failure}", 503)
+            return RequestError(not_started(START.failure), 503)
         return RequestError("grounding engine unavailable (starting or restarting); retry shortly", 503)
 
     async def _call(self, fn, *args):

@@ -28,6 +28,11 @@ class EngineStartError(RuntimeError):
     """A worker could not start; ``str(e)`` is one line naming the cause and what to do."""
 
 
+def not_started(failure: str) -> str:
+    """What a call answers (503) once the engine's start has failed with ``failure``."""
+    return f"grounding engine not started: {failure}"
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether another socket holds ``host:port`` (a bind without ``SO_REUSEPORT`` fails)."""
     try:
