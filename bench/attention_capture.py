@@ -121,7 +121,7 @@ def backbone_row(arch: str, side: int, text: int, reps: int) -> dict:
     from PIL import Image
 
     from grounding.backends import AttentionStore, backend_class
-    from grounding.backends.tiny import BUILDERS
+    from synthetic import BUILDERS
 
     pipe = BUILDERS[arch](0, "medium")
     cls, _ = backend_class(type(pipe).__name__)
@@ -156,7 +156,7 @@ def early_exit_row(side: int, text: int, reps: int) -> dict:
     from PIL import Image
 
     from grounding.backends import FluxBackend
-    from grounding.backends.tiny import BUILDERS
+    from synthetic import BUILDERS
 
     b = FluxBackend(BUILDERS["flux"](0, "medium"), "cpu")
     px = side * b.patch

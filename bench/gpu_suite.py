@@ -1,7 +1,8 @@
-"""The GPU check, in one script (≤ 8 minutes on one CUDA device): random weights at real size.
+"""The GPU check, in one script (≤ 8 minutes on one CUDA device): released models at released size,
+random weights (``bench/real_size.py`` builds them from ``bench/released/*.json``).
 
-For FLUX.1 [dev] (12 B transformer, with a real-size random T5-XXL) and Z-Image (6 B), at 1024²
-(64 × 64 = 4096 image tokens):
+For FLUX.1 [dev] (11.9 B transformer, T5-XXL and CLIP-L at full size) and Z-Image-Turbo (6.2 B,
+Qwen3-4B), at 1024² (64 × 64 = 4096 image tokens):
   1. plain forward vs capture of every block: time, bit-identity of the output;
   2. early exit: capture of the first half of the blocks (forward stopped there) / capture of all;
   3. peak GPU memory of one capture per memory option — everything on the GPU, text encoders on the
@@ -11,14 +12,14 @@ For FLUX.1 [dev] (12 B transformer, with a real-size random T5-XXL) and Z-Image 
      ``Grounder.segment_batch`` as one batch vs one at a time — the service's engine path, in process.
 Prints a table and a final JSON line. ``--small`` runs the same code on tiny pipelines (CPU, seconds;
 ``make test`` runs it so it cannot rot). Random weights: the maps mean nothing, the costs are real.
-``--dry-run`` walks the real-size path on the ``meta`` device (no memory, no values, seconds; also in
-``make test``): the released-size pipelines build, tokenize, encode, and capture every block at
-4096 image tokens, and the early exit stops where it should — so the GPU run fails on nothing
-but the GPU.
+``--dry-run`` walks every released model (or ``--archs``) at released size and resolution on the
+``meta`` device (``real_size.walk``: no memory, no values, about a minute for all; ``make test``
+runs it): the pipelines build, tokenize, encode and capture every block, and the early exit stops
+where it should — so the GPU run fails on nothing but the GPU.
 
     python bench/gpu_suite.py                 # CUDA, real size
     python bench/gpu_suite.py --small --device cpu
-    python bench/gpu_suite.py --dry-run       # real size on the meta device
+    python bench/gpu_suite.py --dry-run       # every released model on the meta device
 """
 
 from __future__ import annotations
@@ -37,8 +38,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import real_size  # noqa: E402
 from grounding.backends import AttentionStore, backend_class  # noqa: E402
-from grounding.backends.tiny import BUILDERS, build_real_size  # noqa: E402
+from synthetic import BUILDERS  # noqa: E402
+
+# The suite's short names → the released models they stand for.
+RELEASED = {"flux": "flux1-dev", "zimage": "z-image-turbo"}
 
 GIB = 2**30
 
@@ -61,63 +66,20 @@ def peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated(device) / GIB, 2)
 
 
-def real_t5(tok_len: int):
-    """A T5-XXL-size random encoder (4.7 B parameters): FLUX.1's text memory at its real size."""
-    from transformers import T5Config, T5EncoderModel
-
-    cfg = T5Config(vocab_size=max(tok_len, 32128), d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64,
-                   feed_forward_proj="gated-gelu", dropout_rate=0.0)
-    return T5EncoderModel(cfg).eval()
-
-
 def build(arch: str, small: bool, device: torch.device, dtype: torch.dtype):
-    """The backend of a real-size (or, ``small``, tiny) pipeline, built on ``device``."""
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            if small:
+    """The backend of the released-size (or, ``small``, tiny) pipeline of ``arch``, built on ``device``."""
+    if not small:
+        pipe, _ = real_size.build_pipeline(RELEASED[arch], device, dtype)
+    else:
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            with torch.device(device):
                 pipe = BUILDERS[arch](0, "tiny")
-            else:
-                pipe = build_real_size(arch)
-                if arch == "flux":
-                    pipe.text_encoder_2 = real_t5(len(pipe.tokenizer_2))
-    finally:
-        torch.set_default_dtype(prev)
+        finally:
+            torch.set_default_dtype(prev)
     cls, _ = backend_class(type(pipe).__name__)
     return cls(pipe.to(device), device)
-
-
-def build_dry(arch: str):
-    """The real-size backend on the ``meta`` device, text encoders with data on the CPU where their
-    forward reads values (transformers' Qwen3 mask code and Z-Image's unmasked-row selection do;
-    FLUX.1's T5-XXL and CLIP run on meta as they are)."""
-    b = build(arch, False, torch.device("meta"), torch.bfloat16)
-    if arch == "zimage":
-        b.pipe.text_encoder = b.pipe.text_encoder.to_empty(device="cpu")
-        b.text_device = torch.device("cpu")
-    return b
-
-
-def dry_run_section(arch: str) -> dict:
-    """One backbone at released size on meta: parameters, blocks, the shapes of a full capture and
-    of an early-exit capture, and the captured maps' size as computed from their shape."""
-    t0 = time.perf_counter()
-    b = build_dry(arch)
-    built = time.perf_counter() - t0
-    image, seq, size = inputs(b, 64, 512)
-    names = b.block_names
-    full = b.capture([image], [seq], size, (0.5,), 0, blocks=names)
-    half = b.capture([image], [seq], size, (0.5,), 0, blocks=names[: len(names) // 2])
-    probs = full.probs  # [L, V, B, H, N, C]
-    expected = (len(names), 1, 1, probs.shape[3], full.grid[0] * full.grid[1], len(full.columns))
-    assert tuple(probs.shape) == expected, (tuple(probs.shape), expected)
-    assert half.probs.shape[0] == len(names) // 2 and half.probs.shape[1:] == probs.shape[1:]
-    return {"params_b": round(sum(p.numel() for p in b.pipe.transformer.parameters()) / 1e9, 2),
-            "blocks": len(names), "heads": probs.shape[3], "image_tokens": full.grid[0] * full.grid[1],
-            "text_tokens": len(seq), "captured_columns": len(full.columns), "map_shape": list(probs.shape),
-            "map_mib_fp32": round(probs.numel() * 4 / 2**20, 1), "walk_s": round(time.perf_counter() - t0, 1),
-            "build_s": round(built, 1)}
 
 
 def inputs(b, side: int, text: int):
@@ -301,13 +263,15 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--archs", default="flux,zimage")
+    ap.add_argument("--archs", default=None, help="flux,zimage (the default) or released model names; "
+                                                  "--dry-run: every released model by default")
     ap.add_argument("--memory-archs", default="flux", help="archs whose memory options are measured")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: capture,memory,throughput")
     ap.add_argument("--dry-run", action="store_true", help="real size on the meta device: shapes, no values")
     args = ap.parse_args()
     if args.dry_run:
         return dry_run(args.archs)
+    args.archs = args.archs or "flux,zimage"
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device; run with --small --device cpu")
@@ -348,16 +312,15 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def dry_run(archs: str) -> None:
+def dry_run(archs: str | None) -> None:
+    """``real_size.walk`` of each released model (all when ``archs`` is None): table, then JSON."""
     started = time.perf_counter()
-    result: dict = {"bench": "gpu_suite", "dry_run": True, "device": "meta", "dtype": "bfloat16"}
-    print(f"{'arch':<8} {'params':>8} {'blocks':>6} {'heads':>5} {'image':>6} {'text':>5} {'cols':>5} "
-          f"{'captured maps':>26} {'MiB fp32':>9} {'walk s':>6}")
-    for arch in filter(None, archs.split(",")):
-        r = result[arch] = dry_run_section(arch)
-        print(f"{arch:<8} {r['params_b']:>7}B {r['blocks']:>6} {r['heads']:>5} {r['image_tokens']:>6} "
-              f"{r['text_tokens']:>5} {r['captured_columns']:>5} {str(r['map_shape']):>26} {r['map_mib_fp32']:>9} "
-              f"{r['walk_s']:>6}")
+    names = [RELEASED.get(a, a) for a in archs.split(",")] if archs else real_size.released_names()
+    result: dict = {"bench": "gpu_suite", "dry_run": True, "device": "meta", "dtype": "bfloat16", "models": {}}
+    print(real_size.HEADER)
+    for name in names:
+        r = result["models"][name] = real_size.walk(name)
+        print(real_size.row(r), flush=True)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 

@@ -98,7 +98,7 @@ def main() -> None:
     model = args.model
     if model is None:
         from grounding.config import GroundingConfig
-        from grounding.backends.tiny import save_tiny_model
+        from synthetic import save_tiny_model
 
         model = str(save_tiny_model(tmp / "medium", "flux", size="medium"))
         cfg = GroundingConfig.from_pretrained(model).replace(resolution=args.resolution)

@@ -34,7 +34,7 @@ def main() -> None:
     from fixtures import moving_video  # the tests' synthetic moving-disc video
 
     from grounding import Grounder
-    from grounding.backends.tiny import save_tiny_model
+    from synthetic import save_tiny_model
     from grounding.pipeline.video import VideoConfig, iter_video
 
     model = args.model or str(save_tiny_model(Path(tempfile.mkdtemp()) / "medium", "flux", size="medium"))

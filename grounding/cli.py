@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from .backends.tiny import ARCHS as TINY_ARCHS
-
 # Commands of ``python -m training`` (said so when asked of this CLI).
 MOVED = ("calibrate", "calibrate-presence", "train-answer-head", "train-demo")
 
@@ -122,9 +120,17 @@ def cmd_segment_video(args) -> int:
 
 
 def cmd_tiny_model(args) -> int:
-    from .backends.tiny import save_tiny_model
+    from .backends.zoo import require_synthetic
 
-    path = save_tiny_model(args.dir, args.arch, args.seed, args.size)
+    try:
+        synthetic = require_synthetic("tiny-model")
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.arch not in synthetic.archs:
+        print(f"error: --arch {args.arch!r}: choose one of {', '.join(synthetic.archs)}", file=sys.stderr)
+        return 2
+    path = synthetic.save(args.dir, args.arch, args.seed, args.size)
     print(f"wrote a tiny random {args.arch} pipeline to {path} (its attention maps are meaningless)")
     return 0
 
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("tiny-model", help="write a tiny randomly initialised pipeline folder (tests, benchmarks); "
                                           "its attention maps are meaningless")
-    p.add_argument("--arch", choices=list(TINY_ARCHS), default="flux",
+    p.add_argument("--arch", default="flux",
                    help="flux (FLUX.1), sd3, flux2 (FLUX.2 [dev]), flux2-klein, qwenimage, zimage, wan / wan2.2 (Wan video, one or two experts), hunyuanvideo")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", choices=["tiny", "medium"], default="tiny",

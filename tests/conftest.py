@@ -17,14 +17,14 @@ from fixtures import scene  # noqa: E402  (the shared scene helper)
 
 @pytest.fixture(scope="session")
 def tiny_flux_dir(tmp_path_factory):
-    from grounding.backends.tiny import save_tiny_model
+    from synthetic import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-flux", "flux")
 
 
 @pytest.fixture(scope="session")
 def tiny_sd3_dir(tmp_path_factory):
-    from grounding.backends.tiny import save_tiny_model
+    from synthetic import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sd3", "sd3")
 

@@ -17,8 +17,8 @@ from torch.overrides import TorchFunctionMode
 
 
 def save_tiny_models(root: Path, archs: list[str]) -> dict[str, Path]:
-    """A tiny random pipeline folder per arch under ``root`` (``grounding.backends.tiny``)."""
-    from grounding.backends.tiny import save_tiny_model
+    """A tiny random pipeline folder per arch under ``root`` (``synthetic.save_tiny_model``)."""
+    from synthetic import save_tiny_model
 
     return {a: save_tiny_model(root / a, a) for a in archs}
 

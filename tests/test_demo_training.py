@@ -8,7 +8,7 @@ import torch
 
 from eval.shapes import Obj, caption_spans, referring_example, render
 from training.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
-from grounding.backends.tiny import _t5_tokenizer
+from synthetic.tokenizers import t5_tokenizer
 
 
 def _scene():
@@ -31,7 +31,7 @@ def test_relation_examples_supervise_the_complement_onto_the_anchor():
     scene, target, expr, spans = referring_example(rng, "relation", 64)
     anchor = scene.objects[2]
     assert expr.endswith(f"of the {anchor.colour} {anchor.shape}")
-    tok = _t5_tokenizer()
+    tok = t5_tokenizer()
     T = token_targets(tok, [expr], [(np.stack(scene.masks), spans)], 16, 16)[0]  # [N, T]
     cells = [m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]
     words = [p.lstrip("▁") for p in tok.convert_ids_to_tokens(tok(expr).input_ids)]
@@ -49,7 +49,7 @@ def test_token_targets_mark_content_words_with_their_object_cells():
     scene = _scene()
     text = "a big red circle at the top left and a small blue square"
     spans = [(0, 0, text.index(" and")), (1, text.index("a small"), len(text))]
-    tok = _t5_tokenizer()
+    tok = t5_tokenizer()
     T = token_targets(tok, [text], [(np.stack(scene.masks), spans)], 16, 8)[0]  # [N, T]
     pieces = tok.convert_ids_to_tokens(tok(text).input_ids)
     cells = [m.reshape(8, 4, 8, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]

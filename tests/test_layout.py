@@ -9,7 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Stage order: a package may import only those after it (service → serving → pipeline → segment →
 # readout → backends; config, images, jsonl and the CLI are shared).
 ORDER = ["serving", "pipeline", "segment", "readout", "backends"]
-FORBIDDEN = {"eval", "exporters", "training"}
+# Training, evaluation, exporters and the synthetic model builders stay outside the inference package
+# (the zoo reaches the builders through an entry point, never an import).
+FORBIDDEN = {"eval", "exporters", "training", "synthetic"}
 
 
 def _imports(path: Path) -> list[str]:
@@ -26,7 +28,7 @@ def _imports(path: Path) -> list[str]:
     return out
 
 
-def test_grounding_never_imports_eval_exporters_or_training():
+def test_grounding_never_imports_eval_exporters_training_or_builders():
     offenders = [(str(p.relative_to(ROOT)), m) for p in (ROOT / "grounding").rglob("*.py")
                  for m in _imports(p) if m.split(".")[0] in FORBIDDEN]
     assert not offenders, offenders
@@ -89,3 +91,19 @@ def test_options_map_onto_the_config():
             assert e.field == field and field in str(e)
         else:
             raise AssertionError(f"{bad} accepted")
+
+
+def test_tiny_zoo_names_come_from_the_synthetic_entry_point(monkeypatch, tmp_path):
+    """The zoo finds the builders through the ``dit_grounding.synthetic`` entry point of this
+    checkout's install; where none is installed (a bento), a tiny-* name says what it needs."""
+    import pytest
+
+    from grounding.backends import zoo
+
+    found = zoo.synthetic_models()
+    assert found is not None and "tiny-flux" in found.names and "flux" in found.archs
+    monkeypatch.setenv("GROUNDING_CACHE", str(tmp_path))
+    monkeypatch.setattr(zoo, "entry_points", lambda group: [])  # an installation without the package
+    with pytest.raises(FileNotFoundError, match="synthetic models of a dit-grounding checkout"):
+        zoo.resolve("tiny-flux")
+    assert zoo.resolve("some-org/some-model") == "some-org/some-model"  # hub ids are untouched

@@ -34,7 +34,10 @@ def test_bentoml_build_offline_and_dockerfile(tmp_path):
     for f in ("service.py", "grounding/serving/proto/grounding_pb2.py", "grounding/serving/proto/grounding.proto",
               "grounding/readout/maps.py", "examples/examples.json", "examples/shapes-1.png", "examples/hopper.jpg"):
         assert (src / f).is_file(), f
-    for d in ("eval", "training", "exporters", "tests", "bench"):  # the image ships no training or eval code
+    for d in ("eval", "training", "exporters", "tests", "bench", "synthetic"):  # no training, eval or model builders
         assert not (src / d).exists(), d
+    builders = [str(f.relative_to(src)) for f in src.rglob("*.py") if "build_tiny_" in f.read_text() or
+                "save_tiny_model" in f.read_text()]
+    assert not builders, builders
     reqs = (bento / "env" / "python" / "requirements.txt").read_text()
     assert "torch==2.14.1" in reqs and "bentoml==1.4.40" in reqs

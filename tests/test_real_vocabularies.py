@@ -1,4 +1,4 @@
-"""The backbones with the released models' own tokenizer vocabularies (``tests/vocabularies.py``:
+"""The backbones with the released models' own tokenizer vocabularies (``synthetic/vocabularies.py``:
 CLIP's BPE, Qwen's, Llama 3's and Mistral's Tekken, from the PyPI packages that ship them): each
 wired into its tiny pipeline of the real class (the text encoder's embeddings resized to the
 vocabulary), then, over a broad set of expressions (hyphens, slashes, apostrophes, commas without
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-import vocabularies
+from synthetic import vocabularies
 from fixtures import save_tiny_models
 from grounding.backends import load_backend
 from grounding.backends.base import PADDING, TEXT

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-import vocabularies
+from synthetic import vocabularies
 
 from grounding.backends import ROLE_NAMES, load_backend
 from grounding.config import MagnetConfig

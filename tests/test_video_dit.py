@@ -261,7 +261,7 @@ def test_davis_runner_with_clip_maps(wan_dir, tmp_path):
 def test_wan22_reads_each_noise_level_from_the_expert_the_pipeline_runs(tmp_path):
     """Wan 2.2 A14B: ``transformer`` at σ ≥ boundary_ratio (0.875), ``transformer_2`` below; a
     capture over levels of both experts equals each expert's capture, in the levels' order."""
-    from grounding.backends.tiny import save_tiny_model
+    from synthetic import save_tiny_model
 
     b = load_backend(save_tiny_model(tmp_path / "wan22", "wan2.2"))
     assert b.pipe.transformer_2 is not None and b.pipe.config.boundary_ratio == 0.875

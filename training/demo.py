@@ -78,10 +78,10 @@ def build_components(cfg: DemoConfig):
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from grounding.backends.tiny import _clip_tokenizer, _t5_tokenizer
+    from synthetic.tokenizers import clip_tokenizer, t5_tokenizer
 
     torch.manual_seed(cfg.seed)
-    t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
+    t5_tok, clip_tok = t5_tokenizer(), clip_tokenizer()
     vae = AutoencoderKL(
         in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,

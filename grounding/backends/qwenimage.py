@@ -91,10 +91,14 @@ class QwenImageBackend(DiTBackend):
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         b = latents.shape[0]
         rows, cols = self.grid(latents)
+        mask = cond["mask"]
+        # None when every position is real, as encode_prompt does; a meta tensor (the real-size walk)
+        # has no values to ask, so its mask is passed (all-real and None attend alike)
+        all_real = not mask.is_meta and bool(mask.all())
         return self.transformer(
             hidden_states=FluxBackend.pack(latents), timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
             encoder_hidden_states=cond["embeds"],
-            encoder_hidden_states_mask=None if bool(cond["mask"].all()) else cond["mask"],  # as encode_prompt does
+            encoder_hidden_states_mask=None if all_real else mask,
             img_shapes=[[(1, rows, cols)]] * b, return_dict=False,
         )[0]

@@ -69,7 +69,9 @@ class ZImageBackend(DiTBackend):
         ids = torch.from_numpy(np.stack([s.encoder.ids for s in sequences])).to(self.text_device)
         mask = torch.from_numpy(np.stack([s.encoder.mask for s in sequences])).to(self.text_device)
         h = self.pipe.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
-        return {"embeds": [h[i][mask[i]].to(self.dtype) for i in range(len(sequences))]}
+        # the unmasked rows, indexed from the host-side mask (no device sync; works on meta too)
+        rows = [torch.from_numpy(np.flatnonzero(s.encoder.mask)).to(h.device) for s in sequences]
+        return {"embeds": [h[i, r].to(self.dtype) for i, r in enumerate(rows)]}
 
     def timesteps(self, sigma: float, batch: int) -> torch.Tensor:
         return torch.full((batch,), 1.0 - sigma, device=self.device, dtype=self.dtype)

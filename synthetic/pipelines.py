@@ -1,7 +1,11 @@
-"""Tiny randomly initialised FLUX / SD3 pipelines for tests and benchmarks.
+"""Tiny randomly initialised pipelines of the real diffusers / transformers classes, one per
+architecture the grounding backends serve, for tests and CPU benchmarks.
 
-Their attention maps are meaningless (random weights); they exercise the real diffusers classes,
-the real tokenizer types and the real loading path, offline.
+Their attention maps are meaningless (random weights); they exercise the real classes, the real
+tokenizer types and the real loading path, offline. ``save_tiny_model`` writes one as a pipeline
+folder with a ``grounding.json`` sized for it; the zoo's ``tiny-*`` names and ``python -m
+grounding tiny-model`` reach it through the ``dit_grounding.synthetic`` entry point
+(``synthetic.PLUGIN``), so the inference package never imports this one.
 """
 
 from __future__ import annotations
@@ -10,63 +14,11 @@ from pathlib import Path
 
 import torch
 
-from ..config import GroundingConfig
+from grounding.config import GroundingConfig
 
-# A small English vocabulary; words outside it are split into several pieces.
-VOCAB_WORDS = """the a an of on in at to and with left right top bottom middle center next near
-behind front above below under over between big small large little tall short long round
-red green blue yellow purple orange black white gray grey pink brown
-circle square triangle star cross ring shape object thing one
-dog cat man woman person child car bus tree chair table cup bird horse sheep cow bike boat
-shirt hat window door road sky grass water ball box plate
-is are that which who holding wearing sitting standing""".split()
+from .tokenizers import (clip_tokenizer, llama3_tokenizer, pixtral_processor, qwen_tokenizer, t5_tokenizer)
 
-_ALPHABET = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
-_PUNCT = list(".,;:!?'\"-()/&")
-
-
-def _chain_merges(words: list[list[str]], vocab_list: list[str]) -> list[tuple[str, str]]:
-    """BPE merges joining each word's symbols left to right (new pieces appended to ``vocab_list``)."""
-    seen, merges = set(vocab_list), []
-    for symbols in words:
-        cur = symbols[0]
-        for nxt in symbols[1:]:
-            merged = cur + nxt
-            if merged not in seen:
-                merges.append((cur, nxt))
-                vocab_list.append(merged)
-                seen.add(merged)
-            cur = merged
-    return merges
-
-
-def _t5_tokenizer():
-    from transformers import T5Tokenizer
-
-    pieces: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -4.0)]
-    pieces += [("▁" + w, -2.0) for w in VOCAB_WORDS]
-    pieces += [("▁" + c, -8.0) for c in _ALPHABET] + [(c, -9.0) for c in _ALPHABET + _PUNCT]
-    pieces += [("s", -3.0), ("ch", -6.0), ("er", -6.0)]
-    tok = T5Tokenizer(vocab=pieces, extra_ids=0)
-    tok.model_max_length = 512
-    return tok
-
-
-def _clip_tokenizer():
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab_list = chars + [c + "</w>" for c in chars]
-    merges = _chain_merges([list(w[:-1]) + [w[-1] + "</w>"] for w in VOCAB_WORDS], vocab_list)
-    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
-    vocab = {t: i for i, t in enumerate(vocab_list)}
-    tok = CLIPTokenizer(vocab=vocab, merges=merges)
-    tok.model_max_length = 77
-    return tok
-
-
-def _clip_encoder(vocab_size: int, with_projection: bool, hidden: int = 32):
+def clip_encoder(vocab_size: int, with_projection: bool, hidden: int = 32):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = CLIPTextConfig(
@@ -78,7 +30,7 @@ def _clip_encoder(vocab_size: int, with_projection: bool, hidden: int = 32):
     return cls(cfg).eval()
 
 
-def _t5_encoder(vocab_size: int, d_model: int):
+def t5_encoder(vocab_size: int, d_model: int):
     from transformers import T5Config, T5EncoderModel
 
     cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
@@ -86,7 +38,7 @@ def _t5_encoder(vocab_size: int, d_model: int):
     return T5EncoderModel(cfg).eval()
 
 
-def _vae(latent_channels: int) -> "torch.nn.Module":
+def autoencoder_kl(latent_channels: int) -> "torch.nn.Module":
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -113,17 +65,17 @@ def build_tiny_flux(seed: int = 0, size: str = "tiny"):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     torch.manual_seed(seed)
-    t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
+    t5_tok, clip_tok = t5_tokenizer(), clip_tokenizer()
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=16, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=False,
         **FLUX_SIZES[size],
     ).eval()
     return FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(4),
-        text_encoder=_clip_encoder(len(clip_tok), with_projection=False),
+        vae=autoencoder_kl(4),
+        text_encoder=clip_encoder(len(clip_tok), with_projection=False),
         tokenizer=clip_tok,
-        text_encoder_2=_t5_encoder(len(t5_tok), 32),
+        text_encoder_2=t5_encoder(len(t5_tok), 32),
         tokenizer_2=t5_tok,
         transformer=transformer,
     )
@@ -134,7 +86,7 @@ def build_tiny_sd3(seed: int = 0):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
     torch.manual_seed(seed)
-    t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
+    t5_tok, clip_tok = t5_tokenizer(), clip_tokenizer()
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
         num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64,
@@ -142,12 +94,12 @@ def build_tiny_sd3(seed: int = 0):
     ).eval()
     return StableDiffusion3Pipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),
-        vae=_vae(4),
-        text_encoder=_clip_encoder(len(clip_tok), with_projection=True),
+        vae=autoencoder_kl(4),
+        text_encoder=clip_encoder(len(clip_tok), with_projection=True),
         tokenizer=clip_tok,
-        text_encoder_2=_clip_encoder(len(clip_tok), with_projection=True),
-        tokenizer_2=_clip_tokenizer(),
-        text_encoder_3=_t5_encoder(len(t5_tok), 64),
+        text_encoder_2=clip_encoder(len(clip_tok), with_projection=True),
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=t5_encoder(len(t5_tok), 64),
         tokenizer_3=t5_tok,
         transformer=transformer,
     )
@@ -168,106 +120,8 @@ def save_tiny_model(folder: str | Path, arch: str = "flux", seed: int = 0, size:
     return folder
 
 
-# --- byte-level BPE tokenizers with chat templates (Qwen2/Qwen3, Mistral/Tekken types) -----------
-def _byte_bpe(extra_words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Vocabulary and merges of a byte-level BPE over ``VOCAB_WORDS``: every byte, then each word
-    with its leading space (``Ġ``) merged left to right, then the bare words (which may split)."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    vocab_list = list(bytes_to_unicode().values())
-    words = list(VOCAB_WORDS) + list(extra_words)
-    # Space-led forms first (they never split), then the template's own words, then the rest bare.
-    merges = _chain_merges([list("Ġ" + w) for w in words] + [list(w) for w in extra_words] +
-                           [list(w) for w in VOCAB_WORDS], vocab_list)
-    return {t: i for i, t in enumerate(vocab_list)}, merges
-
-
-# The structure of Qwen3's template for what the pipelines send: an optional system message, user
-# turns, the generation prompt, and the empty thinking block when ``enable_thinking`` is false.
-QWEN3_CHAT_TEMPLATE = (
-    "{%- for message in messages %}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
-    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
-    "{%- endif %}"
-)
-
-
-def _qwen_tokenizer(chat_template: str | None = QWEN3_CHAT_TEMPLATE):
-    """A ``Qwen2Tokenizer`` (the class Qwen2.5-VL and Qwen3 ship) with Qwen's special tokens."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-
-    # Words of Qwen-Image's system prompt and the role names, so that prompt is 34 tokens as with Qwen's own vocabulary.
-    vocab, merges = _byte_bpe(("system", "user", "assistant", "Describe", "image", "by", "detailing", "color", "shape",
-                               "size", "texture", "quantity", "text", "spatial", "relationships", "objects",
-                               "background"))
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
-    for t in specials + ["<think>", "</think>"]:
-        vocab[t] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None,
-                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
-    tok.model_max_length = 131072
-    if chat_template:
-        tok.chat_template = chat_template
-    return tok
-
-
-# Mistral Small 3.x's template for what FLUX.2 sends: BOS, a system prompt, one user turn
-# (string or a list of text/image blocks).
-MISTRAL3_CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- for message in messages %}"
-    "{%- if message['content'] is string %}{%- set text = message['content'] %}"
-    "{%- else %}{%- set ns = namespace(t='') %}{%- for block in message['content'] %}"
-    "{%- if block['type'] == 'text' %}{%- set ns.t = ns.t + block['text'] %}"
-    "{%- elif block['type'] in ['image', 'image_url'] %}{%- set ns.t = ns.t + '[IMG]' %}{%- endif %}"
-    "{%- endfor %}{%- set text = ns.t %}{%- endif %}"
-    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + text + '[/SYSTEM_PROMPT]' }}"
-    "{%- elif message['role'] == 'user' %}{{- '[INST]' + text + '[/INST]' }}"
-    "{%- elif message['role'] == 'assistant' %}{{- text + eos_token }}{%- endif %}"
-    "{%- endfor %}"
-)
-
-_MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
-                     "[IMG]", "[IMG_BREAK]", "[IMG_END]")
-
-
-def _mistral_tokenizer():
-    """A byte-level BPE (Tekken's kind) fast tokenizer with Mistral's control tokens."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab, merges = _byte_bpe(("You", "AI", "reasons", "about", "image", "descriptions", "give", "structured",
-                               "responses", "focusing", "relationships", "attribution", "actions", "without",
-                               "speculation"))
-    base = {t: i for i, t in enumerate(_MISTRAL_SPECIALS)}
-    vocab = {**base, **{t: i + len(base) for t, i in vocab.items()}}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _MISTRAL_SPECIALS])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>", model_max_length=131072)
-    tok.chat_template = MISTRAL3_CHAT_TEMPLATE
-    return tok
-
-
-def _pixtral_processor():
-    """FLUX.2's ``tokenizer``: a ``PixtralProcessor`` around the Mistral tokenizer."""
-    from transformers import PixtralImageProcessor, PixtralProcessor
-
-    tok = _mistral_tokenizer()
-    return PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=4, size={"longest_edge": 32}),
-                            tokenizer=tok, patch_size=4, spatial_merge_size=1, chat_template=MISTRAL3_CHAT_TEMPLATE)
-
-
 # --- FLUX.2 (dev: Mistral-3 + system message; klein: Qwen3), Qwen-Image, Z-Image -----------------
-def _mistral3_encoder(tok, hidden: int = 16, layers: int = 31):
+def mistral3_encoder(tok, hidden: int = 16, layers: int = 31):
     """FLUX.2 [dev]'s text encoder type; ``layers`` ≥ 31 so hidden states (10, 20, 30) exist."""
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
@@ -286,7 +140,7 @@ def _mistral3_encoder(tok, hidden: int = 16, layers: int = 31):
     return Mistral3ForConditionalGeneration(cfg).eval()
 
 
-def _qwen3_encoder(tok, cls_name: str, hidden: int = 16, layers: int = 2):
+def qwen3_encoder(tok, cls_name: str, hidden: int = 16, layers: int = 2):
     import transformers
     from transformers import Qwen3Config
 
@@ -296,7 +150,7 @@ def _qwen3_encoder(tok, cls_name: str, hidden: int = 16, layers: int = 2):
     return getattr(transformers, cls_name)(cfg).eval()
 
 
-def _qwen25vl_encoder(tok, hidden: int = 16):
+def qwen25vl_encoder(tok, hidden: int = 16):
     """Qwen-Image's text encoder type (its vision tower is built, never used for text)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
@@ -316,7 +170,7 @@ def _qwen25vl_encoder(tok, hidden: int = 16):
     return Qwen2_5_VLForConditionalGeneration(cfg).eval()
 
 
-def _flux2_vae():
+def flux2_vae():
     from diffusers import AutoencoderKLFlux2
 
     vae = AutoencoderKLFlux2(
@@ -354,17 +208,17 @@ def build_tiny_flux2(seed: int = 0, size: str = "tiny", klein: bool = False):
     torch.manual_seed(seed)
     hidden = 16
     if klein:
-        tok = _qwen_tokenizer()
-        encoder = _qwen3_encoder(tok, "Qwen3ForCausalLM", hidden, layers=28)  # hidden states (9, 18, 27)
+        tok = qwen_tokenizer()
+        encoder = qwen3_encoder(tok, "Qwen3ForCausalLM", hidden, layers=28)  # hidden states (9, 18, 27)
     else:
-        tok = _pixtral_processor()
-        encoder = _mistral3_encoder(tok.tokenizer, hidden)
+        tok = pixtral_processor()
+        encoder = mistral3_encoder(tok.tokenizer, hidden)
     transformer = Flux2Transformer2DModel(
         patch_size=1, in_channels=16, joint_attention_dim=3 * hidden, timestep_guidance_channels=256,
         guidance_embeds=not klein, **NEW_SIZES["flux2"][size],
     ).eval()
     cls = Flux2KleinPipeline if klein else Flux2Pipeline
-    return cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_flux2_vae(), text_encoder=encoder, tokenizer=tok,
+    return cls(scheduler=FlowMatchEulerDiscreteScheduler(), vae=flux2_vae(), text_encoder=encoder, tokenizer=tok,
                transformer=transformer)
 
 
@@ -375,12 +229,12 @@ def build_tiny_qwenimage(seed: int = 0, size: str = "tiny"):
         QwenImageTransformer2DModel
 
     torch.manual_seed(seed)
-    tok = _qwen_tokenizer(chat_template=None)  # the pipeline formats its own template string
+    tok = qwen_tokenizer(chat_template=None)  # the pipeline formats its own template string
     vae = AutoencoderKLQwenImage(base_dim=8, z_dim=4, dim_mult=[1, 2], num_res_blocks=1, temperal_downsample=[False],
                                  latents_mean=[0.1, -0.1, 0.2, 0.0], latents_std=[1.5, 0.8, 1.2, 1.0]).eval()
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, joint_attention_dim=16,
                                               guidance_embeds=False, **NEW_SIZES["qwenimage"][size]).eval()
-    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_qwen25vl_encoder(tok),
+    return QwenImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=qwen25vl_encoder(tok),
                              tokenizer=tok, transformer=transformer)
 
 
@@ -390,7 +244,7 @@ def build_tiny_zimage(seed: int = 0, size: str = "tiny"):
     from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
 
     torch.manual_seed(seed)
-    tok = _qwen_tokenizer()
+    tok = qwen_tokenizer()
     transformer = ZImageTransformer2DModel(
         all_patch_size=(2,), all_f_patch_size=(1,), in_channels=4, norm_eps=1e-5, qk_norm=True, cap_feat_dim=16,
         rope_theta=256.0, t_scale=1000.0, axes_lens=[1024, 64, 64], **NEW_SIZES["zimage"][size],
@@ -398,7 +252,7 @@ def build_tiny_zimage(seed: int = 0, size: str = "tiny"):
     with torch.no_grad():  # created with torch.empty: give them defined values
         transformer.x_pad_token.normal_(0, 0.5)
         transformer.cap_pad_token.normal_(0, 0.5)
-    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(4), text_encoder=_qwen3_encoder(
+    return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=autoencoder_kl(4), text_encoder=qwen3_encoder(
         tok, "Qwen3Model"), tokenizer=tok, transformer=transformer)
 
 
@@ -412,7 +266,7 @@ def build_tiny_wan(seed: int = 0, size: str = "tiny", experts: int = 1):
     from transformers import UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    tok = _t5_tokenizer()
+    tok = t5_tokenizer()
     encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tok), d_model=32, d_ff=37, d_kv=8, num_layers=2,
                                           num_heads=4, dropout_rate=0.0, relative_attention_num_buckets=8)).eval()
     g = torch.Generator().manual_seed(seed)
@@ -434,38 +288,6 @@ def build_tiny_wan(seed: int = 0, size: str = "tiny", experts: int = 1):
                        boundary_ratio=0.875 if two else None)
 
 
-# Llama 3's pre-tokenizer split (line breaks kept together, digits in groups of up to three).
-_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
-_LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-
-
-def _llama3_tokenizer():
-    """A byte-level BPE fast tokenizer with Llama 3's control tokens and its BOS post-processor
-    (the kind HunyuanVideo's llava-llama-3 text encoder ships)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    # The words of HunyuanVideo's system prompt, so the template before the prompt is 95 tokens
-    # (its crop_start) as with Llama 3's own vocabulary.
-    vocab, merges = _byte_bpe(("system", "user", "Describe", "video", "by", "detailing", "following", "aspects",
-                               "main", "content", "theme", "color", "shape", "size", "texture", "quantity", "text",
-                               "spatial", "relationships", "objects", "background", "camera", "The", "Actions",
-                               "events", "behaviors", "temporal", "physical", "movement", "changes", "environment",
-                               "light", "style", "atmosphere", "angles", "movements", "transitions", "used", "ĊĊ"))
-    vocab = {**vocab, **{t: len(vocab) + i for i, t in enumerate(_LLAMA3_SPECIALS)}}
-    bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-    bpe.decoder = decoders.ByteLevel()
-    bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in _LLAMA3_SPECIALS])
-    bos = vocab["<|begin_of_text|>"]
-    bpe.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
-                                                       special_tokens=[("<|begin_of_text|>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   pad_token="<|end_of_text|>", model_max_length=131072)
-
-
 def build_tiny_hunyuanvideo(seed: int = 0, size: str = "tiny"):
     """A ``HunyuanVideoPipeline``: a Llama text encoder behind the pipeline's system/user template
     (cropped at 95), CLIP for the pooled embedding, the causal HunyuanVideo VAE (×8 space, ×4
@@ -476,8 +298,8 @@ def build_tiny_hunyuanvideo(seed: int = 0, size: str = "tiny"):
     from transformers import LlamaConfig, LlamaModel
 
     torch.manual_seed(seed)
-    tok = _llama3_tokenizer()
-    clip_tok = _clip_tokenizer()
+    tok = llama3_tokenizer()
+    clip_tok = clip_tokenizer()
     llama = LlamaModel(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=37, num_hidden_layers=3,
                                    num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
                                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
@@ -495,7 +317,7 @@ def build_tiny_hunyuanvideo(seed: int = 0, size: str = "tiny"):
                                                  rope_axes_dim=(2, 4, 4)).eval()
     return HunyuanVideoPipeline(text_encoder=llama, tokenizer=tok, transformer=transformer, vae=vae,
                                 scheduler=FlowMatchEulerDiscreteScheduler(),
-                                text_encoder_2=_clip_encoder(len(clip_tok), with_projection=False),
+                                text_encoder_2=clip_encoder(len(clip_tok), with_projection=False),
                                 tokenizer_2=clip_tok)
 
 
@@ -511,38 +333,3 @@ BUILDERS = {
     "hunyuanvideo": build_tiny_hunyuanvideo,
 }
 ARCHS = tuple(BUILDERS)
-
-
-def build_real_size(arch: str, seed: int = 0):
-    """A pipeline whose TRANSFORMER has the released model's size (random weights; FLUX.1 [dev]:
-    19 + 38 blocks, 24 × 128, guidance-distilled; Z-Image: 30 + 2 + 2 layers, 30 × 128), fed by a
-    tiny VAE (×2, the released latent channels) and tiny text encoders of the released widths,
-    for GPU benchmarks (``bench/gpu_suite.py``). Build it under ``torch.device("cuda")`` and the
-    target default dtype: 12 B / 6 B parameters."""
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel, ZImagePipeline, \
-        ZImageTransformer2DModel
-
-    torch.manual_seed(seed)
-    if arch == "flux":
-        t5_tok, clip_tok = _t5_tokenizer(), _clip_tokenizer()
-        transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
-                                             attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
-                                             pooled_projection_dim=768, guidance_embeds=True,
-                                             axes_dims_rope=(16, 56, 56)).eval()
-        return FluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(16),
-                            text_encoder=_clip_encoder(len(clip_tok), with_projection=False, hidden=768),
-                            tokenizer=clip_tok, text_encoder_2=_t5_encoder(len(t5_tok), 4096), tokenizer_2=t5_tok,
-                            transformer=transformer)
-    if arch == "zimage":
-        tok = _qwen_tokenizer()
-        transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840,
-                                               n_layers=30, n_refiner_layers=2, n_heads=30, n_kv_heads=30,
-                                               cap_feat_dim=2560, axes_dims=[32, 48, 48],
-                                               axes_lens=[1024, 512, 512]).eval()
-        with torch.no_grad():
-            transformer.x_pad_token.normal_(0, 0.5)
-            transformer.cap_pad_token.normal_(0, 0.5)
-        return ZImagePipeline(scheduler=FlowMatchEulerDiscreteScheduler(), vae=_vae(16),
-                              text_encoder=_qwen3_encoder(tok, "Qwen3Model", hidden=2560), tokenizer=tok,
-                              transformer=transformer)
-    raise ValueError(f"no real-size build for {arch!r}; choose flux or zimage")

