@@ -35,8 +35,10 @@ test: $(STAMP) browser vocab
 test-slow: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
+# ruff: lint (pyflakes, pycodestyle errors, line length 120, import order) and formatting.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 serve: $(STAMP)
 	$(BIN)/bentoml serve service:Grounding --host $${HOST:-127.0.0.1} --port $${PORT:-3000}

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import bentoml
 from PIL import Image as PILImage
-
 from starlette.staticfiles import StaticFiles
 
 from grounding.serving import documents, jobs, requests, schema
@@ -30,7 +29,8 @@ SETTINGS = load_settings()
 logger = logging.getLogger("bentoml.grounding")
 _BATCHING = (
     {"batchable": True, "max_batch_size": SETTINGS.max_batch_size, "max_latency_ms": SETTINGS.max_latency_ms}
-    if SETTINGS.max_batch_size > 1 else {}
+    if SETTINGS.max_batch_size > 1
+    else {}
 )
 # A GPU per engine worker when the device is CUDA: BentoML sets CUDA_VISIBLE_DEVICES for the
 # service, and worker i takes GPU (i-1) mod count of those (``Settings.worker_device``).
@@ -52,8 +52,12 @@ class GroundingEngine:
             self.failure = str(e)
             logger.error("grounding engine not started (worker %d): %s", index, self.failure)
             return
-        logger.info("grounding engine ready (worker %d): %s; gRPC %s", index, self.engine.info(),
-                    f"on {SETTINGS.grpc_host}:{grpc_port}" if grpc_port else "off")
+        logger.info(
+            "grounding engine ready (worker %d): %s; gRPC %s",
+            index,
+            self.engine.info(),
+            f"on {SETTINGS.grpc_host}:{grpc_port}" if grpc_port else "off",
+        )
 
     def __is_ready__(self) -> bool:
         return self.engine is not None
@@ -63,7 +67,8 @@ class GroundingEngine:
 
     @bentoml.api(**_BATCHING)
     def run(self, jobs: list[t.Any]) -> list[t.Any]:
-        """Job dicts (``grounding.serving.engine.Job`` fields) → result dicts (``GroundingResult`` fields or an error)."""
+        """Job dicts (``grounding.serving.engine.Job`` fields) → result dicts (``GroundingResult``
+        fields, or an error)."""
         return self.engine.run_payload(jobs) if self.engine else [self._failed() for _ in jobs]
 
     @bentoml.api
@@ -124,13 +129,19 @@ class Grounding:
         t0 = time.perf_counter()
         try:
             image, image_base64 = inputs.get("image"), inputs.get("image_base64")
-            data = image.read_bytes() if image is not None else (
-                requests.decode_base64(image_base64) if image_base64 else None)
+            data = (
+                image.read_bytes()
+                if image is not None
+                else (requests.decode_base64(image_base64) if image_base64 else None)
+            )
             if answer:
-                img, opts, exprs = requests.prepare_question(SETTINGS, data, inputs.get("question"),
-                                                             inputs.get("answer"), options)
+                img, opts, exprs = requests.prepare_question(
+                    SETTINGS, data, inputs.get("question"), inputs.get("answer"), options
+                )
             else:
-                img, opts, exprs = requests.prepare(SETTINGS, data, inputs.get("expression"), options, endpoint=endpoint)
+                img, opts, exprs = requests.prepare(
+                    SETTINGS, data, inputs.get("expression"), options, endpoint=endpoint
+                )
             job_dicts = [asdict(j) for j in jobs_for(img, exprs, opts, use_segmenter, answer)]
             results = raise_first_error(await self.calls.run(job_dicts))
         except schema.RequestError as e:
@@ -140,21 +151,36 @@ class Grounding:
     @bentoml.api(route="/segment", input_spec=schema.request_model("segment"))
     async def segment(self, **fields: t.Any) -> dict:
         """Mask (COCO RLE / polygons / PNG), box, score, points and ``present`` per expression."""
-        return await self._respond("segment", fields, lambda img, opts, results, t0: documents.response(
-            img, [documents.result_doc(r, opts) for r in results], results, t0))
+        return await self._respond(
+            "segment",
+            fields,
+            lambda img, opts, results, t0: documents.response(
+                img, [documents.result_doc(r, opts) for r in results], results, t0
+            ),
+        )
 
     @bentoml.api(route="/ground", input_spec=schema.request_model("ground"))
     async def ground(self, **fields: t.Any) -> dict:
         """Heatmap only: a base64 8-bit PNG or a float array at the image's size, and its peak."""
-        return await self._respond("ground", fields, lambda img, opts, results, t0: documents.response(
-            img, [documents.heatmap_doc(r, opts) for r in results], results, t0))
+        return await self._respond(
+            "ground",
+            fields,
+            lambda img, opts, results, t0: documents.response(
+                img, [documents.heatmap_doc(r, opts) for r in results], results, t0
+            ),
+        )
 
     @bentoml.api(route="/answer_ground", input_spec=schema.request_model("answer_ground"))
     async def answer_ground(self, **fields: t.Any) -> dict:
         """Evidence region for a visual question (and its answer): the /segment response for the
         text "question answer", its map sharpened against a generic prompt's map of the image."""
-        return await self._respond("answer_ground", fields, lambda img, opts, results, t0: documents.response(
-            img, [documents.result_doc(r, opts) for r in results], results, t0))
+        return await self._respond(
+            "answer_ground",
+            fields,
+            lambda img, opts, results, t0: documents.response(
+                img, [documents.result_doc(r, opts) for r in results], results, t0
+            ),
+        )
 
     @bentoml.api(route="/render", input_spec=schema.request_model("render"))
     async def render(self, **fields: t.Any) -> PILImage.Image:
@@ -176,8 +202,9 @@ class Grounding:
             opts = schema.parse_options(options, "segment_video")
             task_id = getattr(ctx.request.state, "task_id", None) or "direct"
             store = jobs.VideoJobs(SETTINGS.jobs_dir, SETTINGS)
-            job = store.create(task_id, video, video.suffix or ".mp4", expr,
-                               opts.model_dump(include=set(options), exclude_none=True))
+            job = store.create(
+                task_id, video, video.suffix or ".mp4", expr, opts.model_dump(include=set(options), exclude_none=True)
+            )
             doc = await self.calls.video(job)
             if "error" in doc:
                 raise schema.RequestError(doc["error"], doc.get("status", 400), doc.get("field"))

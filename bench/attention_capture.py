@@ -44,14 +44,18 @@ class NaiveRecorder:
 
 def modules(model) -> dict:
     """Block name → attention module, for every dual- and single-stream block."""
-    return {f"{lst}.{i}": b.attn for lst in ("transformer_blocks", "single_transformer_blocks")
-            for i, b in enumerate(getattr(model, lst))}
+    return {
+        f"{lst}.{i}": b.attn
+        for lst in ("transformer_blocks", "single_transformer_blocks")
+        for i, b in enumerate(getattr(model, lst))
+    }
 
 
 def flux_store(text: int, columns: torch.Tensor) -> AttentionStore:
     """The engine's recorder for FLUX's layout (text first, then image)."""
-    return AttentionStore(layout=lambda block, q, k: SequenceLayout(image=slice(text, q), text=slice(0, text)),
-                          columns=columns)
+    return AttentionStore(
+        layout=lambda block, q, k: SequenceLayout(image=slice(text, q), text=slice(0, text)), columns=columns
+    )
 
 
 def build(width: int, heads: int, dual: int, single: int, joint_dim: int = 256, pooled_dim: int = 128):
@@ -60,12 +64,22 @@ def build(width: int, heads: int, dual: int, single: int, joint_dim: int = 256, 
 
     torch.manual_seed(0)
     head_dim = width // heads
-    axes = (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16) if head_dim == 128 else \
-        (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    axes = (
+        (head_dim // 8, 7 * head_dim // 16, 7 * head_dim // 16)
+        if head_dim == 128
+        else (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)
+    )
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=64, num_layers=dual, num_single_layers=single, attention_head_dim=head_dim,
-        num_attention_heads=heads, joint_attention_dim=joint_dim, pooled_projection_dim=pooled_dim,
-        guidance_embeds=False, axes_dims_rope=axes,
+        patch_size=1,
+        in_channels=64,
+        num_layers=dual,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_dim,
+        pooled_projection_dim=pooled_dim,
+        guidance_embeds=False,
+        axes_dims_rope=axes,
     ).eval()
 
 
@@ -92,6 +106,7 @@ BACKBONES = ("flux2", "flux2-klein", "qwenimage", "zimage")
 
 def timed(model_call, names, make_store, reps: int, modules_of) -> dict:
     """Interleaved plain / ours / naive forwards: medians, map bytes, output identity."""
+
     def run(variant: str):
         store = make_store() if variant == "ours" else NaiveRecorder()
         capture = dispatcher_capture(modules_of(names), store) if variant != "plain" else contextlib.nullcontext()
@@ -130,24 +145,36 @@ def backbone_row(arch: str, side: int, text: int, reps: int) -> dict:
     g = torch.Generator().manual_seed(0)
     image = Image.fromarray((torch.rand(px, px, 3, generator=g) * 255).to(torch.uint8).numpy())
     prompt = " ".join(["the red circle on the left of the blue square"] * 12)
-    seq = b.tokenize([" ".join(prompt.split()[:text // 2])], text)[0]
+    seq = b.tokenize([" ".join(prompt.split()[: text // 2])], text)[0]
     latents = b.encode_pixels([image], (px, px))
     noisy = 0.7 * latents + 0.3 * torch.randn(latents.shape, generator=g)
     cond = b.encode_prompts([seq])
     rows, cols = b.grid(latents)
     columns = torch.from_numpy((seq.roles != 0).nonzero()[0])
     text_len = len(seq)
-    res = timed(lambda: b.forward(noisy, 0.3, cond, 1.0), b.block_names,
-                lambda: AttentionStore(layout=lambda blk, q, k: b.layout(blk, q, k, text_len, rows * cols),
-                                       columns=columns),
-                reps, lambda names: {n: b.attention_module(n) for n in names})
+    res = timed(
+        lambda: b.forward(noisy, 0.3, cond, 1.0),
+        b.block_names,
+        lambda: AttentionStore(layout=lambda blk, q, k: b.layout(blk, q, k, text_len, rows * cols), columns=columns),
+        reps,
+        lambda names: {n: b.attention_module(n) for n in names},
+    )
     med, mem = res["median"], res["mem"]
-    return {"arch": arch, "pipeline": type(pipe).__name__, "blocks": len(b.block_names),
-            "image_tokens": rows * cols, "text_tokens": text_len, "captured_columns": len(columns),
-            "plain_s": round(med["plain"], 4), "capture_overhead": round(med["ours"] / med["plain"], 4),
-            "naive_overhead": round(med["naive"] / med["plain"], 4),
-            "map_memory_ratio": round(mem["ours"] / mem["naive"], 4), "ours_map_bytes": mem["ours"],
-            "naive_map_bytes": mem["naive"], "output_identical": res["same"]}
+    return {
+        "arch": arch,
+        "pipeline": type(pipe).__name__,
+        "blocks": len(b.block_names),
+        "image_tokens": rows * cols,
+        "text_tokens": text_len,
+        "captured_columns": len(columns),
+        "plain_s": round(med["plain"], 4),
+        "capture_overhead": round(med["ours"] / med["plain"], 4),
+        "naive_overhead": round(med["naive"] / med["plain"], 4),
+        "map_memory_ratio": round(mem["ours"] / mem["naive"], 4),
+        "ours_map_bytes": mem["ours"],
+        "naive_map_bytes": mem["naive"],
+        "output_identical": res["same"],
+    }
 
 
 def early_exit_row(side: int, text: int, reps: int) -> dict:
@@ -181,10 +208,15 @@ def early_exit_row(side: int, text: int, reps: int) -> dict:
         dt, late = run(half, False)
         times["half_full_forward"].append(dt)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"blocks": len(names), "captured": len(half), "half_s": round(med["half"], 4),
-            "all_s": round(med["all"], 4), "half_without_early_exit_s": round(med["half_full_forward"], 4),
-            "early_exit_over_full": round(med["half"] / med["all"], 4),
-            "identical_maps": bool(torch.equal(early.probs, late.probs))}
+    return {
+        "blocks": len(names),
+        "captured": len(half),
+        "half_s": round(med["half"], 4),
+        "all_s": round(med["all"], 4),
+        "half_without_early_exit_s": round(med["half_full_forward"], 4),
+        "early_exit_over_full": round(med["half"] / med["all"], 4),
+        "identical_maps": bool(torch.equal(early.probs, late.probs)),
+    }
 
 
 def main() -> None:
@@ -203,45 +235,70 @@ def main() -> None:
     model = build(args.width, args.heads, 4, 4)
     kw = inputs(args.image_side, args.text)
     columns = torch.arange(args.text)
-    res = timed(lambda: model(**kw)[0], None, lambda: flux_store(args.text, columns), args.reps,
-                lambda _names: modules(model))
+    res = timed(
+        lambda: model(**kw)[0], None, lambda: flux_store(args.text, columns), args.reps, lambda _names: modules(model)
+    )
     med, mem, same = res["median"], res["mem"], res["same"]
 
-    n_img = args.image_side ** 2
-    print(f"medium FLUX: 4 dual + 4 single blocks, width {args.width} ({args.heads} heads), "
-          f"{n_img} image + {args.text} text tokens, threads={torch.get_num_threads()}, reps={args.reps}")
+    n_img = args.image_side**2
+    print(
+        f"medium FLUX: 4 dual + 4 single blocks, width {args.width} ({args.heads} heads), "
+        f"{n_img} image + {args.text} text tokens, threads={torch.get_num_threads()}, reps={args.reps}"
+    )
     print(f"{'variant':<8} {'median s':>9} {'× plain':>8} {'maps MB':>9}")
     for v in ("plain", "ours", "naive"):
         print(f"{v:<8} {med[v]:>9.3f} {med[v] / med['plain']:>8.3f} {mem[v] / 2**20:>9.1f}")
     print(f"output identical to stock: {same}")
 
-    chosen = BACKBONES if args.backbones == "all" else () if args.backbones == "none" else \
-        tuple(a.strip() for a in args.backbones.split(","))
+    chosen = (
+        BACKBONES
+        if args.backbones == "all"
+        else ()
+        if args.backbones == "none"
+        else tuple(a.strip() for a in args.backbones.split(","))
+    )
     rows = [backbone_row(a, args.image_side, args.text, args.reps) for a in chosen]
     if rows:
         print(f"\nper backbone (medium random pipelines, width 512, {n_img} image tokens, reps={args.reps}):")
-        print(f"{'backbone':<12} {'blocks':>6} {'text':>5} {'cols':>5} {'plain s':>8} {'× plain':>8} "
-              f"{'naive ×':>8} {'map mem':>8} {'same':>5}")
+        print(
+            f"{'backbone':<12} {'blocks':>6} {'text':>5} {'cols':>5} {'plain s':>8} {'× plain':>8} "
+            f"{'naive ×':>8} {'map mem':>8} {'same':>5}"
+        )
         for r in rows:
-            print(f"{r['arch']:<12} {r['blocks']:>6} {r['text_tokens']:>5} {r['captured_columns']:>5} "
-                  f"{r['plain_s']:>8.3f} {r['capture_overhead']:>8.3f} {r['naive_overhead']:>8.3f} "
-                  f"{r['map_memory_ratio']:>8.4f} {str(r['output_identical']):>5}")
+            print(
+                f"{r['arch']:<12} {r['blocks']:>6} {r['text_tokens']:>5} {r['captured_columns']:>5} "
+                f"{r['plain_s']:>8.3f} {r['capture_overhead']:>8.3f} {r['naive_overhead']:>8.3f} "
+                f"{r['map_memory_ratio']:>8.4f} {str(r['output_identical']):>5}"
+            )
     within = all(r["capture_overhead"] <= 1.10 and r["map_memory_ratio"] <= 0.05 for r in rows)
     ee = early_exit_row(args.image_side, args.text, args.reps)
-    print(f"\nearly exit (medium FLUX pipeline, {ee['blocks']} blocks): capture first {ee['captured']} "
-          f"{ee['half_s']:.3f} s (without early exit {ee['half_without_early_exit_s']:.3f} s) vs all "
-          f"{ee['all_s']:.3f} s: early_exit_over_full {ee['early_exit_over_full']:.3f}, "
-          f"identical maps: {ee['identical_maps']}")
-    print(json.dumps({
-        "bench": "attention_capture", "capture_overhead": round(med["ours"] / med["plain"], 4),
-        "naive_overhead": round(med["naive"] / med["plain"], 4),
-        "map_memory_ratio": round(mem["ours"] / mem["naive"], 4), "ours_map_bytes": mem["ours"],
-        "naive_map_bytes": mem["naive"], "plain_s": round(med["plain"], 4), "output_identical": same,
-        "image_tokens": n_img, "text_tokens": args.text, "reps": args.reps,
-        "backbones": {r["arch"]: {k: v for k, v in r.items() if k != "arch"} for r in rows},
-        "backbones_within_targets": within,
-        "early_exit_over_full": ee["early_exit_over_full"], "early_exit": ee,
-    }))
+    print(
+        f"\nearly exit (medium FLUX pipeline, {ee['blocks']} blocks): capture first {ee['captured']} "
+        f"{ee['half_s']:.3f} s (without early exit {ee['half_without_early_exit_s']:.3f} s) vs all "
+        f"{ee['all_s']:.3f} s: early_exit_over_full {ee['early_exit_over_full']:.3f}, "
+        f"identical maps: {ee['identical_maps']}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "attention_capture",
+                "capture_overhead": round(med["ours"] / med["plain"], 4),
+                "naive_overhead": round(med["naive"] / med["plain"], 4),
+                "map_memory_ratio": round(mem["ours"] / mem["naive"], 4),
+                "ours_map_bytes": mem["ours"],
+                "naive_map_bytes": mem["naive"],
+                "plain_s": round(med["plain"], 4),
+                "output_identical": same,
+                "image_tokens": n_img,
+                "text_tokens": args.text,
+                "reps": args.reps,
+                "backbones": {r["arch"]: {k: v for k, v in r.items() if k != "arch"} for r in rows},
+                "backbones_within_targets": within,
+                "early_exit_over_full": ee["early_exit_over_full"],
+                "early_exit": ee,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

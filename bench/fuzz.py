@@ -48,8 +48,22 @@ def pillow_corpus(cache: Path = CACHE) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     sdist = cache / f"pillow-{PILLOW}.tar.gz"
     if not sdist.is_file():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-binary", ":all:", "--no-deps",
-                        f"pillow=={PILLOW}", "-d", str(cache)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-binary",
+                ":all:",
+                "--no-deps",
+                f"pillow=={PILLOW}",
+                "-d",
+                str(cache),
+            ],
+            check=True,
+        )
     with tarfile.open(sdist) as tar:
         members = [m for m in tar.getmembers() if "/Tests/images/" in m.name and m.isfile()]
         tar.extractall(cache, members=members, filter="data")
@@ -69,8 +83,12 @@ def _loopback(url: str) -> None:
 def post_rest(client: httpx.Client, url: str, name: str, data: bytes, headers: dict | None = None) -> str:
     ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
     try:
-        r = client.post(url + "/segment", files={"image": (name, data, ctype)}, data={"expression": "the odd one"},
-                        headers=headers or {})
+        r = client.post(
+            url + "/segment",
+            files={"image": (name, data, ctype)},
+            data={"expression": "the odd one"},
+            headers=headers or {},
+        )
     except httpx.HTTPError as e:
         return f"lost:{type(e).__name__}"
     if r.status_code >= 400:
@@ -91,8 +109,9 @@ def post_grpc(stub, data: bytes, metadata=()) -> str:
         return e.code().name
 
 
-def run(files: list[Path], url: str, grpc_target: str | None, workers: int = 2, time_limit: float = 480,
-        key: str = "") -> dict:
+def run(
+    files: list[Path], url: str, grpc_target: str | None, workers: int = 2, time_limit: float = 480, key: str = ""
+) -> dict:
     """Post every file (whole, then half) over REST and gRPC → counts by status, and examples."""
     import grpc
 
@@ -103,8 +122,11 @@ def run(files: list[Path], url: str, grpc_target: str | None, workers: int = 2, 
     metadata = (("authorization", f"Bearer {key}"),) if key else ()
     rest, grpc_codes, examples = Counter(), Counter(), {}
     deadline = time.monotonic() + time_limit
-    channel = grpc.insecure_channel(grpc_target, options=[("grpc.max_send_message_length", 64 * 2**20)]) \
-        if grpc_target else None
+    channel = (
+        grpc.insecure_channel(grpc_target, options=[("grpc.max_send_message_length", 64 * 2**20)])
+        if grpc_target
+        else None
+    )
     stub = pb_grpc.GroundingStub(channel) if channel else None
     done = 0
 
@@ -130,8 +152,14 @@ def run(files: list[Path], url: str, grpc_target: str | None, workers: int = 2, 
         channel.close()
     bad_rest = sum(n for s, n in rest.items() if s.isdigit() and int(s) >= 500)
     lost = sum(n for s, n in rest.items() if s.startswith("lost"))
-    return {"files": done, "rest": dict(rest), "grpc": dict(grpc_codes), "examples": examples,
-            "5xx": bad_rest + sum(n for c, n in grpc_codes.items() if c in BAD_GRPC), "lost": lost}
+    return {
+        "files": done,
+        "rest": dict(rest),
+        "grpc": dict(grpc_codes),
+        "examples": examples,
+        "5xx": bad_rest + sum(n for c, n in grpc_codes.items() if c in BAD_GRPC),
+        "lost": lost,
+    }
 
 
 def main() -> None:
@@ -165,8 +193,11 @@ def main() -> None:
             print(f"{transport:<10} {status:<20} {n:>6}  {out['examples'].get(f'{transport} {status}', '')}")
     print(f"\n{out['files']} files of {len(files)} in {out['seconds']} s; 5xx = {out['5xx']}, lost = {out['lost']}")
     out.pop("examples")
-    print(json.dumps({"bench": "fuzz", "corpus": f"pillow-{PILLOW} Tests/images" if not args.corpus else str(args.corpus),
-                      **out}))
+    print(
+        json.dumps(
+            {"bench": "fuzz", "corpus": f"pillow-{PILLOW} Tests/images" if not args.corpus else str(args.corpus), **out}
+        )
+    )
 
 
 if __name__ == "__main__":

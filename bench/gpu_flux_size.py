@@ -24,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention_capture import build, flux_store, inputs, modules  # noqa: E402
-
 from grounding.backends.capture import dispatcher_capture  # noqa: E402
 
 
@@ -79,17 +78,28 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in t.items()}
     same = torch.equal(res[False][2], res[True][2])
     dev_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
-    print(f"FLUX-size transformer: {args.dual} dual + {args.single} single blocks, 24 × 128, {args.dtype}, "
-          f"{args.side ** 2} image + {args.text} text tokens on {dev_name}")
+    print(
+        f"FLUX-size transformer: {args.dual} dual + {args.single} single blocks, 24 × 128, {args.dtype}, "
+        f"{args.side**2} image + {args.text} text tokens on {dev_name}"
+    )
     print(f"{'variant':<8} {'median s':>9} {'peak GiB':>9} {'maps MiB':>9}")
     for cap, name in ((False, "plain"), (True, "capture")):
         print(f"{name:<8} {med[cap]:>9.4f} {res[cap][0] / 2**30:>9.2f} {res[cap][1] / 2**20:>9.1f}")
-    print(json.dumps({
-        "bench": "gpu_flux_size", "device": dev_name, "capture_overhead": round(med[True] / med[False], 4),
-        "plain_s": round(med[False], 4), "capture_s": round(med[True], 4),
-        "peak_gib_plain": round(res[False][0] / 2**30, 3), "peak_gib_capture": round(res[True][0] / 2**30, 3),
-        "map_mib": round(res[True][1] / 2**20, 2), "output_identical": same,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "gpu_flux_size",
+                "device": dev_name,
+                "capture_overhead": round(med[True] / med[False], 4),
+                "plain_s": round(med[False], 4),
+                "capture_s": round(med[True], 4),
+                "peak_gib_plain": round(res[False][0] / 2**30, 3),
+                "peak_gib_capture": round(res[True][0] / 2**30, 3),
+                "map_mib": round(res[True][1] / 2**20, 2),
+                "output_identical": same,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -131,11 +131,18 @@ def capture_section(b, image, seq, size, reps: int) -> dict:
     half = names[: len(names) // 2]
     t_half, _ = timed(lambda: b.capture([image], [seq], size, (0.5,), 0, blocks=half), device, reps)
     t_all, _ = timed(lambda: b.capture([image], [seq], size, (0.5,), 0, blocks=names), device, reps)
-    return {"blocks": len(names), "image_tokens": rows * cols, "text_tokens": len(seq),
-            "plain_s": round(t_plain, 4), "capture_s": round(t_cap, 4),
-            "capture_overhead": round(t_cap / t_plain, 4), "output_identical": bool(torch.equal(out_plain, out_cap)),
-            "peak_gib_plain": mem_plain, "peak_gib_capture": mem_cap,
-            "early_exit_over_full": round(t_half / t_all, 4)}
+    return {
+        "blocks": len(names),
+        "image_tokens": rows * cols,
+        "text_tokens": len(seq),
+        "plain_s": round(t_plain, 4),
+        "capture_s": round(t_cap, 4),
+        "capture_overhead": round(t_cap / t_plain, 4),
+        "output_identical": bool(torch.equal(out_plain, out_cap)),
+        "peak_gib_plain": mem_plain,
+        "peak_gib_capture": mem_cap,
+        "early_exit_over_full": round(t_half / t_all, 4),
+    }
 
 
 def one_capture_peak(b, image, seq, size, clear_cache: bool = True) -> float | None:
@@ -193,18 +200,24 @@ def quantized_section(arch: str, small: bool, device, dtype, saved: str, image, 
     configs = {}
     if importlib.util.find_spec("bitsandbytes"):
         configs["int8"] = lambda: diffusers.BitsAndBytesConfig(load_in_8bit=True)
-        configs["nf4"] = lambda: diffusers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                              bnb_4bit_compute_dtype=dtype)
+        configs["nf4"] = lambda: diffusers.BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype
+        )
     if importlib.util.find_spec("torchao"):
+
         def fp8():
             from torchao.quantization import Float8WeightOnlyConfig
 
             return diffusers.TorchAoConfig(quant_type=Float8WeightOnlyConfig())
+
         configs["fp8"] = fp8
     if device.type != "cuda":
         return {f"quantization={k}": "skipped (needs CUDA)" for k in ("int8", "nf4", "fp8")}
-    out = {f"quantization={k}": f"skipped ({'torchao' if k == 'fp8' else 'bitsandbytes'} not installed)"
-           for k in ("int8", "nf4", "fp8") if k not in configs}
+    out = {
+        f"quantization={k}": f"skipped ({'torchao' if k == 'fp8' else 'bitsandbytes'} not installed)"
+        for k in ("int8", "nf4", "fp8")
+        if k not in configs
+    }
     if not configs:
         return out
     b = build(arch, small, device, dtype)
@@ -236,8 +249,9 @@ def throughput_section(arch: str, small: bool, device: torch.device, dtype: torc
     px = side * b.patch
     cfg = GroundingConfig(resolution=px, max_sequence_length=64 if arch == "flux" else 128, timesteps=(0.5,))
     g = Grounder(b, cfg, None, model_id=f"random-{arch}")
-    img = Image.fromarray((torch.rand(px, px, 3, generator=torch.Generator().manual_seed(2)) * 255)
-                          .to(torch.uint8).numpy())
+    img = Image.fromarray(
+        (torch.rand(px, px, 3, generator=torch.Generator().manual_seed(2)) * 255).to(torch.uint8).numpy()
+    )
     colours = ["red", "blue", "green", "yellow", "purple", "orange", "black", "white"]
     pairs = [(img, f"the {c} circle on the left") for c in colours]
     g.segment_batch(pairs[:2])  # warm-up (and the embeddings of two prompts)
@@ -253,8 +267,12 @@ def throughput_section(arch: str, small: bool, device: torch.device, dtype: torc
     g.segment_batch(pairs)
     sync(device)
     batched = time.perf_counter() - t
-    return {"requests": len(pairs), "unbatched_req_s": round(len(pairs) / one, 3),
-            "batched_req_s": round(len(pairs) / batched, 3), "batched_over_unbatched": round(one / batched, 4)}
+    return {
+        "requests": len(pairs),
+        "unbatched_req_s": round(len(pairs) / one, 3),
+        "batched_req_s": round(len(pairs) / batched, 3),
+        "batched_over_unbatched": round(one / batched, 4),
+    }
 
 
 def main() -> None:
@@ -263,8 +281,11 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--archs", default=None, help="flux,zimage (the default) or released model names; "
-                                                  "--dry-run: every released model by default")
+    ap.add_argument(
+        "--archs",
+        default=None,
+        help="flux,zimage (the default) or released model names; --dry-run: every released model by default",
+    )
     ap.add_argument("--memory-archs", default="flux", help="archs whose memory options are measured")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: capture,memory,throughput")
     ap.add_argument("--dry-run", action="store_true", help="real size on the meta device: shapes, no values")
@@ -279,8 +300,13 @@ def main() -> None:
     side, text = (16, 32) if args.small else (64, 512)
     skip = set(filter(None, args.skip.split(",")))
     started = time.perf_counter()
-    result: dict = {"bench": "gpu_suite", "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                    "small": args.small, "image_tokens": side * side}
+    result: dict = {
+        "bench": "gpu_suite",
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "small": args.small,
+        "image_tokens": side * side,
+    }
     if device.type == "cuda":
         result["gpu"] = torch.cuda.get_device_name(device)
     for arch in filter(None, args.archs.split(",")):
@@ -299,15 +325,19 @@ def main() -> None:
             row["throughput"] = throughput_section(arch, args.small, device, dtype, side)
         result[arch] = row
         c = row.get("capture", {})
-        print(f"{arch}: plain {c.get('plain_s')} s, capture {c.get('capture_s')} s "
-              f"(×{c.get('capture_overhead')}, identical {c.get('output_identical')}), "
-              f"early exit / full {c.get('early_exit_over_full')}, peak {c.get('peak_gib_capture')} GiB")
+        print(
+            f"{arch}: plain {c.get('plain_s')} s, capture {c.get('capture_s')} s "
+            f"(×{c.get('capture_overhead')}, identical {c.get('output_identical')}), "
+            f"early exit / full {c.get('early_exit_over_full')}, peak {c.get('peak_gib_capture')} GiB"
+        )
         for k, v in row.get("memory_gib", {}).items():
             print(f"  memory {k:<28} {v}")
         if "throughput" in row:
             t = row["throughput"]
-            print(f"  engine throughput: {t['unbatched_req_s']} req/s one at a time, {t['batched_req_s']} batched "
-                  f"(×{t['batched_over_unbatched']})")
+            print(
+                f"  engine throughput: {t['unbatched_req_s']} req/s one at a time, {t['batched_req_s']} batched "
+                f"(×{t['batched_over_unbatched']})"
+            )
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
 

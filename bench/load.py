@@ -34,7 +34,7 @@ def test_image(seed: int) -> bytes:
     rng = np.random.RandomState(seed)
     arr = np.full((96, 128, 3), 220, dtype=np.uint8)
     x, y = rng.randint(10, 90), rng.randint(10, 60)
-    arr[y:y + 24, x:x + 24] = (200, 30, 30)
+    arr[y : y + 24, x : x + 24] = (200, 30, 30)
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
@@ -43,8 +43,9 @@ def test_image(seed: int) -> bytes:
 def start(model: str, batch: int, latency_ms: int, resolution: int, log_path: Path) -> LocalServer:
     cfg = log_path.with_suffix(".yaml")
     cfg.write_text(f"max_batch_size: {batch}\nmax_latency_ms: {latency_ms}\ngrpc_port: 0\nengine_timeout_s: 20\n")
-    return LocalServer(log_path.parent / log_path.stem, GROUNDING_MODEL=model, GROUNDING_CONFIG=str(cfg),
-                       GROUNDING_GRPC_PORT="0")
+    return LocalServer(
+        log_path.parent / log_path.stem, GROUNDING_MODEL=model, GROUNDING_CONFIG=str(cfg), GROUNDING_GRPC_PORT="0"
+    )
 
 
 async def load(url: str, n: int, concurrency: int, images: list[bytes]) -> dict:
@@ -63,8 +64,11 @@ async def load(url: str, n: int, concurrency: int, images: list[bytes]) -> dict:
                 return
             t = time.perf_counter()
             try:
-                r = await client.post(url + "/segment", files={"image": ("x.png", images[i % len(images)], "image/png")},
-                                      data={"expression": "the red square"})
+                r = await client.post(
+                    url + "/segment",
+                    files={"image": ("x.png", images[i % len(images)], "image/png")},
+                    data={"expression": "the red square"},
+                )
                 statuses[str(r.status_code)] += 1
                 if r.status_code == 200:
                     batch_sizes.append(r.json()["timings_ms"].get("batch_size", 1.0))
@@ -78,10 +82,15 @@ async def load(url: str, n: int, concurrency: int, images: list[bytes]) -> dict:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - t0
     lat = sorted(latencies)
-    return {"requests": n, "wall_s": round(wall, 3), "throughput_rps": round(n / wall, 3),
-            "p50_ms": round(1000 * statistics.median(lat), 1), "p95_ms": round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
-            "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else None,
-            "status": dict(statuses)}
+    return {
+        "requests": n,
+        "wall_s": round(wall, 3),
+        "throughput_rps": round(n / wall, 3),
+        "p50_ms": round(1000 * statistics.median(lat), 1),
+        "p95_ms": round(1000 * lat[int(0.95 * (len(lat) - 1))], 1),
+        "mean_batch": round(statistics.mean(batch_sizes), 2) if batch_sizes else None,
+        "status": dict(statuses),
+    }
 
 
 def main() -> None:
@@ -113,17 +122,31 @@ def main() -> None:
             rows[name] = asyncio.run(load(url, args.requests, args.concurrency, images))
         finally:
             srv.stop()
-    print(f"medium FLUX (4 + 4 blocks, width 512) at {args.resolution} px, {args.requests} requests, "
-          f"concurrency {args.concurrency}, CPU threads of one engine worker")
+    print(
+        f"medium FLUX (4 + 4 blocks, width 512) at {args.resolution} px, {args.requests} requests, "
+        f"concurrency {args.concurrency}, CPU threads of one engine worker"
+    )
     print(f"{'mode':<10} {'rps':>7} {'p50 ms':>8} {'p95 ms':>8} {'batch':>6}  status")
     for name, row in rows.items():
-        print(f"{name:<10} {row['throughput_rps']:>7.2f} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} "
-              f"{row['mean_batch']:>6}  {row['status']}")
+        print(
+            f"{name:<10} {row['throughput_rps']:>7.2f} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} "
+            f"{row['mean_batch']:>6}  {row['status']}"
+        )
     ratio = rows["batched"]["throughput_rps"] / rows["unbatched"]["throughput_rps"]
     errors = sum(v for k, v in rows["batched"]["status"].items() if k.startswith("error"))
     errors += sum(v for k, v in rows["unbatched"]["status"].items() if k.startswith("error"))
-    print(json.dumps({"bench": "load", "batched_over_unbatched": round(ratio, 3), "connection_errors": errors,
-                      "batch": args.batch, "resolution": args.resolution, **{k: v for k, v in rows.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "load",
+                "batched_over_unbatched": round(ratio, 3),
+                "connection_errors": errors,
+                "batch": args.batch,
+                "resolution": args.resolution,
+                **{k: v for k, v in rows.items()},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

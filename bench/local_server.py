@@ -37,9 +37,15 @@ class LocalServer:
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc = f"127.0.0.1:{self.grpc_port}"
-        self.env = dict(os.environ, GROUNDING_GRPC_PORT=str(self.grpc_port), GROUNDING_DEVICE="cpu", HF_HUB_OFFLINE="1",
-                        GROUNDING_JOBS_DIR=str(workdir / "jobs"), BENTOML_HOME=str(workdir / "bentoml_home"),
-                        HOST="127.0.0.1")
+        self.env = dict(
+            os.environ,
+            GROUNDING_GRPC_PORT=str(self.grpc_port),
+            GROUNDING_DEVICE="cpu",
+            HF_HUB_OFFLINE="1",
+            GROUNDING_JOBS_DIR=str(workdir / "jobs"),
+            BENTOML_HOME=str(workdir / "bentoml_home"),
+            HOST="127.0.0.1",
+        )
         self.env.update(env)
         self.env = {k: v for k, v in self.env.items() if v is not None}  # None: unset it
         if "GROUNDING_GRPC_PORT" not in self.env:  # unset: the service's own rule, the REST port + 1
@@ -49,9 +55,23 @@ class LocalServer:
         self.log_path = workdir / "serve.log"
         self.log = open(self.log_path, "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:Grounding", "--host", "127.0.0.1", "--port",
-             str(self.port)], cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "service:Grounding",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             if ready_timeout:
                 self.wait_ready(ready_timeout)

@@ -33,14 +33,19 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = write_refer(Path(tmp) / "data", args.n, seed=11)
-        cfg = RunConfig(task="refcoco", data_root=str(Path(data).parent), dataset="shapes", split="val",
-                        model=args.model)
+        cfg = RunConfig(
+            task="refcoco", data_root=str(Path(data).parent), dataset="shapes", split="val", model=args.model
+        )
         rows = {}
         for actors in (1, 2):
             out = Path(tmp) / f"run{actors}"
             t = time.perf_counter()
-            summary = run_ray(cfg, ModelSpec(model=args.model, device="cpu", threads=1), out,
-                              RayOptions(address="local", actors=actors, cpus_per_actor=1, batch_size=args.batch_size))
+            summary = run_ray(
+                cfg,
+                ModelSpec(model=args.model, device="cpu", threads=1),
+                out,
+                RayOptions(address="local", actors=actors, cpus_per_actor=1, batch_size=args.batch_size),
+            )
             wall = time.perf_counter() - t
             info = json.loads((out / "ray.json").read_text())
             assert len(read_results(out / "results.jsonl")) == args.n
@@ -49,12 +54,22 @@ def main() -> None:
     print(f"shapes set, {args.n} scenes, demo model, 1 CPU / 1 thread per actor, batch {args.batch_size}")
     print(f"{'actors':>6} {'samples/s':>10} {'work s':>8} {'start s':>8} {'wall s':>8} {'mIoU':>7}")
     for a, r in rows.items():
-        print(f"{a:>6} {r['samples_per_s']:>10.2f} {r['work_s']:>8.2f} {r['startup_s']:>8.2f} {r['wall_s']:>8.2f} "
-              f"{r['miou']:>7.4f}")
-    print(json.dumps({"bench": "ray_eval", "n": args.n, "ray_2_over_1": round(ratio, 4),
-                      "samples_per_s": {str(a): r["samples_per_s"] for a, r in rows.items()},
-                      "startup_s": {str(a): r["startup_s"] for a, r in rows.items()},
-                      "same_miou": rows[1]["miou"] == rows[2]["miou"]}))
+        print(
+            f"{a:>6} {r['samples_per_s']:>10.2f} {r['work_s']:>8.2f} {r['startup_s']:>8.2f} {r['wall_s']:>8.2f} "
+            f"{r['miou']:>7.4f}"
+        )
+    print(
+        json.dumps(
+            {
+                "bench": "ray_eval",
+                "n": args.n,
+                "ray_2_over_1": round(ratio, 4),
+                "samples_per_s": {str(a): r["samples_per_s"] for a, r in rows.items()},
+                "startup_s": {str(a): r["startup_s"] for a, r in rows.items()},
+                "same_miou": rows[1]["miou"] == rows[2]["miou"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

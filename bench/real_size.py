@@ -73,15 +73,24 @@ def tokenizer(entry: dict) -> tuple[object, str]:
             raise ValueError(f"unknown vocabulary {kind!r}")
         source = "released"
     except vocabularies.Unavailable:
-        tok = {"clip": small.clip_tokenizer, "qwen": lambda: small.qwen_tokenizer(template),
-               "llama3": small.llama3_tokenizer, "tekken": small.mistral_tokenizer}[kind]()
+        tok = {
+            "clip": small.clip_tokenizer,
+            "qwen": lambda: small.qwen_tokenizer(template),
+            "llama3": small.llama3_tokenizer,
+            "tekken": small.mistral_tokenizer,
+        }[kind]()
         source = "synthetic"
     if entry.get("processor") == "PixtralProcessor":
         from transformers import PixtralImageProcessor, PixtralProcessor
 
         patch, merge = entry["patch_size"], entry["spatial_merge_size"]
-        tok = PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=patch), tokenizer=tok,
-                               patch_size=patch, spatial_merge_size=merge, chat_template=small.MISTRAL3_CHAT_TEMPLATE)
+        tok = PixtralProcessor(
+            image_processor=PixtralImageProcessor(patch_size=patch),
+            tokenizer=tok,
+            patch_size=patch,
+            spatial_merge_size=merge,
+            chat_template=small.MISTRAL3_CHAT_TEMPLATE,
+        )
     return tok, source
 
 
@@ -104,8 +113,7 @@ def _model(entry: dict, device: torch.device) -> torch.nn.Module:
     return model.eval()
 
 
-def build_pipeline(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16,
-                   seed: int = 0):
+def build_pipeline(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
     """The released pipeline ``name`` with random weights on ``device`` in ``dtype``, and which
     vocabulary each tokenizer has (``{"tokenizer": "released", ...}``)."""
     import diffusers
@@ -155,8 +163,11 @@ def sizes(b) -> dict:
         m = getattr(b.pipe, key, None)
         if isinstance(m, torch.nn.Module):
             total, linear = _count(m)
-            out[key] = {"params_b": round(total / 1e9, 3), "bf16_gib": round(total * 2 / 2**30, 2),
-                        "int8_gib": round((linear + (total - linear) * 2) / 2**30, 2)}
+            out[key] = {
+                "params_b": round(total / 1e9, 3),
+                "bf16_gib": round(total * 2 / 2**30, 2),
+                "int8_gib": round((linear + (total - linear) * 2) / 2**30, 2),
+            }
     return out
 
 
@@ -208,35 +219,57 @@ def _walk(name: str) -> dict:
     if tuple(probs.shape) != expected:
         raise AssertionError(f"{name}: captured maps {tuple(probs.shape)}, expected {expected}")
     if tuple(early.probs.shape) != (len(half), *expected[1:]):
-        raise AssertionError(f"{name}: early-exit maps {tuple(early.probs.shape)}, expected {(len(half), *expected[1:])}")
+        raise AssertionError(
+            f"{name}: early-exit maps {tuple(early.probs.shape)}, expected {(len(half), *expected[1:])}"
+        )
     if (rows, cols) != (height // b.patch, width // b.patch):
         raise AssertionError(f"{name}: token grid {(rows, cols)} for {height}×{width} with patch {b.patch}")
-    components = [k for k in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3")
-                  if isinstance(getattr(b.pipe, k, None), torch.nn.Module)]
+    components = [
+        k
+        for k in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3")
+        if isinstance(getattr(b.pipe, k, None), torch.nn.Module)
+    ]
     quantized = sorted(quantization_config("int8", components, torch.bfloat16).quant_mapping)
     if quantized != sorted(components):
         raise AssertionError(f"{name}: int8 quantization maps {quantized}, the pipeline has {components}")
     size = sizes(b)
-    return {"model": name, "name": s["name"], "pipeline": s["pipeline"],
-            "transformer_params_b": sum(v["params_b"] for k, v in size.items() if k.startswith("transformer")),
-            "text_params_b": round(sum(v["params_b"] for k, v in size.items() if k.startswith("text_encoder")), 2),
-            "blocks": len(names), "heads": int(probs.shape[3]), "resolution": f"{height}x{width}x{frames}",
-            "samples": samples, "image_tokens_per_sample": rows * cols, "text_tokens": len(seq),
-            "captured_columns": len(full.columns), "map_shape": list(probs.shape),
-            "map_mib_fp32": round(probs.numel() * 4 / 2**20, 1), "early_exit_blocks": len(half),
-            "quantized_components": quantized, "sizes": size, "vocabularies": b.vocabularies,
-            "build_s": round(built, 1), "walk_s": round(time.perf_counter() - t0, 1)}
+    return {
+        "model": name,
+        "name": s["name"],
+        "pipeline": s["pipeline"],
+        "transformer_params_b": sum(v["params_b"] for k, v in size.items() if k.startswith("transformer")),
+        "text_params_b": round(sum(v["params_b"] for k, v in size.items() if k.startswith("text_encoder")), 2),
+        "blocks": len(names),
+        "heads": int(probs.shape[3]),
+        "resolution": f"{height}x{width}x{frames}",
+        "samples": samples,
+        "image_tokens_per_sample": rows * cols,
+        "text_tokens": len(seq),
+        "captured_columns": len(full.columns),
+        "map_shape": list(probs.shape),
+        "map_mib_fp32": round(probs.numel() * 4 / 2**20, 1),
+        "early_exit_blocks": len(half),
+        "quantized_components": quantized,
+        "sizes": size,
+        "vocabularies": b.vocabularies,
+        "build_s": round(built, 1),
+        "walk_s": round(time.perf_counter() - t0, 1),
+    }
 
 
-HEADER = (f"{'model':<17} {'transformer':>11} {'text enc.':>9} {'blocks':>6} {'heads':>5} {'resolution':>13} "
-          f"{'tokens':>11} {'text':>5} {'cols':>4} {'maps MiB fp32':>13} {'s':>5}")
+HEADER = (
+    f"{'model':<17} {'transformer':>11} {'text enc.':>9} {'blocks':>6} {'heads':>5} {'resolution':>13} "
+    f"{'tokens':>11} {'text':>5} {'cols':>4} {'maps MiB fp32':>13} {'s':>5}"
+)
 
 
 def row(r: dict) -> str:
     tokens = f"{r['samples']}×{r['image_tokens_per_sample']}" if r["samples"] > 1 else str(r["image_tokens_per_sample"])
-    return (f"{r['model']:<17} {r['transformer_params_b']:>10.2f}B {r['text_params_b']:>8.2f}B {r['blocks']:>6} "
-            f"{r['heads']:>5} {r['resolution']:>13} {tokens:>11} {r['text_tokens']:>5} {r['captured_columns']:>4} "
-            f"{r['map_mib_fp32']:>13} {r['walk_s']:>5}")
+    return (
+        f"{r['model']:<17} {r['transformer_params_b']:>10.2f}B {r['text_params_b']:>8.2f}B {r['blocks']:>6} "
+        f"{r['heads']:>5} {r['resolution']:>13} {tokens:>11} {r['text_tokens']:>5} {r['captured_columns']:>4} "
+        f"{r['map_mib_fp32']:>13} {r['walk_s']:>5}"
+    )
 
 
 def main(argv: list[str]) -> int:

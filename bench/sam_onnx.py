@@ -66,11 +66,19 @@ def main() -> None:
     dec_ort = median_time(lambda: ort_seg.predict(pts, labels, box), args.reps * 4)
     a, _, la = torch_seg.predict(pts, labels, box, return_logits=True)
     b, _, lb = ort_seg.predict(pts, labels, box, return_logits=True)
-    row = {"bench": "sam_onnx", "model_type": args.model_type, "threads": torch.get_num_threads(),
-           "encoder_torch_s": round(enc_torch, 4), "encoder_ort_s": round(enc_ort, 4),
-           "decoder_torch_ms": round(dec_torch * 1000, 2), "decoder_ort_ms": round(dec_ort * 1000, 2),
-           "encoder_ort_over_torch": round(enc_ort / enc_torch, 3), "decoder_ort_over_torch": round(dec_ort / dec_torch, 3),
-           "max_abs_logit_diff": float(np.abs(a - b).max()), "export_s": round(export_s, 1)}
+    row = {
+        "bench": "sam_onnx",
+        "model_type": args.model_type,
+        "threads": torch.get_num_threads(),
+        "encoder_torch_s": round(enc_torch, 4),
+        "encoder_ort_s": round(enc_ort, 4),
+        "decoder_torch_ms": round(dec_torch * 1000, 2),
+        "decoder_ort_ms": round(dec_ort * 1000, 2),
+        "encoder_ort_over_torch": round(enc_ort / enc_torch, 3),
+        "decoder_ort_over_torch": round(dec_ort / dec_torch, 3),
+        "max_abs_logit_diff": float(np.abs(a - b).max()),
+        "export_s": round(export_s, 1),
+    }
     if args.int8:
         export_sam(sam, tmp / "int8", args.model_type, quantize="int8")
         q = OnnxSamSegmenter(tmp / "int8", providers=["CPUExecutionProvider"])

@@ -40,7 +40,17 @@ def main() -> None:
     rows = {}
     for name, sets in CONFIGS.items():
         out = Path(args.runs) / name.replace(" ", "_").replace("+", "plus").replace("(", "").replace(")", "")
-        argv = ["refcoco", "--data-root", args.data_root, "--dataset", "shapes", "--model", args.model, "--out", str(out)]
+        argv = [
+            "refcoco",
+            "--data-root",
+            args.data_root,
+            "--dataset",
+            "shapes",
+            "--model",
+            args.model,
+            "--out",
+            str(out),
+        ]
         for s in sets:
             argv += ["--set", s]
         if args.limit:
@@ -51,8 +61,17 @@ def main() -> None:
     print(f"{'configuration':<26} {'pointing':>9} {'mIoU':>7} {'oIoU':>7} {'n':>5}")
     for name, r in rows.items():
         print(f"{name:<26} {r['pointing']:>9.3f} {r['miou']:>7.3f} {r['oiou']:>7.3f} {r['n']:>5}")
-    print(json.dumps({"bench": "shapes_ablation", "model": args.model,
-                      **{name: {"pointing": round(r["pointing"], 4), "miou": round(r["miou"], 4)} for name, r in rows.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "shapes_ablation",
+                "model": args.model,
+                **{
+                    name: {"pointing": round(r["pointing"], 4), "miou": round(r["miou"], 4)} for name, r in rows.items()
+                },
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -32,10 +32,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from fixtures import moving_video  # the tests' synthetic moving-disc video
-
     from grounding import Grounder
-    from synthetic import save_tiny_model
     from grounding.pipeline.video import VideoConfig, iter_video
+    from synthetic import save_tiny_model
 
     model = args.model or str(save_tiny_model(Path(tempfile.mkdtemp()) / "medium", "flux", size="medium"))
     g = Grounder.from_pretrained(model, device="cpu", resolution=args.resolution)
@@ -54,9 +53,12 @@ def main() -> None:
 
     vmodel = args.video_model or str(save_tiny_model(Path(tempfile.mkdtemp()) / "wan", "wan", size="medium"))
     vg = Grounder.from_pretrained(vmodel, device="cpu", resolution=args.resolution)
-    paths = {"frame (batch 4)": VideoConfig(batch_frames=4),
-             f"clip ({args.clip_frames} frames, overlap {args.clip_overlap})":
-                 VideoConfig(maps="clip", clip_frames=args.clip_frames, clip_overlap=args.clip_overlap)}
+    paths = {
+        "frame (batch 4)": VideoConfig(batch_frames=4),
+        f"clip ({args.clip_frames} frames, overlap {args.clip_overlap})": VideoConfig(
+            maps="clip", clip_frames=args.clip_frames, clip_overlap=args.clip_overlap
+        ),
+    }
     for v in paths.values():  # warm-up
         list(iter_video(vg, frames[:5], "the red circle", VideoConfig(maps=v.maps, clip_frames=5, clip_overlap=0)))
     video_rows = {}
@@ -71,12 +73,22 @@ def main() -> None:
     for name, (fps, mib) in video_rows.items():
         print(f"{name:<28} {fps:>7.2f} {mib:>9.1f}")
     (frame_fps, frame_mib), (clip_fps, clip_mib) = video_rows.values()
-    print(json.dumps({"bench": "video", "fps": {str(k): round(v, 3) for k, v in rows.items()},
-                      "batched_over_unbatched": round(max(rows.values()) / base, 3) if base else None,
-                      "clip_fps": round(clip_fps, 3), "frame_fps_video_dit": round(frame_fps, 3),
-                      "clip_over_frame": round(clip_fps / frame_fps, 3),
-                      "clip_peak_mib": round(clip_mib, 1), "frame_peak_mib": round(frame_mib, 1),
-                      "frames": args.frames, "resolution": args.resolution}))
+    print(
+        json.dumps(
+            {
+                "bench": "video",
+                "fps": {str(k): round(v, 3) for k, v in rows.items()},
+                "batched_over_unbatched": round(max(rows.values()) / base, 3) if base else None,
+                "clip_fps": round(clip_fps, 3),
+                "frame_fps_video_dit": round(frame_fps, 3),
+                "clip_over_frame": round(clip_fps / frame_fps, 3),
+                "clip_peak_mib": round(clip_mib, 1),
+                "frame_peak_mib": round(frame_mib, 1),
+                "frames": args.frames,
+                "resolution": args.resolution,
+            }
+        )
+    )
 
 
 class PeakMemory:

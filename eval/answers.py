@@ -80,9 +80,15 @@ def write_shapes_vizwiz(root: str | Path, n: int, seed: int, split: str = "train
         name = f"VizWiz_{split}_{seed}_{i:05d}.png"
         scene.image.save(root / split / name)
         poly = _outline(scene.masks[t])
-        ann[name] = {"question": q, "answers": [{"answer": a, "answer_confidence": "yes"}] * 3,
-                     "most_common_answer": a, "height": size, "width": size, "answer_type": "other",
-                     "answer_grounding": [{"x": float(x), "y": float(y)} for x, y in poly]}
+        ann[name] = {
+            "question": q,
+            "answers": [{"answer": a, "answer_confidence": "yes"}] * 3,
+            "most_common_answer": a,
+            "height": size,
+            "width": size,
+            "answer_type": "other",
+            "answer_grounding": [{"x": float(x), "y": float(y)} for x, y in poly],
+        }
     (root / f"{split}_grounding.json").write_text(json.dumps(ann))
     return root
 

@@ -17,18 +17,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", required=True)
     p.add_argument("--split", default=None)
     p.add_argument("--model", default=default_model(), help="hub id, pipeline folder or zoo name")
-    p.add_argument("--segmenter", default=os.environ.get("GROUNDING_SEGMENTER", ""),
-                   help="SAM checkpoint; empty = map-threshold masks")
+    p.add_argument(
+        "--segmenter",
+        default=os.environ.get("GROUNDING_SEGMENTER", ""),
+        help="SAM checkpoint; empty = map-threshold masks",
+    )
     p.add_argument("--device", default=os.environ.get("GROUNDING_DEVICE"))
     p.add_argument("--dtype", default=os.environ.get("GROUNDING_DTYPE"))
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="i/n: every n-th sample from i")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="grounding config override")
     p.add_argument("--out", required=True, help="run directory (resumed if it exists)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: as torch chooses; on Ray: the actor's CPUs)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: as torch chooses; on Ray: the actor's CPUs)"
+    )
     r = p.add_argument_group("Ray (a pool of actors that hold the model)")
-    r.add_argument("--ray", default=None, metavar="local|auto|ADDRESS",
-                   help="local: start Ray on this machine; auto / ADDRESS: join a running cluster")
+    r.add_argument(
+        "--ray",
+        default=None,
+        metavar="local|auto|ADDRESS",
+        help="local: start Ray on this machine; auto / ADDRESS: join a running cluster",
+    )
     r.add_argument("--actors", type=int, default=2)
     r.add_argument("--gpus-per-actor", type=float, default=0.0)
     r.add_argument("--cpus-per-actor", type=float, default=1.0)
@@ -44,20 +53,30 @@ def main(argv: list[str] | None = None) -> int:
     _common(p)
     p.add_argument("--dataset", default="refcoco")
     p.add_argument("--split-by", default=None)
-    p.add_argument("--image-root", default=None,
-                   help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)")
+    p.add_argument(
+        "--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/mscoco/images/train2014)"
+    )
     p.add_argument("--save-overlays", type=int, default=0, metavar="K", help="overlays of K best, worst, random")
-    p = sub.add_parser("grefcoco", help="gRefCOCO: multi-, single- and no-target expressions (gIoU, cIoU, N-acc, T-acc)")
+    p = sub.add_parser(
+        "grefcoco", help="gRefCOCO: multi-, single- and no-target expressions (gIoU, cIoU, N-acc, T-acc)"
+    )
     _common(p)
     p.add_argument("--dataset", default="grefcoco")
     p.add_argument("--split-by", default="unc")
     p.add_argument("--image-root", default=None, help="COCO train2014 images (default: <data-root>/images/train2014)")
-    for name, default_split, what in (("davis", "val", "Ref-DAVIS17"), ("ytvos", "valid", "Ref-YouTube-VOS"),
-                                      ("mevis", "valid_u", "MeViS")):
+    for name, default_split, what in (
+        ("davis", "val", "Ref-DAVIS17"),
+        ("ytvos", "valid", "Ref-YouTube-VOS"),
+        ("mevis", "valid_u", "MeViS"),
+    ):
         p = sub.add_parser(name, help=what)
         _common(p)
-        p.add_argument("--maps", choices=["frame", "clip"], default="frame",
-                       help="frame: the model over each frame; clip: a video DiT (Wan, HunyuanVideo) over windows of frames")
+        p.add_argument(
+            "--maps",
+            choices=["frame", "clip"],
+            default="frame",
+            help="frame: the model over each frame; clip: a video DiT (Wan, HunyuanVideo) over windows of frames",
+        )
         p.set_defaults(default_split=default_split)
     p = sub.add_parser("vizwiz", help="answer grounding, VizWiz-VQA-Grounding layout (mask IoU)")
     _common(p)
@@ -68,11 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--dataset", default="shapes")
     p.add_argument("--size", type=int, default=64, help="image side in pixels (the demo model's resolution)")
-    p.add_argument("--generalized", action="store_true",
-                   help="several targets or none per expression (dataset name grefcoco unless --dataset)")
-    p.add_argument("--layout", choices=["grefcoco", "refer"], default="grefcoco",
-                   help="with --generalized: grefs(unc).json (gRefCOCO's release) or refs(unc).p (the refer "
-                        "API's pickle, the same refs with ann_id lists); python -m eval grefcoco reads both")
+    p.add_argument(
+        "--generalized",
+        action="store_true",
+        help="several targets or none per expression (dataset name grefcoco unless --dataset)",
+    )
+    p.add_argument(
+        "--layout",
+        choices=["grefcoco", "refer"],
+        default="grefcoco",
+        help="with --generalized: grefs(unc).json (gRefCOCO's release) or refs(unc).p (the refer "
+        "API's pickle, the same refs with ann_id lists); python -m eval grefcoco reads both",
+    )
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
@@ -97,18 +123,36 @@ def main(argv: list[str] | None = None) -> int:
         overrides = _overrides(args.set)
         split = args.split or ("val" if args.cmd in ("refcoco", "vizwiz", "grefcoco") else args.default_split)
         cfg = RunConfig(
-            task=args.cmd, data_root=str(args.data_root), dataset=getattr(args, "dataset", args.cmd), split=split,
-            model=str(args.model), segmenter=args.segmenter or "", split_by=getattr(args, "split_by", None),
-            image_root=getattr(args, "image_root", None), limit=args.limit, shard=args.shard, overrides=overrides,
+            task=args.cmd,
+            data_root=str(args.data_root),
+            dataset=getattr(args, "dataset", args.cmd),
+            split=split,
+            model=str(args.model),
+            segmenter=args.segmenter or "",
+            split_by=getattr(args, "split_by", None),
+            image_root=getattr(args, "image_root", None),
+            limit=args.limit,
+            shard=args.shard,
+            overrides=overrides,
             video_maps=getattr(args, "maps", "frame"),
         )
         if args.ray:
             from .ray_runner import ModelSpec, RayOptions, run_ray
 
-            opts = RayOptions(address=args.ray, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                              cpus_per_actor=args.cpus_per_actor, batch_size=args.batch_size)
-            spec = ModelSpec(model=str(args.model), segmenter=args.segmenter or "", device=args.device,
-                             dtype=args.dtype, threads=args.threads)
+            opts = RayOptions(
+                address=args.ray,
+                actors=args.actors,
+                gpus_per_actor=args.gpus_per_actor,
+                cpus_per_actor=args.cpus_per_actor,
+                batch_size=args.batch_size,
+            )
+            spec = ModelSpec(
+                model=str(args.model),
+                segmenter=args.segmenter or "",
+                device=args.device,
+                dtype=args.dtype,
+                threads=args.threads,
+            )
             summary = run_ray(cfg, spec, Path(args.out), opts)
             print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
             return 0
@@ -116,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device,
-                                     dtype=args.dtype)
+        g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device, dtype=args.dtype)
         if args.cmd == "vizwiz":
             summary = run_answers(cfg, g, Path(args.out))
         elif args.cmd == "refcoco":

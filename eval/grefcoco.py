@@ -1,8 +1,9 @@
 """gRefCOCO (GREx / ReLA; generalized referring: multi-, single- and no-target expressions) in its
-released layout: ``<root>/grefcoco/grefs(unc).json`` (or the same refs as a refer-API pickle, ``refs(unc).p``) — a list of refs, each with ``ref_id``,
-``image_id``, ``file_name``, ``split``, ``no_target``, ``ann_id`` (a list; ``[-1]`` when there is no
-target) and ``sentences`` — and ``<root>/grefcoco/instances.json`` (COCO). Images from
-``image_root``, else ``<root>/images/train2014``, else ``<root>/images/mscoco/images/train2014``.
+released layout: ``<root>/grefcoco/grefs(unc).json`` (or the same refs as a refer-API pickle,
+``refs(unc).p``) — a list of refs, each with ``ref_id``, ``image_id``, ``file_name``, ``split``,
+``no_target``, ``ann_id`` (a list; ``[-1]`` when there is no target) and ``sentences`` — and
+``<root>/grefcoco/instances.json`` (COCO). Images from ``image_root``, else
+``<root>/images/train2014``, else ``<root>/images/mscoco/images/train2014``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,14 @@ class GRefSample:
 class GRefDataset(ReferIndex):
     """One sample per sentence of the refs in ``split``; masks decoded lazily."""
 
-    def __init__(self, data_root: str | Path, split: str = "val", image_root: str | Path | None = None,
-                 dataset: str = "grefcoco", split_by: str = "unc"):
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str = "val",
+        image_root: str | Path | None = None,
+        dataset: str = "grefcoco",
+        split_by: str = "unc",
+    ):
         root = Path(data_root)
         folder = root / dataset
         path, pickled = folder / f"grefs({split_by}).json", folder / f"refs({split_by}).p"
@@ -52,8 +59,15 @@ class GRefDataset(ReferIndex):
         else:
             raise FileNotFoundError(f"no {path.name} (or {pickled.name}) in {folder}")
         inst = json.loads((folder / "instances.json").read_text())
-        self._index(folder, refs, inst, split, dataset, image_root,
-                    [root / "images" / "train2014", root / "images" / "mscoco" / "images" / "train2014"])
+        self._index(
+            folder,
+            refs,
+            inst,
+            split,
+            dataset,
+            image_root,
+            [root / "images" / "train2014", root / "images" / "mscoco" / "images" / "train2014"],
+        )
 
     def __getitem__(self, i: int) -> GRefSample:
         ref, sent = self.items[i]
@@ -67,7 +81,14 @@ class GRefDataset(ReferIndex):
         for a in ann_ids:
             mask |= ann_to_mask(self.anns[a]["segmentation"], img["height"], img["width"])
         name = ref.get("file_name") or img["file_name"]
-        return GRefSample(ref_id=int(ref["ref_id"]), sent_id=int(sent["sent_id"]), ann_ids=ann_ids,
-                          image_id=int(ref["image_id"]), image_path=self.image_root / Path(name).name,
-                          sentence=sent.get("sent") or sent.get("raw", ""), mask=mask, no_target=no_target,
-                          kind=str(sent.get("type", "")))
+        return GRefSample(
+            ref_id=int(ref["ref_id"]),
+            sent_id=int(sent["sent_id"]),
+            ann_ids=ann_ids,
+            image_id=int(ref["image_id"]),
+            image_path=self.image_root / Path(name).name,
+            sentence=sent.get("sent") or sent.get("raw", ""),
+            mask=mask,
+            no_target=no_target,
+            kind=str(sent.get("type", "")),
+        )

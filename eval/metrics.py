@@ -70,8 +70,11 @@ class ImageScores:
             self.pointing_hits += bool(pointing)
 
     def summary(self) -> dict[str, float]:
-        out = {"n": self.n, "miou": self.iou_sum / self.n if self.n else 0.0,
-               "oiou": self.inter / self.union if self.union else 0.0}
+        out = {
+            "n": self.n,
+            "miou": self.iou_sum / self.n if self.n else 0.0,
+            "oiou": self.inter / self.union if self.union else 0.0,
+        }
         for t, hits in self.prec_hits.items():
             out[f"prec@{t}"] = hits / self.n if self.n else 0.0
         if self.pointing_n:
@@ -128,11 +131,15 @@ class GeneralizedScores:
 
     def summary(self) -> dict[str, float]:
         targets, no_targets = self.t_tn + self.t_fp, self.nt_tp + self.nt_fn
-        out = {"n": self.n, "n_target": targets, "n_no_target": no_targets,
-               "giou": self.iou_sum / self.n if self.n else 0.0,
-               "ciou": self.inter / self.union if self.union else 0.0,
-               "n_acc": self.nt_tp / no_targets if no_targets else 0.0,
-               "t_acc": self.t_tn / targets if targets else 0.0}
+        out = {
+            "n": self.n,
+            "n_target": targets,
+            "n_no_target": no_targets,
+            "giou": self.iou_sum / self.n if self.n else 0.0,
+            "ciou": self.inter / self.union if self.union else 0.0,
+            "n_acc": self.nt_tp / no_targets if no_targets else 0.0,
+            "t_acc": self.t_tn / targets if targets else 0.0,
+        }
         for t, hits in self.prec_hits.items():
             out[f"prec@{t}"] = hits / targets if targets else 0.0
         return out
@@ -170,11 +177,12 @@ def disk(radius: float) -> np.ndarray:
     """Disk structuring element: x² + y² ≤ r² on a (2r+1)² grid."""
     r = np.arange(-radius, radius + 1)
     x, y = np.meshgrid(r, r)
-    return x ** 2 + y ** 2 <= radius ** 2
+    return x**2 + y**2 <= radius**2
 
 
-def contour_accuracy(pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None,
-                     bound_th: float = 0.008) -> float:
+def contour_accuracy(
+    pred: np.ndarray, gt: np.ndarray, void: np.ndarray | None = None, bound_th: float = 0.008
+) -> float:
     """F: boundary F-measure of one frame; tolerance ``bound_th`` × diagonal (or pixels if ≥ 1)."""
     pred, gt = np.asarray(pred, bool), np.asarray(gt, bool)
     if pred.shape != gt.shape:
@@ -207,14 +215,18 @@ def statistics(per_frame: list[float] | np.ndarray, n_bins: int = 4) -> tuple[fl
     mean = float(np.nanmean(x))
     recall = float(np.nanmean(x > 0.5))
     ids = np.round(np.linspace(1, len(x), n_bins + 1) + 1e-10) - 1
-    bins = [x[int(ids[i]):int(ids[i + 1]) + 1] for i in range(n_bins)]
+    bins = [x[int(ids[i]) : int(ids[i + 1]) + 1] for i in range(n_bins)]
     with np.errstate(all="ignore"):
         means = [np.nanmean(b) if len(b) else np.nan for b in bins]
     return mean, recall, float(means[0] - means[-1])
 
 
-def video_scores(preds: list[np.ndarray], gts: list[np.ndarray], voids: list[np.ndarray | None] | None = None,
-                 drop_first_last: bool = True) -> dict[str, float]:
+def video_scores(
+    preds: list[np.ndarray],
+    gts: list[np.ndarray],
+    voids: list[np.ndarray | None] | None = None,
+    drop_first_last: bool = True,
+) -> dict[str, float]:
     """J and F of one object over its frames (the DAVIS semi-supervised protocol drops the first
     and last frame); returns J/F mean, recall, decay and J&F."""
     if len(preds) != len(gts):
@@ -227,5 +239,13 @@ def video_scores(preds: list[np.ndarray], gts: list[np.ndarray], voids: list[np.
     f = [contour_accuracy(preds[i], gts[i], voids[i]) for i in idx]
     jm, jr, jd = statistics(j)
     fm, fr, fd = statistics(f)
-    return {"J": jm, "J_recall": jr, "J_decay": jd, "F": fm, "F_recall": fr, "F_decay": fd, "J&F": (jm + fm) / 2,
-            "frames": len(idx)}
+    return {
+        "J": jm,
+        "J_recall": jr,
+        "J_decay": jd,
+        "F": fm,
+        "F_recall": fr,
+        "F_decay": fd,
+        "J&F": (jm + fm) / 2,
+        "frames": len(idx),
+    }

@@ -72,8 +72,9 @@ class EvalWorker:
         torch.set_num_threads(max(1, threads))
         self.cfg = RunConfig(**{**cfg, "shard": tuple(cfg["shard"])})
         spec = ModelSpec(**spec)
-        self.grounder = Grounder.from_pretrained(spec.model, segmenter=spec.segmenter or None, device=spec.device,
-                                                 dtype=spec.dtype)
+        self.grounder = Grounder.from_pretrained(
+            spec.model, segmenter=spec.segmenter or None, device=spec.device, dtype=spec.dtype
+        )
         self.ds = load_dataset(self.cfg)
         self.ids = sample_ids(self.cfg, self.ds)
         self.run_dir = Path(run_dir)
@@ -85,8 +86,10 @@ class EvalWorker:
     def run(self, indices: list[int], attempts: int) -> list[dict]:
         from .runner import record_or_error
 
-        return [record_or_error(self.cfg, self.grounder, self.ds, i, self.ids[i], self.run_dir, attempts,
-                                self.frame_batch) for i in indices]
+        return [
+            record_or_error(self.cfg, self.grounder, self.ds, i, self.ids[i], self.run_dir, attempts, self.frame_batch)
+            for i in indices
+        ]
 
 
 class LocalRay:
@@ -101,22 +104,30 @@ class LocalRay:
 
         import ray
 
-        from .ray_watchdog import MARKER_VAR
-
-        from .ray_watchdog import descendants
+        from .ray_watchdog import MARKER_VAR, descendants
 
         self.marker = uuid.uuid4().hex
         self._before = descendants(os.getpid())
         env = {k: v for k, v in os.environ.items() if k != MARKER_VAR}
-        self.watchdog = subprocess.Popen([sys.executable, "-m", "eval.ray_watchdog", str(os.getpid()), self.marker],
-                                         env=env, start_new_session=True, cwd=Path(__file__).resolve().parents[1])
+        self.watchdog = subprocess.Popen(
+            [sys.executable, "-m", "eval.ray_watchdog", str(os.getpid()), self.marker],
+            env=env,
+            start_new_session=True,
+            cwd=Path(__file__).resolve().parents[1],
+        )
         self._before.add(self.watchdog.pid)
         self._previous = os.environ.get(MARKER_VAR)
         os.environ[MARKER_VAR] = self.marker  # inherited by every process Ray starts from here
         cpus = max(1, min(os.cpu_count() or 1, int(round(opts.actors * opts.cpus_per_actor + 0.499))))
         try:
-            ray.init(num_cpus=cpus, num_gpus=None, include_dashboard=opts.dashboard, log_to_driver=False,
-                     configure_logging=False, runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+            ray.init(
+                num_cpus=cpus,
+                num_gpus=None,
+                include_dashboard=opts.dashboard,
+                log_to_driver=False,
+                configure_logging=False,
+                runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}},
+            )
         except BaseException:
             self.close()
             raise
@@ -153,8 +164,9 @@ def _init_ray(opts: RayOptions) -> LocalRay | None:
     return None
 
 
-def run_ray(cfg: RunConfig, spec: ModelSpec, run_dir: Path, opts: RayOptions, frame_batch: int = 4,
-            on_actors=None) -> dict:
+def run_ray(
+    cfg: RunConfig, spec: ModelSpec, run_dir: Path, opts: RayOptions, frame_batch: int = 4, on_actors=None
+) -> dict:
     """The run on a Ray actor pool; returns the summary as ``runner.run_local`` does.
     ``on_actors(actors)`` is called once the actors are up (tests use it to kill one)."""
     import ray
@@ -171,11 +183,15 @@ def run_ray(cfg: RunConfig, spec: ModelSpec, run_dir: Path, opts: RayOptions, fr
             local = _init_ray(opts)
             threads = spec.threads or max(1, int(opts.cpus_per_actor))
             Worker = ray.remote(EvalWorker).options(
-                num_cpus=opts.cpus_per_actor, num_gpus=opts.gpus_per_actor, max_restarts=opts.max_restarts,
-                max_task_retries=-1)
+                num_cpus=opts.cpus_per_actor,
+                num_gpus=opts.gpus_per_actor,
+                max_restarts=opts.max_restarts,
+                max_task_retries=-1,
+            )
             cfg_dict = asdict(cfg)
-            actors = [Worker.remote(cfg_dict, asdict(spec), str(run_dir), threads, frame_batch)
-                      for _ in range(opts.actors)]
+            actors = [
+                Worker.remote(cfg_dict, asdict(spec), str(run_dir), threads, frame_batch) for _ in range(opts.actors)
+            ]
             t0 = time.perf_counter()
             ray.get([a.pid.remote() for a in actors])  # the models are loaded
             startup_s = time.perf_counter() - t0
@@ -184,11 +200,22 @@ def run_ray(cfg: RunConfig, spec: ModelSpec, run_dir: Path, opts: RayOptions, fr
             t1 = time.perf_counter()
             _dispatch(actors, todo, ids, log, opts, cfg)
             work_s = time.perf_counter() - t1
-            (run_dir / "ray.json").write_text(json.dumps({
-                "address": opts.address, "actors": opts.actors, "cpus_per_actor": opts.cpus_per_actor,
-                "gpus_per_actor": opts.gpus_per_actor, "batch_size": opts.batch_size, "samples": len(todo),
-                "startup_s": round(startup_s, 3), "work_s": round(work_s, 3),
-                "samples_per_s": round(len(todo) / work_s, 3) if work_s > 0 else None}) + "\n")
+            (run_dir / "ray.json").write_text(
+                json.dumps(
+                    {
+                        "address": opts.address,
+                        "actors": opts.actors,
+                        "cpus_per_actor": opts.cpus_per_actor,
+                        "gpus_per_actor": opts.gpus_per_actor,
+                        "batch_size": opts.batch_size,
+                        "samples": len(todo),
+                        "startup_s": round(startup_s, 3),
+                        "work_s": round(work_s, 3),
+                        "samples_per_s": round(len(todo) / work_s, 3) if work_s > 0 else None,
+                    }
+                )
+                + "\n"
+            )
     finally:
         log.close()
         if local is not None:
@@ -204,11 +231,17 @@ def _dispatch(actors, todo: list[int], ids: list[str], log, opts: RayOptions, cf
     import ray
     from ray.exceptions import RayActorError
 
-    batches = deque(todo[k:k + opts.batch_size] for k in range(0, len(todo), opts.batch_size))
+    batches = deque(todo[k : k + opts.batch_size] for k in range(0, len(todo), opts.batch_size))
     pending: dict = {}  # future → (actor index, batch)
     alive = set(range(len(actors)))
-    bar = tqdm(total=len(log.records) + len(todo), initial=len(log.records), desc=f"{cfg.dataset} {cfg.split} (ray)",
-               unit="sample", dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=len(log.records) + len(todo),
+        initial=len(log.records),
+        desc=f"{cfg.dataset} {cfg.split} (ray)",
+        unit="sample",
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
 
     def submit(a: int) -> None:
         while batches and sum(1 for v in pending.values() if v[0] == a) < opts.in_flight:

@@ -48,8 +48,16 @@ class ReferIndex:
     """What the refer-format loaders share: the image folder, the COCO index and one item per
     (ref, sentence) of ``split``, in ref id order."""
 
-    def _index(self, folder: Path, refs: list[dict], inst: dict, split: str, name: str,
-               image_root: str | Path | None, defaults: list[Path]) -> None:
+    def _index(
+        self,
+        folder: Path,
+        refs: list[dict],
+        inst: dict,
+        split: str,
+        name: str,
+        image_root: str | Path | None,
+        defaults: list[Path],
+    ) -> None:
         if image_root:
             self.image_root = Path(image_root)
         elif (folder / "images").is_dir():  # self-contained sets such as the shapes world
@@ -61,8 +69,11 @@ class ReferIndex:
         known = {r["split"] for r in refs}
         if split not in known:
             raise ValueError(f"split {split!r} not in {name}; it has {sorted(known)}")
-        self.items = [(r, s) for r in sorted((r for r in refs if r["split"] == split), key=lambda r: r["ref_id"])
-                      for s in r["sentences"]]
+        self.items = [
+            (r, s)
+            for r in sorted((r for r in refs if r["split"] == split), key=lambda r: r["ref_id"])
+            for s in r["sentences"]
+        ]
 
     def __len__(self) -> int:
         return len(self.items)
@@ -80,8 +91,14 @@ class RefDataset(ReferIndex):
     lays them out; ``data_root/<dataset>/images`` when that folder exists).
     """
 
-    def __init__(self, data_root: str | Path, dataset: str, split_by: str | None = None, split: str = "val",
-                 image_root: str | Path | None = None):
+    def __init__(
+        self,
+        data_root: str | Path,
+        dataset: str,
+        split_by: str | None = None,
+        split: str = "val",
+        image_root: str | Path | None = None,
+    ):
         root = Path(data_root)
         self.dataset = dataset
         self.split_by = split_by or DEFAULT_SPLIT_BY.get(dataset, "unc")
@@ -93,19 +110,33 @@ class RefDataset(ReferIndex):
         with open(refs_path, "rb") as f:
             refs = pickle.load(f)
         inst = json.loads((folder / "instances.json").read_text())
-        self._index(folder, refs, inst, split, f"{dataset} ({self.split_by})", image_root,
-                    [root / "images" / "mscoco" / "images" / "train2014"])
+        self._index(
+            folder,
+            refs,
+            inst,
+            split,
+            f"{dataset} ({self.split_by})",
+            image_root,
+            [root / "images" / "mscoco" / "images" / "train2014"],
+        )
 
     def __getitem__(self, i: int) -> RefSample:
         ref, sent = self.items[i]
         img = self.images[ref["image_id"]]
         if isinstance(ref["ann_id"], list):
-            raise ValueError(f"ref {ref['ref_id']} has several targets or none (ann_id {ref['ann_id']}): a generalized "
-                             "set; run python -m eval grefcoco on it")
+            raise ValueError(
+                f"ref {ref['ref_id']} has several targets or none (ann_id {ref['ann_id']}): a generalized "
+                "set; run python -m eval grefcoco on it"
+            )
         ann = self.anns[ref["ann_id"]]
         mask = ann_to_mask(ann["segmentation"], img["height"], img["width"])
         return RefSample(
-            ref_id=int(ref["ref_id"]), sent_id=int(sent["sent_id"]), ann_id=int(ref["ann_id"]),
-            image_id=int(ref["image_id"]), image_path=self.image_root / img["file_name"],
-            sentence=sent.get("sent") or sent.get("raw", ""), mask=mask, kind=sent.get("type", ""),
+            ref_id=int(ref["ref_id"]),
+            sent_id=int(sent["sent_id"]),
+            ann_id=int(ref["ann_id"]),
+            image_id=int(ref["image_id"]),
+            image_path=self.image_root / img["file_name"],
+            sentence=sent.get("sent") or sent.get("raw", ""),
+            mask=mask,
+            kind=sent.get("type", ""),
         )

@@ -140,10 +140,21 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
         s = ds[i]
         r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
         inter, union = metrics.intersection_union(r.mask, s.mask)
-        rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
-               "sentence": s.sentence, "inter": inter, "union": union, "iou": inter / union if union else 0.0,
-               "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score, "box": list(r.box),
-               "pred_pixels": int(r.mask.sum()), "gt_pixels": int(s.mask.sum())}
+        rec = {
+            "id": ds.sample_id(i),
+            "ref_id": s.ref_id,
+            "sent_id": s.sent_id,
+            "image": s.image_path.name,
+            "sentence": s.sentence,
+            "inter": inter,
+            "union": union,
+            "iou": inter / union if union else 0.0,
+            "pointing": metrics.pointing_hit(r.heatmap, s.mask),
+            "score": r.score,
+            "box": list(r.box),
+            "pred_pixels": int(r.mask.sum()),
+            "gt_pixels": int(s.mask.sum()),
+        }
         if s.kind:
             rec["type"] = s.kind
     elif cfg.task == "grefcoco":
@@ -151,11 +162,24 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
         r = grounder.segment(s.image_path, s.sentence, **cfg.overrides)
         pred = r.mask if r.present else np.zeros_like(r.mask)  # "nothing matches" is an empty prediction
         inter, union, score = metrics.gref_sample(pred, s.mask, s.no_target)
-        rec = {"id": ds.sample_id(i), "ref_id": s.ref_id, "sent_id": s.sent_id, "image": s.image_path.name,
-               "sentence": s.sentence, "no_target": s.no_target, "targets": s.targets, "inter": inter,
-               "union": union, "iou": score, "pred_empty": not bool(pred.any()), "present": bool(r.present),
-               "presence_score": r.presence_score, "instances": len(r.instances) if r.present else 0,
-               "pred_pixels": int(pred.sum()), "gt_pixels": int(s.mask.sum())}
+        rec = {
+            "id": ds.sample_id(i),
+            "ref_id": s.ref_id,
+            "sent_id": s.sent_id,
+            "image": s.image_path.name,
+            "sentence": s.sentence,
+            "no_target": s.no_target,
+            "targets": s.targets,
+            "inter": inter,
+            "union": union,
+            "iou": score,
+            "pred_empty": not bool(pred.any()),
+            "present": bool(r.present),
+            "presence_score": r.presence_score,
+            "instances": len(r.instances) if r.present else 0,
+            "pred_pixels": int(pred.sum()),
+            "gt_pixels": int(s.mask.sum()),
+        }
         if not s.no_target:
             rec["pointing"] = metrics.pointing_hit(r.heatmap, s.mask)
         if s.kind:
@@ -164,9 +188,17 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
         s = ds[i]
         r = grounder.ground_answer(s.image_path, s.question, s.answer, **cfg.overrides)
         inter, union = metrics.intersection_union(r.mask, s.mask)
-        rec = {"id": ds.sample_id(i), "image": s.image_path.name, "question": s.question, "answer": s.answer,
-               "inter": inter, "union": union, "iou": inter / union if union else 0.0,
-               "pointing": metrics.pointing_hit(r.heatmap, s.mask), "score": r.score}
+        rec = {
+            "id": ds.sample_id(i),
+            "image": s.image_path.name,
+            "question": s.question,
+            "answer": s.answer,
+            "inter": inter,
+            "union": union,
+            "iou": inter / union if union else 0.0,
+            "pointing": metrics.pointing_hit(r.heatmap, s.mask),
+            "score": r.score,
+        }
     else:
         rec = video_record(cfg, grounder, ds.samples[i], run_dir, frame_batch)
     rec["ms"] = (time.perf_counter() - t) * 1000
@@ -184,8 +216,9 @@ def error_record(cfg: RunConfig, sample_id: str, error: BaseException, attempts:
     return rec
 
 
-def record_or_error(cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_dir: Path, attempts: int = 2,
-                    frame_batch: int = 4) -> dict:
+def record_or_error(
+    cfg: RunConfig, grounder, ds, i: int, sample_id: str, run_dir: Path, attempts: int = 2, frame_batch: int = 4
+) -> dict:
     """``sample_record``, tried up to ``attempts`` times; then its ``error_record``."""
     for _ in range(attempts):
         try:
@@ -228,8 +261,13 @@ def run_local(cfg: RunConfig, grounder, run_dir: Path, attempts: int = 2, frame_
     ids = sample_ids(cfg, ds)
     log = open_run(run_dir, cfg)
     todo = [i for i in select(len(ids), cfg.limit, cfg.shard) if ids[i] not in log.done]
-    bar = tqdm(todo, desc=f"{cfg.dataset} {cfg.split}", initial=len(log.records),
-               total=len(log.records) + len(todo), dynamic_ncols=True)
+    bar = tqdm(
+        todo,
+        desc=f"{cfg.dataset} {cfg.split}",
+        initial=len(log.records),
+        total=len(log.records) + len(todo),
+        dynamic_ncols=True,
+    )
     progress = _Progress(cfg.task, log.records)
     try:
         for i in bar:
@@ -274,8 +312,10 @@ def gref_breakdown(records: list[dict]) -> dict[str, float]:
     |#instances predicted − #targets| (``count_error``; an empty prediction is 0 instances), and
     gIoU per sentence type where the set has one (``giou/<type>``)."""
     out: dict[str, float] = {}
-    for key, rows in (("miou_single", [r for r in records if r.get("targets") == 1]),
-                      ("miou_multi", [r for r in records if (r.get("targets") or 0) > 1])):
+    for key, rows in (
+        ("miou_single", [r for r in records if r.get("targets") == 1]),
+        ("miou_multi", [r for r in records if (r.get("targets") or 0) > 1]),
+    ):
         if rows:
             out[key] = float(np.mean([r["iou"] for r in rows]))
     counted = [r for r in records if "instances" in r]
@@ -338,8 +378,14 @@ def video_record(cfg: RunConfig, grounder, s, run_dir: Path, frame_batch: int = 
             gt, void = s.gt(f.index)
             js.append(metrics.region_similarity(f.mask, gt, void))
             fs.append(metrics.contour_accuracy(f.mask, gt, void))
-    rec = {"id": s.id, "video": s.video, "exp_id": s.exp_id, "group": s.group, "expression": s.expression,
-           "frames": len(s.frame_paths)}
+    rec = {
+        "id": s.id,
+        "video": s.video,
+        "exp_id": s.exp_id,
+        "group": s.group,
+        "expression": s.expression,
+        "frames": len(s.frame_paths),
+    }
     if s.has_gt:
         keep = slice(1, -1) if drop and len(js) > 2 else slice(None)
         j_m, j_r, _ = metrics.statistics(js[keep])
@@ -397,13 +443,16 @@ def write_summary(run_dir: Path, records: list[dict] | None = None, config: dict
     summary = summarise(config["task"], records)
     doc = {**summary, "config": config}
     (run_dir / "summary.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = [f"# {config['task']} · {config['dataset']} · {config['split']}", "",
-             "| metric | value |", "|---|---|"]
+    lines = [f"# {config['task']} · {config['dataset']} · {config['split']}", "", "| metric | value |", "|---|---|"]
     for k, v in summary.items():
         lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    lines += ["", f"model: `{config['model']}`  segmenter: `{config.get('segmenter') or 'map-threshold'}`",
-              f"shard: {config['shard'][0]}/{config['shard'][1]}  limit: {config.get('limit')}  "
-              f"overrides: `{json.dumps(config.get('overrides', {}))}`", ""]
+    lines += [
+        "",
+        f"model: `{config['model']}`  segmenter: `{config.get('segmenter') or 'map-threshold'}`",
+        f"shard: {config['shard'][0]}/{config['shard'][1]}  limit: {config.get('limit')}  "
+        f"overrides: `{json.dumps(config.get('overrides', {}))}`",
+        "",
+    ]
     (run_dir / "summary.md").write_text("\n".join(lines))
     return doc
 

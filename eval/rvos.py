@@ -88,7 +88,9 @@ class RefDavis:
 
     name = "davis"
 
-    def __init__(self, root: str | Path, split: str = "val", annotators: tuple[str, ...] = tuple(DAVIS_ANNOTATION_FILES)):
+    def __init__(
+        self, root: str | Path, split: str = "val", annotators: tuple[str, ...] = tuple(DAVIS_ANNOTATION_FILES)
+    ):
         root = Path(root)
         davis = root / "DAVIS" if (root / "DAVIS").is_dir() else root
         videos = (davis / "ImageSets" / "2017" / f"{split}.txt").read_text().split()
@@ -103,11 +105,18 @@ class RefDavis:
                     continue
                 frames = sorted(p.stem for p in (davis / "JPEGImages" / "480p" / video).glob("*.jpg"))
                 masks = [davis / "Annotations" / "480p" / video / f"{f}.png" for f in frames]
-                self.samples.append(VideoSample(
-                    "davis", video, f"{group}/{obj}", exp, frames,
-                    [davis / "JPEGImages" / "480p" / video / f"{f}.jpg" for f in frames], group,
-                    _palette_gt(masks, [obj]) if all(m.is_file() for m in masks) else None,
-                ))
+                self.samples.append(
+                    VideoSample(
+                        "davis",
+                        video,
+                        f"{group}/{obj}",
+                        exp,
+                        frames,
+                        [davis / "JPEGImages" / "480p" / video / f"{f}.jpg" for f in frames],
+                        group,
+                        _palette_gt(masks, [obj]) if all(m.is_file() for m in masks) else None,
+                    )
+                )
         if not self.samples:
             raise ValueError(f"no Ref-DAVIS17 expressions found under {root} for split {split}")
 

@@ -23,8 +23,12 @@ from PIL import Image, ImageDraw
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {
-    "red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 215),
-    "yellow": (235, 200, 30), "purple": (140, 50, 170), "orange": (240, 130, 20),
+    "red": (215, 40, 40),
+    "green": (40, 160, 60),
+    "blue": (40, 70, 215),
+    "yellow": (235, 200, 30),
+    "purple": (140, 50, 170),
+    "orange": (240, 130, 20),
 }
 SIZES = {"small": (6, 7), "big": (10, 12)}  # radius range in pixels at 64 px
 TYPE_WEIGHTS = {"attribute": 0.6, "size": 0.15, "position": 0.15, "relation": 0.1}
@@ -127,8 +131,9 @@ def position_phrase(o: Obj, size: int) -> str | None:
     return f"at the {words}" if words else None
 
 
-def caption_spans(scene: Scene, rng: np.random.RandomState, position: float = 0.0,
-                  subset: float = 0.0) -> tuple[str, list[tuple[int, int, int]]]:
+def caption_spans(
+    scene: Scene, rng: np.random.RandomState, position: float = 0.0, subset: float = 0.0
+) -> tuple[str, list[tuple[int, int, int]]]:
     """A caption and, per named object, ``(object index, start, end)`` of its phrase in it.
 
     Objects come in random order: "a big red circle, a green square and a small blue triangle".
@@ -190,8 +195,9 @@ def _pick(rng: np.random.RandomState) -> tuple[str, str, str, str]:
     return shape, colour, other_shape, other_colour
 
 
-def referring_example(rng: np.random.RandomState, kind: str,
-                      size: int = 64) -> tuple[Scene, int, str, list[tuple[int, int, int]]]:
+def referring_example(
+    rng: np.random.RandomState, kind: str, size: int = 64
+) -> tuple[Scene, int, str, list[tuple[int, int, int]]]:
     """``referring_scene`` plus, as ``caption_spans`` gives them, ``(object, start, end)`` of the
     words that describe each object: the whole expression describes the target, except a
     relation's complement ("the square left | of the yellow circle"), which describes its anchor."""
@@ -200,7 +206,10 @@ def referring_example(rng: np.random.RandomState, kind: str,
         tsize = list(SIZES)[rng.randint(2)]
         specs = [(shape, colour, tsize)]
         if kind == "attribute":
-            specs += [(other_shape, colour, list(SIZES)[rng.randint(2)]), (shape, other_colour, list(SIZES)[rng.randint(2)])]
+            specs += [
+                (other_shape, colour, list(SIZES)[rng.randint(2)]),
+                (shape, other_colour, list(SIZES)[rng.randint(2)]),
+            ]
         elif kind == "size":
             tsize = "big"
             specs = [(shape, colour, "big"), (shape, colour, "small"), (other_shape, colour, "big")]
@@ -254,8 +263,9 @@ def presence_scenes(n: int, seed: int, size: int = 64) -> list[tuple[Image.Image
     return out
 
 
-def _write_scenes(out: str | Path, dataset: str, n: int, seed: int, split: str, size: int, kind_weights: dict,
-                  make) -> tuple[Path, list, list, list]:
+def _write_scenes(
+    out: str | Path, dataset: str, n: int, seed: int, split: str, size: int, kind_weights: dict, make
+) -> tuple[Path, list, list, list]:
     """``n`` scenes of kinds drawn by ``kind_weights`` from ``make(rng, kind, size)`` (a scene
     first), saved under ``out/<dataset>/images``: (folder, COCO images, annotations, and per scene
     ``(i, kind, make's result, file name, image id)``)."""
@@ -285,27 +295,50 @@ def _add_scene(scene: Scene, image_id: int, path: Path, size: int, images: list,
         rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
         ys, xs = np.nonzero(m)
-        anns.append({"id": image_id * 10 + j, "image_id": image_id, "category_id": SHAPES.index(o.shape) + 1,
-                     "segmentation": rle, "area": float(m.sum()), "iscrowd": 0,
-                     "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
-                     "attributes": {"colour": o.colour, "size": o.size}})
+        anns.append(
+            {
+                "id": image_id * 10 + j,
+                "image_id": image_id,
+                "category_id": SHAPES.index(o.shape) + 1,
+                "segmentation": rle,
+                "area": float(m.sum()),
+                "iscrowd": 0,
+                "bbox": [float(xs.min()), float(ys.min()), float(np.ptp(xs) + 1), float(np.ptp(ys) + 1)],
+                "attributes": {"colour": o.colour, "size": o.size},
+            }
+        )
 
 
-def write_refer(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes",
-                size: int = 64) -> Path:
+def write_refer(
+    out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "shapes", size: int = 64
+) -> Path:
     """``n`` referring scenes as a refer-format dataset under ``out/<dataset>/`` (images in ``images/``)."""
     folder, images, anns, made = _write_scenes(out, dataset, n, seed, split, size, TYPE_WEIGHTS, referring_scene)
     refs = []
     for i, kind, (scene, target, expr), name, image_id in made:
-        refs.append({"ref_id": i, "ann_id": image_id * 10 + target, "image_id": image_id, "split": split,
-                     "category_id": SHAPES.index(scene.objects[target].shape) + 1, "file_name": name,
-                     "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind}],
-                     "sent_ids": [i]})
+        refs.append(
+            {
+                "ref_id": i,
+                "ann_id": image_id * 10 + target,
+                "image_id": image_id,
+                "split": split,
+                "category_id": SHAPES.index(scene.objects[target].shape) + 1,
+                "file_name": name,
+                "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind}],
+                "sent_ids": [i],
+            }
+        )
     with open(folder / "refs(unc).p", "wb") as f:
         pickle.dump(refs, f)
-    (folder / "instances.json").write_text(json.dumps({
-        "images": images, "annotations": anns,
-        "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))
+    (folder / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)],
+            }
+        )
+    )
     return folder
 
 
@@ -345,28 +378,53 @@ def generalized_example(rng: np.random.RandomState, kind: str, size: int = 64) -
         return render(objs, size, rng), list(range(k)), expr
 
 
-def write_grefcoco(out: str | Path, n: int, seed: int, split: str = "val", dataset: str = "grefcoco",
-                   size: int = 64, layout: str = "grefcoco") -> Path:
+def write_grefcoco(
+    out: str | Path,
+    n: int,
+    seed: int,
+    split: str = "val",
+    dataset: str = "grefcoco",
+    size: int = 64,
+    layout: str = "grefcoco",
+) -> Path:
     """``n`` generalized scenes under ``out/<dataset>/``: in gRefCOCO's released layout
     (``grefs(unc).json``: ``ann_id`` a list, ``[-1]`` + ``no_target`` for none) or, with
     ``layout="refer"``, the same refs pickled as the refer API's ``refs(unc).p``; + ``instances.json``,
     images in ``images/``; each sentence carries its ``type`` (single / multi / none)."""
     if layout not in ("grefcoco", "refer"):
         raise ValueError(f"unknown layout {layout!r}; choose grefcoco or refer")
-    folder, images, anns, made = _write_scenes(out, dataset, n, seed, split, size, GENERALIZED_WEIGHTS,
-                                               generalized_example)
+    folder, images, anns, made = _write_scenes(
+        out, dataset, n, seed, split, size, GENERALIZED_WEIGHTS, generalized_example
+    )
     refs = []
     for i, kind, (scene, targets, expr), name, image_id in made:
-        refs.append({"ref_id": i, "image_id": image_id, "file_name": name, "split": split, "category_id": 1,
-                     "no_target": not targets, "ann_id": [image_id * 10 + t for t in targets] or [-1],
-                     "sentences": [{"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind,
-                                    "ref_id": i}], "sent_ids": [i]})
+        refs.append(
+            {
+                "ref_id": i,
+                "image_id": image_id,
+                "file_name": name,
+                "split": split,
+                "category_id": 1,
+                "no_target": not targets,
+                "ann_id": [image_id * 10 + t for t in targets] or [-1],
+                "sentences": [
+                    {"sent_id": i, "sent": expr, "raw": expr, "tokens": expr.split(), "type": kind, "ref_id": i}
+                ],
+                "sent_ids": [i],
+            }
+        )
     if layout == "refer":
         with open(folder / "refs(unc).p", "wb") as f:
             pickle.dump(refs, f)
     else:
         (folder / "grefs(unc).json").write_text(json.dumps(refs))
-    (folder / "instances.json").write_text(json.dumps({
-        "images": images, "annotations": anns,
-        "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)]}))
+    (folder / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": k + 1, "name": s} for k, s in enumerate(SHAPES)],
+            }
+        )
+    )
     return folder

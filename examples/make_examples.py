@@ -31,10 +31,22 @@ def main() -> None:
         size = scene.image.width * SCALE
         scene.image.resize((size, size), Image.NEAREST).save(HERE / name, optimize=True)
         others = [o.words(False) for i, o in enumerate(scene.objects) if i != target]
-        entries.append({"image": name, "expression": expression, "kind": kind,
-                        "note": f"the scene also holds: {', '.join(others)}"})
-    entries.append({"image": "hopper.jpg", "expression": "the woman in uniform", "kind": "photograph",
-                    "note": "a photograph: outside the shapes model's domain, so the honest answer is present: false"})
+        entries.append(
+            {
+                "image": name,
+                "expression": expression,
+                "kind": kind,
+                "note": f"the scene also holds: {', '.join(others)}",
+            }
+        )
+    entries.append(
+        {
+            "image": "hopper.jpg",
+            "expression": "the woman in uniform",
+            "kind": "photograph",
+            "note": "a photograph: outside the shapes model's domain, so the honest answer is present: false",
+        }
+    )
     (HERE / "examples.json").write_text(json.dumps(entries, indent=2) + "\n")
     picture(entries, HERE.parent / "docs" / "examples.png")
 

@@ -29,7 +29,7 @@ from grounding.segment.manifest import FORMAT, MANIFEST, sha256, validate  # noq
 ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
-TWO_GB = 2 * 1024 ** 3
+TWO_GB = 2 * 1024**3
 
 
 class EncoderGraph(nn.Module):
@@ -63,7 +63,9 @@ class DecoderGraph(nn.Module):
 
     def embed_mask(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
         pe = self.prompt_encoder
-        return has_mask_input * pe.mask_downscaling(mask_input) + (1 - has_mask_input) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        return has_mask_input * pe.mask_downscaling(mask_input) + (
+            1 - has_mask_input
+        ) * pe.no_mask_embed.weight.reshape(1, -1, 1, 1)
 
     def forward(self, image_embeddings, point_coords, point_labels, mask_input, has_mask_input):
         masks, iou = self.mask_decoder.predict_masks(
@@ -75,15 +77,32 @@ class DecoderGraph(nn.Module):
         return masks[:, 1:], iou[:, 1:]
 
 
-def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str], opset: int,
-            dynamic_axes: dict | None, large: bool) -> list[str]:
+def _export(
+    module: nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    opset: int,
+    dynamic_axes: dict | None,
+    large: bool,
+) -> list[str]:
     """Export; graphs over 2 GB keep their weights as ONNX external data. Returns files written."""
     import onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, opset_version=opset,
-                          dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            opset_version=opset,
+            dynamic_axes=dynamic_axes,
+            do_constant_folding=True,
+            dynamo=False,
+        )
     files = [path.name]
     if large:
         model = onnx.load(str(path))
@@ -93,8 +112,9 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     return files
 
 
-def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: bool = False,
-               quantize: str | None = None) -> dict:
+def export_sam(
+    sam, out: str | Path, model_type: str, opset: int = 17, fp16: bool = False, quantize: str | None = None
+) -> dict:
     """Write ``encoder.onnx``, ``decoder.onnx`` (+ external data) and ``manifest.json`` to ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,16 +129,33 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
     large = n_params * (2 if fp16 else 4) > TWO_GB - 64 * 2**20
     files: dict[str, list[str]] = {}
     with torch.no_grad():
-        files["encoder"] = _export(EncoderGraph(sam), (torch.zeros(1, 3, size, size, dtype=dtype),),
-                                   out / "encoder.onnx", ENCODER_INPUTS, ENCODER_OUTPUTS, opset, None, large)
+        files["encoder"] = _export(
+            EncoderGraph(sam),
+            (torch.zeros(1, 3, size, size, dtype=dtype),),
+            out / "encoder.onnx",
+            ENCODER_INPUTS,
+            ENCODER_OUTPUTS,
+            opset,
+            None,
+            large,
+        )
         # Traced with two prompt sets, so the per-prompt repeat of the image embedding stays dynamic.
-        dec_args = (torch.zeros(1, embed_dim, *grid, dtype=dtype), torch.zeros(2, 3, 2, dtype=dtype),
-                    torch.tensor([[1.0, 0.0, -1.0]] * 2, dtype=dtype),
-                    torch.zeros(1, 1, 4 * grid[0], 4 * grid[1], dtype=dtype), torch.zeros(1, dtype=dtype))
-        prompts = {"point_coords": {0: "prompts", 1: "num_points"}, "point_labels": {0: "prompts", 1: "num_points"},
-                   "low_res_masks": {0: "prompts"}, "iou_predictions": {0: "prompts"}}
-        files["decoder"] = _export(DecoderGraph(sam), dec_args, out / "decoder.onnx", DECODER_INPUTS, DECODER_OUTPUTS,
-                                   opset, prompts, False)
+        dec_args = (
+            torch.zeros(1, embed_dim, *grid, dtype=dtype),
+            torch.zeros(2, 3, 2, dtype=dtype),
+            torch.tensor([[1.0, 0.0, -1.0]] * 2, dtype=dtype),
+            torch.zeros(1, 1, 4 * grid[0], 4 * grid[1], dtype=dtype),
+            torch.zeros(1, dtype=dtype),
+        )
+        prompts = {
+            "point_coords": {0: "prompts", 1: "num_points"},
+            "point_labels": {0: "prompts", 1: "num_points"},
+            "low_res_masks": {0: "prompts"},
+            "iou_predictions": {0: "prompts"},
+        }
+        files["decoder"] = _export(
+            DecoderGraph(sam), dec_args, out / "decoder.onnx", DECODER_INPUTS, DECODER_OUTPUTS, opset, prompts, False
+        )
     precision = "fp16" if fp16 else "fp32"
     if quantize:
         if quantize != "int8":
@@ -150,8 +187,9 @@ def export_sam(sam, out: str | Path, model_type: str, opset: int = 17, fp16: boo
             "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
             "decoder": {"inputs": DECODER_INPUTS, "outputs": DECODER_OUTPUTS},
         },
-        "files": {f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size}
-                  for part in files.values() for f in part},
+        "files": {
+            f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for part in files.values() for f in part
+        },
         "torch": torch.__version__,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

@@ -10,5 +10,12 @@ from .config import GroundingConfig, MagnetConfig, RedistributionConfig, SinkCon
 from .pipeline.grounder import AttentionMaps, Grounder
 from .pipeline.result import GroundingResult
 
-__all__ = ["Grounder", "AttentionMaps", "GroundingResult", "GroundingConfig", "MagnetConfig", "SinkConfig",
-           "RedistributionConfig"]
+__all__ = [
+    "Grounder",
+    "AttentionMaps",
+    "GroundingResult",
+    "GroundingConfig",
+    "MagnetConfig",
+    "SinkConfig",
+    "RedistributionConfig",
+]

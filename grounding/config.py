@@ -226,8 +226,10 @@ class ModelCard(_Checked):
     calibration: tuple[str, ...] = ()
     notes: str = ""
 
-    UNCALIBRATED: typing.ClassVar[str] = ("uncalibrated defaults: maps and thresholds were not fitted to this "
-                                          "model; run `python -m training calibrate` on your data")
+    UNCALIBRATED: typing.ClassVar[str] = (
+        "uncalibrated defaults: maps and thresholds were not fitted to this "
+        "model; run `python -m training calibrate` on your data"
+    )
 
     def summary(self) -> str:
         """One sentence for a banner or a log line."""
@@ -303,8 +305,11 @@ class GroundingConfig(_Checked):
         sub-fields (``"sinks.mode"``, ``sinks__mode``), or a group's shorthand (``views="assembled"``
         is ``views__mode="assembled"``, ``magnets=False`` is ``magnets__enabled=False``)."""
         data = self.to_dict()
-        groups = {f.name: f.default_factory for f in dataclasses.fields(self)
-                  if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)}
+        groups = {
+            f.name: f.default_factory
+            for f in dataclasses.fields(self)
+            if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
+        }
         for key, value in changes.items():
             path = key.replace("__", ".").split(".")
             if len(path) == 1 and path[0] in groups:
@@ -314,15 +319,19 @@ class GroundingConfig(_Checked):
                 if isinstance(value, dict):
                     unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
                     if unknown:
-                        raise ConfigError(f"unknown {group} options {sorted(unknown)}; known: "
-                                          f"{[f.name for f in dataclasses.fields(cls)]}")
+                        raise ConfigError(
+                            f"unknown {group} options {sorted(unknown)}; known: "
+                            f"{[f.name for f in dataclasses.fields(cls)]}"
+                        )
                     data[group].update(value)
                     continue
                 target = cls._shorthand.get(type(value))
                 if target is None:
                     fields = [f.name for f in dataclasses.fields(cls)]
-                    raise TypeError(f"{key}={value!r}: {group} is a group of options; set one of them, e.g. "
-                                    f"{group}__{fields[0]}=... (options: {', '.join(fields)})")
+                    raise TypeError(
+                        f"{key}={value!r}: {group} is a group of options; set one of them, e.g. "
+                        f"{group}__{fields[0]}=... (options: {', '.join(fields)})"
+                    )
                 path = [group, target]
             node = data
             for depth, part in enumerate(path):
@@ -384,11 +393,14 @@ def _unknown_option(key: str, data: dict) -> str:
     return f"unknown grounding option {key!r}"
 
 
-def _in_range(name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False) -> None:
+def _in_range(
+    name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
     ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
-        raise ConfigError(f"{name} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, "
-                          f"got {value}")
+        raise ConfigError(
+            f"{name} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, got {value}"
+        )
 
 
 def _check(name: str, hint: Any, value: Any) -> Any:

@@ -21,8 +21,14 @@ from typing import Callable
 from .pipelines import ARCHS, BUILDERS, save_tiny_model
 
 # The zoo names built on first use (deterministic, seed 0): name → architecture.
-ZOO = {"tiny-flux": "flux", "tiny-sd3": "sd3", "tiny-flux2": "flux2", "tiny-flux2-klein": "flux2-klein",
-       "tiny-qwenimage": "qwenimage", "tiny-zimage": "zimage"}
+ZOO = {
+    "tiny-flux": "flux",
+    "tiny-sd3": "sd3",
+    "tiny-flux2": "flux2",
+    "tiny-flux2-klein": "flux2-klein",
+    "tiny-qwenimage": "qwenimage",
+    "tiny-zimage": "zimage",
+}
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,9 @@ def byte_bpe(extra_words: tuple[str, ...] = ()) -> tuple[dict[str, int], list[tu
     vocab_list = list(bytes_to_unicode().values())
     words = list(VOCAB_WORDS) + list(extra_words)
     # Space-led forms first (they never split), then the template's own words, then the rest bare.
-    merges = chain_merges([list("Ġ" + w) for w in words] + [list(w) for w in extra_words] +
-                           [list(w) for w in VOCAB_WORDS], vocab_list)
+    merges = chain_merges(
+        [list("Ġ" + w) for w in words] + [list(w) for w in extra_words] + [list(w) for w in VOCAB_WORDS], vocab_list
+    )
     return {t: i for i, t in enumerate(vocab_list)}, merges
 
 
@@ -95,15 +96,39 @@ def qwen_tokenizer(chat_template: str | None = QWEN3_CHAT_TEMPLATE):
     from transformers import Qwen2Tokenizer
 
     # Words of Qwen-Image's system prompt and the role names, so that prompt is 34 tokens as with Qwen's own vocabulary.
-    vocab, merges = byte_bpe(("system", "user", "assistant", "Describe", "image", "by", "detailing", "color", "shape",
-                               "size", "texture", "quantity", "text", "spatial", "relationships", "objects",
-                               "background"))
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
-                "<|image_pad|>", "<|video_pad|>"]
+    vocab, merges = byte_bpe(
+        (
+            "system",
+            "user",
+            "assistant",
+            "Describe",
+            "image",
+            "by",
+            "detailing",
+            "color",
+            "shape",
+            "size",
+            "texture",
+            "quantity",
+            "text",
+            "spatial",
+            "relationships",
+            "objects",
+            "background",
+        )
+    )
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|vision_start|>",
+        "<|vision_end|>",
+        "<|image_pad|>",
+        "<|video_pad|>",
+    ]
     for t in specials + ["<think>", "</think>"]:
         vocab[t] = len(vocab)
-    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None,
-                         eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in ("<think>", "</think>")])
     tok.model_max_length = 131072
@@ -128,8 +153,19 @@ MISTRAL3_CHAT_TEMPLATE = (
     "{%- endfor %}"
 )
 
-MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
-                     "[IMG]", "[IMG_BREAK]", "[IMG_END]")
+MISTRAL_SPECIALS = (
+    "<unk>",
+    "<s>",
+    "</s>",
+    "<pad>",
+    "[INST]",
+    "[/INST]",
+    "[SYSTEM_PROMPT]",
+    "[/SYSTEM_PROMPT]",
+    "[IMG]",
+    "[IMG_BREAK]",
+    "[IMG_END]",
+)
 
 
 def mistral_tokenizer():
@@ -137,17 +173,39 @@ def mistral_tokenizer():
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab, merges = byte_bpe(("You", "AI", "reasons", "about", "image", "descriptions", "give", "structured",
-                               "responses", "focusing", "relationships", "attribution", "actions", "without",
-                               "speculation"))
+    vocab, merges = byte_bpe(
+        (
+            "You",
+            "AI",
+            "reasons",
+            "about",
+            "image",
+            "descriptions",
+            "give",
+            "structured",
+            "responses",
+            "focusing",
+            "relationships",
+            "attribution",
+            "actions",
+            "without",
+            "speculation",
+        )
+    )
     base = {t: i for i, t in enumerate(MISTRAL_SPECIALS)}
     vocab = {**base, **{t: i + len(base) for t, i in vocab.items()}}
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True))
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MISTRAL_SPECIALS])
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                  pad_token="<pad>", model_max_length=131072)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=131072,
+    )
     tok.chat_template = MISTRAL3_CHAT_TEMPLATE
     return tok
 
@@ -157,13 +215,20 @@ def pixtral_processor():
     from transformers import PixtralImageProcessor, PixtralProcessor
 
     tok = mistral_tokenizer()
-    return PixtralProcessor(image_processor=PixtralImageProcessor(patch_size=4, size={"longest_edge": 32}),
-                            tokenizer=tok, patch_size=4, spatial_merge_size=1, chat_template=MISTRAL3_CHAT_TEMPLATE)
+    return PixtralProcessor(
+        image_processor=PixtralImageProcessor(patch_size=4, size={"longest_edge": 32}),
+        tokenizer=tok,
+        patch_size=4,
+        spatial_merge_size=1,
+        chat_template=MISTRAL3_CHAT_TEMPLATE,
+    )
 
 
 # Llama 3's pre-tokenizer split (line breaks kept together, digits in groups of up to three).
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 LLAMA3_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
@@ -175,19 +240,67 @@ def llama3_tokenizer():
 
     # The words of HunyuanVideo's system prompt, so the template before the prompt is 95 tokens
     # (its crop_start) as with Llama 3's own vocabulary.
-    vocab, merges = byte_bpe(("system", "user", "Describe", "video", "by", "detailing", "following", "aspects",
-                               "main", "content", "theme", "color", "shape", "size", "texture", "quantity", "text",
-                               "spatial", "relationships", "objects", "background", "camera", "The", "Actions",
-                               "events", "behaviors", "temporal", "physical", "movement", "changes", "environment",
-                               "light", "style", "atmosphere", "angles", "movements", "transitions", "used", "ĊĊ"))
+    vocab, merges = byte_bpe(
+        (
+            "system",
+            "user",
+            "Describe",
+            "video",
+            "by",
+            "detailing",
+            "following",
+            "aspects",
+            "main",
+            "content",
+            "theme",
+            "color",
+            "shape",
+            "size",
+            "texture",
+            "quantity",
+            "text",
+            "spatial",
+            "relationships",
+            "objects",
+            "background",
+            "camera",
+            "The",
+            "Actions",
+            "events",
+            "behaviors",
+            "temporal",
+            "physical",
+            "movement",
+            "changes",
+            "environment",
+            "light",
+            "style",
+            "atmosphere",
+            "angles",
+            "movements",
+            "transitions",
+            "used",
+            "ĊĊ",
+        )
+    )
     vocab = {**vocab, **{t: len(vocab) + i for i, t in enumerate(LLAMA3_SPECIALS)}}
     bpe = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    bpe.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
-                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     bpe.decoder = decoders.ByteLevel()
     bpe.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIALS])
     bos = vocab["<|begin_of_text|>"]
-    bpe.post_processor = processors.TemplateProcessing(single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B",
-                                                       special_tokens=[("<|begin_of_text|>", bos)])
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>",
-                                   pad_token="<|end_of_text|>", model_max_length=131072)
+    bpe.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", pair="<|begin_of_text|> $A $B", special_tokens=[("<|begin_of_text|>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<|end_of_text|>",
+        model_max_length=131072,
+    )

@@ -46,7 +46,6 @@ def sam_tiny_path(tmp_path_factory):
     return path
 
 
-
 @pytest.fixture
 def scene_image():
     return scene()
@@ -56,7 +55,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_PIXELS = 4_000_000
 sys.path.insert(0, str(ROOT / "bench"))
 from local_server import LocalServer  # noqa: E402
-
 
 # Every server a test starts carries this marker in its environment; at the end of the session
 # no process may still carry it (``pytest_sessionfinish`` checks, kills and fails the run).
@@ -78,8 +76,14 @@ class Server(LocalServer):
     def __init__(self, model_dir, tmp: Path, ready_timeout: float = 180, **env: str | None):
         self.model = str(model_dir)
         try:
-            super().__init__(tmp, ready_timeout=ready_timeout, GROUNDING_MODEL=str(model_dir),
-                             GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS), **{RUN_MARKER: RUN_ID}, **env)
+            super().__init__(
+                tmp,
+                ready_timeout=ready_timeout,
+                GROUNDING_MODEL=str(model_dir),
+                GROUNDING_MAX_IMAGE_PIXELS=str(MAX_PIXELS),
+                **{RUN_MARKER: RUN_ID},
+                **env,
+            )
         except RuntimeError as e:
             pytest.fail(str(e))
 
@@ -115,9 +119,28 @@ def tls(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("no openssl to make a test certificate")
     d = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(d / "key.pem"),
+            "-out",
+            str(d / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return {"cert": d / "cert.pem", "key": d / "key.pem"}
 
 
@@ -127,9 +150,16 @@ def guarded(tiny_flux_dir, tmp_path_factory, tls):
     timeout and a jobs folder capped at ~1 byte."""
     tmp = tmp_path_factory.mktemp("guarded")
     (tmp / "key").write_text(API_KEY + "\n")
-    srv = Server(tiny_flux_dir, tmp, GROUNDING_API_KEY_FILE=str(tmp / "key"), GROUNDING_MAX_BODY_MB="2", GROUNDING_BODY_TIMEOUT_S="2",
-                 GROUNDING_GRPC_TLS_CERT=str(tls["cert"]), GROUNDING_GRPC_TLS_KEY=str(tls["key"]),
-                 GROUNDING_JOBS_MAX_GB="0.000000001")
+    srv = Server(
+        tiny_flux_dir,
+        tmp,
+        GROUNDING_API_KEY_FILE=str(tmp / "key"),
+        GROUNDING_MAX_BODY_MB="2",
+        GROUNDING_BODY_TIMEOUT_S="2",
+        GROUNDING_GRPC_TLS_CERT=str(tls["cert"]),
+        GROUNDING_GRPC_TLS_KEY=str(tls["key"]),
+        GROUNDING_JOBS_MAX_GB="0.000000001",
+    )
     yield srv
     srv.stop()
 
@@ -150,5 +180,6 @@ def pytest_sessionfinish(session, exitstatus):
         except psutil.NoSuchProcess:
             pass
     session.config.pluginmanager.get_plugin("terminalreporter").write_line(
-        "FAILED: processes left running by the test run (killed now):\n  " + "\n  ".join(lines), red=True)
+        "FAILED: processes left running by the test run (killed now):\n  " + "\n  ".join(lines), red=True
+    )
     session.exitstatus = 1

@@ -3,17 +3,15 @@ videos, an SDPA recorder, and small datasets written in official formats."""
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 from pathlib import Path
-
-import io
 
 import numpy as np
 import torch.nn.functional as F
 from PIL import Image
 from torch.overrides import TorchFunctionMode
-
 
 
 def save_tiny_models(root: Path, archs: list[str]) -> dict[str, Path]:
@@ -42,34 +40,80 @@ def write_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "u
         images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
         # disc as a polygon (a 16-gon), square as compressed RLE
         cx, cy, r = w * 0.3, h * 0.5, min(w, h) * 0.18
-        poly = [float(v) for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)
-                for v in (cx + r * np.cos(a), cy + r * np.sin(a))]
+        poly = [
+            float(v)
+            for a in np.linspace(0, 2 * np.pi, 16, endpoint=False)
+            for v in (cx + r * np.cos(a), cy + r * np.sin(a))
+        ]
         sq = np.zeros((h, w), dtype=np.uint8)
         yy, xx = np.mgrid[:h, :w]
         sq[(abs(xx - w * 0.72) < w * 0.12) & (abs(yy - h * 0.5) < h * 0.16)] = 1
         rle = mask_utils.encode(np.asfortranarray(sq))
         rle["counts"] = rle["counts"].decode("ascii")
-        anns.append({"id": 100 + 2 * i, "image_id": i + 1, "category_id": 1, "segmentation": [poly],
-                     "area": float(np.pi * r * r), "bbox": [cx - r, cy - r, 2 * r, 2 * r], "iscrowd": 0})
-        anns.append({"id": 101 + 2 * i, "image_id": i + 1, "category_id": 2, "segmentation": rle,
-                     "area": float(sq.sum()), "bbox": [0, 0, 1, 1], "iscrowd": 0})
-        for j, (ann_id, sents) in enumerate([(100 + 2 * i, ["red circle", "the round red shape on the left"]),
-                                             (101 + 2 * i, ["blue square"])]):
+        anns.append(
+            {
+                "id": 100 + 2 * i,
+                "image_id": i + 1,
+                "category_id": 1,
+                "segmentation": [poly],
+                "area": float(np.pi * r * r),
+                "bbox": [cx - r, cy - r, 2 * r, 2 * r],
+                "iscrowd": 0,
+            }
+        )
+        anns.append(
+            {
+                "id": 101 + 2 * i,
+                "image_id": i + 1,
+                "category_id": 2,
+                "segmentation": rle,
+                "area": float(sq.sum()),
+                "bbox": [0, 0, 1, 1],
+                "iscrowd": 0,
+            }
+        )
+        for j, (ann_id, sents) in enumerate(
+            [(100 + 2 * i, ["red circle", "the round red shape on the left"]), (101 + 2 * i, ["blue square"])]
+        ):
             ref_id = 10 * i + j
-            refs.append({
-                "ref_id": ref_id, "ann_id": ann_id, "image_id": i + 1, "split": "val", "category_id": 1,
-                "file_name": name.replace(".jpg", f"_{ann_id}.jpg"),
-                "sentences": [{"sent_id": 1000 * ref_id + k, "sent": s, "raw": s, "tokens": s.split()}
-                              for k, s in enumerate(sents)],
-                "sent_ids": [1000 * ref_id + k for k in range(len(sents))],
-            })
-    refs.append({"ref_id": 999, "ann_id": 100, "image_id": 1, "split": "testA", "category_id": 1,
-                 "file_name": "x.jpg", "sentences": [{"sent_id": 999000, "sent": "red disc", "raw": "red disc",
-                                                      "tokens": ["red", "disc"]}], "sent_ids": [999000]})
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    "ann_id": ann_id,
+                    "image_id": i + 1,
+                    "split": "val",
+                    "category_id": 1,
+                    "file_name": name.replace(".jpg", f"_{ann_id}.jpg"),
+                    "sentences": [
+                        {"sent_id": 1000 * ref_id + k, "sent": s, "raw": s, "tokens": s.split()}
+                        for k, s in enumerate(sents)
+                    ],
+                    "sent_ids": [1000 * ref_id + k for k in range(len(sents))],
+                }
+            )
+    refs.append(
+        {
+            "ref_id": 999,
+            "ann_id": 100,
+            "image_id": 1,
+            "split": "testA",
+            "category_id": 1,
+            "file_name": "x.jpg",
+            "sentences": [{"sent_id": 999000, "sent": "red disc", "raw": "red disc", "tokens": ["red", "disc"]}],
+            "sent_ids": [999000],
+        }
+    )
     with open(root / dataset / f"refs({split_by}).p", "wb") as f:
         pickle.dump(refs, f)
-    (root / dataset / "instances.json").write_text(json.dumps(
-        {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}]}))
+    (root / dataset / "instances.json").write_text(
+        json.dumps(
+            {
+                "images": images,
+                "annotations": anns,
+                "categories": [{"id": 1, "name": "disc"}, {"id": 2, "name": "square"}],
+            }
+        )
+    )
     return root
 
 
@@ -135,10 +179,20 @@ def write_ytvos_fixture(root: Path, split: str = "valid", with_gt: bool = False)
         im.save(jpg / f"{n}.jpg", quality=95)
         if with_gt:
             (root / split / "Annotations" / video).mkdir(parents=True, exist_ok=True)
-            _palette_png(np.where(lab == 255, 0, lab).astype(np.uint8), root / split / "Annotations" / video / f"{n}.png")
-    meta = {"videos": {video: {"expressions": {"0": {"exp": "a red disc", "obj_id": "1"},
-                                               "1": {"exp": "the blue square", "obj_id": "2"}},
-                               "frames": names}}}
+            _palette_png(
+                np.where(lab == 255, 0, lab).astype(np.uint8), root / split / "Annotations" / video / f"{n}.png"
+            )
+    meta = {
+        "videos": {
+            video: {
+                "expressions": {
+                    "0": {"exp": "a red disc", "obj_id": "1"},
+                    "1": {"exp": "the blue square", "obj_id": "2"},
+                },
+                "frames": names,
+            }
+        }
+    }
     (root / "meta_expressions" / split).mkdir(parents=True)
     (root / "meta_expressions" / split / "meta_expressions.json").write_text(json.dumps(meta))
     return root
@@ -160,9 +214,17 @@ def write_mevis_fixture(root: Path, split: str = "valid_u") -> Path:
             rle["counts"] = rle["counts"].decode("ascii")
             tracks[anno].append(rle)
     tracks["1"][0] = None  # the square is missing in the first frame
-    meta = {"videos": {video: {"expressions": {"0": {"exp": "the red disc", "obj_id": [1], "anno_id": [0]},
-                                               "1": {"exp": "both shapes", "obj_id": [1, 2], "anno_id": [0, 1]}},
-                               "frames": names}}}
+    meta = {
+        "videos": {
+            video: {
+                "expressions": {
+                    "0": {"exp": "the red disc", "obj_id": [1], "anno_id": [0]},
+                    "1": {"exp": "both shapes", "obj_id": [1, 2], "anno_id": [0, 1]},
+                },
+                "frames": names,
+            }
+        }
+    }
     (root / split / "meta_expressions.json").write_text(json.dumps(meta))
     (root / split / "mask_dict.json").write_text(json.dumps(tracks))
     return root
@@ -179,18 +241,31 @@ def write_grefcoco_fixture(root: Path, n_images: int = 2) -> Path:
     img_dir.mkdir(parents=True, exist_ok=True)
     for im in inst["images"]:
         (img_dir / im["file_name"]).write_bytes(
-            (root / "_refer" / "images" / "mscoco" / "images" / "train2014" / im["file_name"]).read_bytes())
+            (root / "_refer" / "images" / "mscoco" / "images" / "train2014" / im["file_name"]).read_bytes()
+        )
     refs = []
     for i, im in enumerate(inst["images"]):
         disc, square = 100 + 2 * i, 101 + 2 * i
-        for j, (ann_ids, sents) in enumerate([([disc], ["red circle"]), ([disc, square], ["both shapes", "all objects"]),
-                                              ([-1], ["the green star"])]):
+        for j, (ann_ids, sents) in enumerate(
+            [([disc], ["red circle"]), ([disc, square], ["both shapes", "all objects"]), ([-1], ["the green star"])]
+        ):
             ref_id = 10 * i + j
-            refs.append({"ref_id": ref_id, "image_id": im["id"], "file_name": im["file_name"], "split": "val",
-                         "category_id": 1, "no_target": ann_ids == [-1], "ann_id": ann_ids,
-                         "sentences": [{"sent_id": 1000 * ref_id + k, "sent": s, "raw": s, "tokens": s.split(),
-                                        "ref_id": ref_id} for k, s in enumerate(sents)],
-                         "sent_ids": [1000 * ref_id + k for k in range(len(sents))]})
+            refs.append(
+                {
+                    "ref_id": ref_id,
+                    "image_id": im["id"],
+                    "file_name": im["file_name"],
+                    "split": "val",
+                    "category_id": 1,
+                    "no_target": ann_ids == [-1],
+                    "ann_id": ann_ids,
+                    "sentences": [
+                        {"sent_id": 1000 * ref_id + k, "sent": s, "raw": s, "tokens": s.split(), "ref_id": ref_id}
+                        for k, s in enumerate(sents)
+                    ],
+                    "sent_ids": [1000 * ref_id + k for k in range(len(sents))],
+                }
+            )
     (root / "grefcoco").mkdir(parents=True, exist_ok=True)
     (root / "grefcoco" / "grefs(unc).json").write_text(json.dumps(refs))
     (root / "grefcoco" / "instances.json").write_text(json.dumps(inst))
@@ -217,7 +292,7 @@ def encode(im: Image.Image, fmt: str = "PNG", **kw) -> bytes:
 
 
 def video_bytes(tmp_path, n: int, name: str = "v.mp4") -> bytes:
-    from grounding.pipeline.video import OverlayWriter
+    from grounding.pipeline.video_output import OverlayWriter
 
     frames, _ = moving_video(n, 64, 48)
     w = OverlayWriter(tmp_path / name, 8)
@@ -240,6 +315,7 @@ class RecordSDPA(TorchFunctionMode):
             q = kwargs.get("query", args[0] if args else None)
             k = kwargs.get("key", args[1] if len(args) > 1 else None)
             mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
-            self.calls.append((self.block, q.detach().clone(), k.detach().clone(),
-                               None if mask is None else mask.detach().clone()))
+            self.calls.append(
+                (self.block, q.detach().clone(), k.detach().clone(), None if mask is None else mask.detach().clone())
+            )
         return func(*args, **kwargs)

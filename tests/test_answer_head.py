@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from eval.answers import VizWizGrounding, write_shapes_vizwiz
+from grounding.config import GroundingConfig
 from grounding.readout import maps
 from grounding.readout.answer_head import AnswerHead, SentenceAttentionBlock, loss_fn, prior_weights, target_cells
-from grounding.config import GroundingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,8 +72,25 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
 
     shutil.copytree(tiny_flux_dir, model)
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", "training", "train-answer-head", "--model", str(model), "--data",
-                        str(data), "--epochs", "40"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "train-answer-head",
+            "--model",
+            str(model),
+            "--data",
+            str(data),
+            "--epochs",
+            "40",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["samples"] == 12 and report["loss_after"] < report["loss_before"] * 0.9, report
@@ -91,9 +108,29 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
     run = tmp_path / "run"
     results = []
     for _ in range(2):  # the second run finds every sample done (resumable results.jsonl)
-        e = subprocess.run([sys.executable, "-m", "eval", "vizwiz", "--data-root", str(data), "--split", "train",
-                            "--model", str(model), "--limit", "4", "--out", str(run)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+        e = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "eval",
+                "vizwiz",
+                "--data-root",
+                str(data),
+                "--split",
+                "train",
+                "--model",
+                str(model),
+                "--limit",
+                "4",
+                "--out",
+                str(run),
+            ],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert e.returncode == 0, e.stderr[-3000:]
         results.append(json.loads(e.stdout.strip().splitlines()[-1]))
         assert len((run / "results.jsonl").read_text().splitlines()) == 4

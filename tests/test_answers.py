@@ -39,8 +39,7 @@ def test_ground_answer_caches_the_generic_map(tiny_flux_dir, scene_image):
     assert a.mask.shape == (scene_image.height, scene_image.width) and len(g.answers.generic_cache) == 1
     b = g.ground_answer(scene_image, "what is left of the square?", "a red circle")
     assert len(g.answers.generic_cache) == 1 and np.array_equal(a.heatmap, b.heatmap)
-    plain = g.ground_answer(scene_image, "what is left of the square?", "a red circle",
-                            **{"answer.contrast": False})
+    plain = g.ground_answer(scene_image, "what is left of the square?", "a red circle", **{"answer.contrast": False})
     ref = g.segment(scene_image, "what is left of the square? a red circle")
     assert np.array_equal(plain.heatmap, ref.heatmap) and not np.array_equal(plain.heatmap, a.heatmap)
     g.ground_answer(scene_image.rotate(90, expand=True), "what is red?")

@@ -13,13 +13,19 @@ import torch
 
 from fixtures import RecordSDPA, save_tiny_models, scene
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
-from grounding.backends.base import PADDING, SPECIAL as SPECIAL_ROLE, TEMPLATE as TEMPLATE_ROLE, TEXT
+from grounding.backends.sequences import PADDING, TEXT
+from grounding.backends.sequences import SPECIAL as SPECIAL_ROLE
+from grounding.backends.sequences import TEMPLATE as TEMPLATE_ROLE
 from grounding.config import MagnetConfig
 from grounding.readout.tokens import CONTENT, MAGNET, PAD, TEMPLATE, align
 
 ARCHS = ["flux2", "flux2-klein", "qwenimage", "zimage"]
-PIPELINES = {"flux2": "Flux2Pipeline", "flux2-klein": "Flux2KleinPipeline", "qwenimage": "QwenImagePipeline",
-             "zimage": "ZImagePipeline"}
+PIPELINES = {
+    "flux2": "Flux2Pipeline",
+    "flux2-klein": "Flux2KleinPipeline",
+    "qwenimage": "QwenImagePipeline",
+    "zimage": "ZImagePipeline",
+}
 MAX_LEN = 96
 EXPR = "the system user on the left of the red circle"  # words the templates also use
 
@@ -61,8 +67,9 @@ def test_text_path_is_the_pipelines_own(arch, backends):
     ours = b.encode_prompts([seq])["embeds"]
     with torch.no_grad():
         if arch == "zimage":
-            theirs = b.pipe.encode_prompt([prompt], device="cpu", do_classifier_free_guidance=False,
-                                          max_sequence_length=MAX_LEN)[0]
+            theirs = b.pipe.encode_prompt(
+                [prompt], device="cpu", do_classifier_free_guidance=False, max_sequence_length=MAX_LEN
+            )[0]
             assert len(ours) == len(theirs) == 1 and torch.equal(ours[0], theirs[0])
             assert len(seq) % 32 == 0 and len(seq) >= len(theirs[0])  # + the transformer's caption padding
             return
@@ -94,7 +101,7 @@ def test_words_land_on_the_positions_the_transformer_attends(arch, backends):
     assert set(tok.kinds[seq.roles == PADDING]) <= {PAD}
     if arch == "qwenimage":  # the 34 dropped tokens are exactly the system message and the user marker
         assert first_text == 0
-        suffix = "".join(_piece(b, i) for i in seq.ids[text_pos[-1] + 1:])
+        suffix = "".join(_piece(b, i) for i in seq.ids[text_pos[-1] + 1 :])
         assert suffix == "<|im_end|>\n<|im_start|>assistant\n"
     if arch == "flux2":  # FLUX.2 keeps its system message in the sequence
         before = "".join(_piece(b, i) for i in seq.ids[:first_text])
@@ -121,7 +128,6 @@ def test_template_edits_and_overflow_are_followed(backends):
     assert "[/INST]" in "".join(_piece(b, i) for i in cut.sequence.ids)  # the template's end survives
     with pytest.raises(ValueError, match="no room for the expression"):  # the system message alone fills it
         align("red circle", lambda p: b.tokenize([p], 16)[0], MagnetConfig())
-
 
 
 def _inputs(b, expressions):
@@ -165,8 +171,9 @@ def test_capture_is_exact_and_output_bit_identical(arch, backends):
         h.remove()
     assert [c[0] for c in rec.calls] == names
 
-    store = AttentionStore(layout=lambda block, q, k: b.layout(block, q, k, text_len, grid[0] * grid[1]),
-                           columns=torch.from_numpy(columns))
+    store = AttentionStore(
+        layout=lambda block, q, k: b.layout(block, q, k, text_len, grid[0] * grid[1]), columns=torch.from_numpy(columns)
+    )
     with b.capturing(store, names):
         ours = b.forward(noisy, 0.3, cond, 1.0)
     assert torch.equal(stock, ours), "capture changed the transformer output"
@@ -199,8 +206,9 @@ def test_sample_map_does_not_depend_on_its_batch(arch, backends):
     alone = b.capture([scene()], [a.sequence], size, (0.5,), seed=1)
     both = b.capture([scene(), scene(seed=2)], [a.sequence, c.sequence], size, (0.5,), seed=1)
     cols = np.isin(both.columns, alone.columns)
-    np.testing.assert_allclose(both.sample(0)[..., torch.from_numpy(cols)].numpy(), alone.sample(0).numpy(),
-                               atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(
+        both.sample(0)[..., torch.from_numpy(cols)].numpy(), alone.sample(0).numpy(), atol=1e-5, rtol=1e-4
+    )
 
 
 @pytest.fixture(scope="module")
@@ -220,9 +228,13 @@ def test_every_feature_runs(arch, grounders, tmp_path):
     assert r.mask.shape == (60, 80) and r.heatmap.shape == (60, 80) and np.isfinite(r.heatmap).all()
     again = g.segment(img, "the red circle on the left")
     assert np.array_equal(r.heatmap, again.heatmap)  # deterministic
-    for overrides in ({"sinks.mode": "suppress"}, {"sinks.mode": "redirect"}, {"magnets.enabled": False},
-                      {"views.mode": "assembled", "views.fill": "attention"},
-                      {"views.mode": "assembled", "views.fill": "blur"}):
+    for overrides in (
+        {"sinks.mode": "suppress"},
+        {"sinks.mode": "redirect"},
+        {"magnets.enabled": False},
+        {"views.mode": "assembled", "views.fill": "attention"},
+        {"views.mode": "assembled", "views.fill": "blur"},
+    ):
         out = g.segment(img, "blue square", **{k.replace(".", "__"): v for k, v in overrides.items()})
         assert np.isfinite(out.heatmap).all() and out.mask.shape == (60, 80), overrides
     assert isinstance(r.present, bool) and 0.0 <= r.presence_score <= 1.0

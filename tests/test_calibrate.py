@@ -1,11 +1,10 @@
 """Calibration search on constructed maps where the right blocks/levels are known."""
 
+import numpy as np
 import torch
 
-from training.calibrate import Collected, fit, pointing, token_centres_inside
 from grounding.config import GroundingConfig
-
-import numpy as np
+from training.calibrate import Collected, fit, pointing, token_centres_inside
 
 
 def test_fit_finds_the_block_and_level_that_point():

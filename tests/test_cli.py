@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run(*args, check=True, package="grounding"):
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run([sys.executable, "-m", package, *map(str, args)], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "-m", package, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     if check:
         assert p.returncode == 0, p.stderr[-3000:]
     return p
@@ -42,8 +43,16 @@ def _run_in_process(*args):
     return _Done(buf.getvalue())
 
 
-@pytest.mark.parametrize("arch, how", [("sd3", "subprocess"), ("zimage", "subprocess"), ("flux2", "in-process"),
-                                       ("flux2-klein", "in-process"), ("qwenimage", "in-process")])
+@pytest.mark.parametrize(
+    "arch, how",
+    [
+        ("sd3", "subprocess"),
+        ("zimage", "subprocess"),
+        ("flux2", "in-process"),
+        ("flux2-klein", "in-process"),
+        ("qwenimage", "in-process"),
+    ],
+)
 def test_tiny_model_then_segment(arch, how, tmp_path):
     """``python -m grounding tiny-model`` then ``segment`` for each backbone; three of them through
     ``grounding.cli.main`` in this process (what ``python -m grounding`` runs), to save start-ups."""
@@ -53,7 +62,17 @@ def test_tiny_model_then_segment(arch, how, tmp_path):
     assert "meaningless" in p.stdout and (model / "model_index.json").is_file() and (model / "grounding.json").is_file()
     scene(80, 60).save(tmp_path / "img.jpg")
     out = tmp_path / "out"
-    call("segment", "--model", model, tmp_path / "img.jpg", "the red circle", "--out", out, "--set", "sinks.mode=suppress")
+    call(
+        "segment",
+        "--model",
+        model,
+        tmp_path / "img.jpg",
+        "the red circle",
+        "--out",
+        out,
+        "--set",
+        "sinks.mode=suppress",
+    )
     doc = json.loads((out / "result.json").read_text())
     mask = np.asarray(Image.open(out / "mask.png")) > 0
     assert mask.shape == (60, 80)
@@ -68,10 +87,14 @@ def test_a_model_that_cannot_load_is_one_line(tmp_path):
     """No traceback: one ``error: cannot load model ...`` line naming the cause, exit 1."""
     scene().save(tmp_path / "img.png")
     (tmp_path / "not-a-pipeline").mkdir()
-    for model, cause in [(tmp_path / "not-a-pipeline", "not a diffusers pipeline folder"),
-                         ("some-org/some-model", "HF_HUB_OFFLINE=1 forbids downloads"),  # run() sets it
-                         ("./no/such/folder", "neither a local folder nor a valid Hugging Face repository id")]:
-        p = run("segment", "--model", model, tmp_path / "img.png", "the red circle", "--out", tmp_path / "o", check=False)
+    for model, cause in [
+        (tmp_path / "not-a-pipeline", "not a diffusers pipeline folder"),
+        ("some-org/some-model", "HF_HUB_OFFLINE=1 forbids downloads"),  # run() sets it
+        ("./no/such/folder", "neither a local folder nor a valid Hugging Face repository id"),
+    ]:
+        p = run(
+            "segment", "--model", model, tmp_path / "img.png", "the red circle", "--out", tmp_path / "o", check=False
+        )
         assert p.returncode == 1, p.stderr[-2000:]
         lines = [ln for ln in p.stderr.splitlines() if ln.strip() and "Warning" not in ln and "warnings.warn" not in ln]
         assert lines == [f"error: cannot load model {str(model)!r}: " + lines[0].split(": ", 2)[2]], p.stderr
@@ -100,8 +123,20 @@ def test_segment_bad_expression_exits_with_message(tmp_path, tiny_flux_dir):
 def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     data = write_refer_fixture(tmp_path / "data")
     out = tmp_path / "cal"
-    p = run("calibrate", "--model", tiny_flux_dir, "--data", data, "--dataset", "refcoco",
-            "--timesteps", "0.2,0.5", "--out", out, package="training")
+    p = run(
+        "calibrate",
+        "--model",
+        tiny_flux_dir,
+        "--data",
+        data,
+        "--dataset",
+        "refcoco",
+        "--timesteps",
+        "0.2,0.5",
+        "--out",
+        out,
+        package="training",
+    )
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert 0.0 <= report["before"] <= report["after"] <= 1.0
     cfg = json.loads((out / "grounding.json").read_text())
@@ -125,7 +160,9 @@ def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
     cfg = json.loads((out / "grounding.json").read_text())
     assert set(cfg["presence"]["weights"]) == {"content_share", "concentration"}
     assert cfg["presence"]["threshold"] == report["threshold"]
-    assert cfg["card"]["calibrated"] and cfg["card"]["calibration"][-1].startswith("python -m training calibrate-presence on 12")
+    assert cfg["card"]["calibrated"] and cfg["card"]["calibration"][-1].startswith(
+        "python -m training calibrate-presence on 12"
+    )
 
 
 def test_training_commands_are_not_in_the_inference_cli(tmp_path, tiny_flux_dir):

@@ -48,11 +48,14 @@ def test_single_value_for_a_tuple_field_is_a_1_tuple(cfg):
     assert GroundingConfig(timesteps=0.5).timesteps == (0.5,)
 
 
-@pytest.mark.parametrize("key,value,allowed", [
-    ("sinks__mode", "supress", "redirect"),
-    ("views__fill", "x", "attention"),
-    ("views__mode", "local", "assembled"),
-])
+@pytest.mark.parametrize(
+    "key,value,allowed",
+    [
+        ("sinks__mode", "supress", "redirect"),
+        ("views__fill", "x", "attention"),
+        ("views__mode", "local", "assembled"),
+    ],
+)
 def test_unknown_choices_list_the_allowed_values(cfg, key, value, allowed):
     with pytest.raises(ValueError, match=allowed):
         cfg.replace(**{key: value})
@@ -67,11 +70,22 @@ def test_unknown_choice_fails_at_construction_too():
         ViewsConfig(fill="x")
 
 
-@pytest.mark.parametrize("changes", [
-    {"timesteps": 1.0}, {"timesteps": ()}, {"threshold": 0.0}, {"seed": -1}, {"seed": 2**64},
-    {"resolution": 0}, {"magnets__enabled": "yes"}, {"guidance_scale": "high"}, {"blocks": ()},
-    {"sinks__quantile": 2.0}, {"max_image_pixels": 1.5},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"timesteps": 1.0},
+        {"timesteps": ()},
+        {"threshold": 0.0},
+        {"seed": -1},
+        {"seed": 2**64},
+        {"resolution": 0},
+        {"magnets__enabled": "yes"},
+        {"guidance_scale": "high"},
+        {"blocks": ()},
+        {"sinks__quantile": 2.0},
+        {"max_image_pixels": 1.5},
+    ],
+)
 def test_bad_values_are_value_errors(cfg, changes):
     with pytest.raises(ValueError):
         cfg.replace(**changes)

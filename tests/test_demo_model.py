@@ -12,8 +12,8 @@ import pytest
 from eval.runner import RunConfig, run_refcoco
 from eval.shapes import COLOURS, Obj, presence_scenes, render, write_refer
 from grounding import Grounder
-from grounding.readout import presence
 from grounding.backends.zoo import default_model, resolve
+from grounding.readout import presence
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "shapes-demo"
 
@@ -60,8 +60,8 @@ def test_mask_calibration_picks_what_scores_best(demo, tmp_path):
     """``fit_masks`` on real maps: it never hands back a worse config, and the chosen threshold /
     refinement score what the report says when rerun through ``segment``."""
     from eval.refcoco import RefDataset
-    from training.calibrate import fit_masks
     from grounding.segment.segmenters import mask_iou
+    from training.calibrate import fit_masks
 
     write_refer(tmp_path, n=16, seed=13, size=64)
     ds = RefDataset(tmp_path, "shapes", split="val")
@@ -90,8 +90,14 @@ def test_generalized_referring_on_held_out_scenes(demo, tmp_path):
     write_grefcoco(tmp_path / "g", GEN_N, seed=23)
     out = {}
     for mode in ("one", "all"):
-        cfg = RunConfig(task="grefcoco", data_root=str(tmp_path / "g"), dataset="grefcoco", split="val",
-                        model=str(DEMO), overrides={"instances": mode})
+        cfg = RunConfig(
+            task="grefcoco",
+            data_root=str(tmp_path / "g"),
+            dataset="grefcoco",
+            split="val",
+            model=str(DEMO),
+            overrides={"instances": mode},
+        )
         out[mode] = run_local(cfg, demo, tmp_path / mode)
     a = out["all"]
     assert a["giou"] >= GEN_GIOU_FLOOR and a["n_acc"] >= GEN_NACC_FLOOR and a["t_acc"] >= GEN_TACC_FLOOR, a
@@ -114,8 +120,10 @@ def test_instance_calibration_reports_what_the_runtime_does(demo, tmp_path):
     assert any("@" in k for k in fitted.presence.weights) and report["roc_auc"] > 0.8
     assert fitted.instances.min_relative_peak in RELATIVE_PEAKS and report["t_acc"] >= 0.9
     scores = metrics.GeneralizedScores()
-    run = {"presence": dataclasses.asdict(fitted.presence),
-           "instances": {**dataclasses.asdict(fitted.instances), "mode": "all"}}
+    run = {
+        "presence": dataclasses.asdict(fitted.presence),
+        "instances": {**dataclasses.asdict(fitted.instances), "mode": "all"},
+    }
     for image, sentence, mask, no_target in samples:
         r = demo.segment(image, sentence, **run)
         pred = r.mask if r.present else np.zeros_like(r.mask)
@@ -131,8 +139,11 @@ def test_masks_follow_a_moving_object(demo):
     rng = np.random.RandomState(0)
     frames, truth = [], []
     for t in range(8):
-        objs = [Obj("circle", "red", "big", 12 + 5.5 * t, 20, 9),
-                Obj("square", "red", "big", 20, 48, 9), Obj("circle", "blue", "big", 48, 48, 9)]
+        objs = [
+            Obj("circle", "red", "big", 12 + 5.5 * t, 20, 9),
+            Obj("square", "red", "big", 20, 48, 9),
+            Obj("circle", "blue", "big", 48, 48, 9),
+        ]
         scene = render(objs, 64, rng)
         frames.append(scene.image)
         truth.append(scene.masks[0])

@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from eval.shapes import Obj, caption_spans, referring_example, render
-from training.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
 from synthetic.tokenizers import t5_tokenizer
+from training.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
 
 
 def _scene():
@@ -82,9 +82,21 @@ def test_grounding_loss_is_low_on_the_object_and_has_gradient():
 
 
 def test_tiny_training_run_resumes_and_exports(tmp_path):
-    cfg = DemoConfig(size=32, vae_steps=2, steps=3, batch=2, width_heads=2, head_dim=16, dual_blocks=1,
-                     single_blocks=1, text_dim=32, max_sequence_length=24, checkpoint_every=1, warmup=1,
-                     refer_steps=0)
+    cfg = DemoConfig(
+        size=32,
+        vae_steps=2,
+        steps=3,
+        batch=2,
+        width_heads=2,
+        head_dim=16,
+        dual_blocks=1,
+        single_blocks=1,
+        text_dim=32,
+        max_sequence_length=24,
+        checkpoint_every=1,
+        warmup=1,
+        refer_steps=0,
+    )
     out = tmp_path / "run"
     weights = train_demo(out, cfg, weights_only=True)
     st = torch.load(out / "train" / "transformer.pt", weights_only=False)

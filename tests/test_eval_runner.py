@@ -44,8 +44,19 @@ def test_refcoco_loader(tmp_path):
 def test_refcoco_run_summary_and_overlays(tmp_path, tiny_flux_dir):
     root = write_refer_fixture(tmp_path / "data")
     out = tmp_path / "run"
-    summ = run_eval("refcoco", "--data-root", root, "--dataset", "refcoco", "--model", tiny_flux_dir,
-                    "--out", out, "--save-overlays", "1")
+    summ = run_eval(
+        "refcoco",
+        "--data-root",
+        root,
+        "--dataset",
+        "refcoco",
+        "--model",
+        tiny_flux_dir,
+        "--out",
+        out,
+        "--save-overlays",
+        "1",
+    )
     assert summ["n"] == 9
     for key in ("miou", "oiou", "pointing", "prec@0.5", "prec@0.9"):
         assert 0.0 <= summ[key] <= 1.0
@@ -59,16 +70,21 @@ def test_refcoco_run_summary_and_overlays(tmp_path, tiny_flux_dir):
     again = run_eval("refcoco", "--data-root", root, "--dataset", "refcoco", "--model", tiny_flux_dir, "--out", out)
     assert again["miou"] == summ["miou"] and len(read_results(out / "results.jsonl")) == 9
     # a different run may not reuse the directory
-    assert eval_main(["refcoco", "--data-root", str(root), "--model", str(tiny_flux_dir), "--out", str(out),
-                      "--limit", "2"]) == 2
+    assert (
+        eval_main(
+            ["refcoco", "--data-root", str(root), "--model", str(tiny_flux_dir), "--out", str(out), "--limit", "2"]
+        )
+        == 2
+    )
 
 
 def test_shards_merge_to_the_single_run(tmp_path, tiny_flux_dir):
     root = write_refer_fixture(tmp_path / "data")
     full = run_eval("refcoco", "--data-root", root, "--model", tiny_flux_dir, "--out", tmp_path / "full")
     for i in range(2):
-        run_eval("refcoco", "--data-root", root, "--model", tiny_flux_dir, "--shard", f"{i}/2",
-                 "--out", tmp_path / f"s{i}")
+        run_eval(
+            "refcoco", "--data-root", root, "--model", tiny_flux_dir, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}"
+        )
     assert eval_main(["merge", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "m")]) == 0
     merged = json.loads((tmp_path / "m" / "summary.json").read_text())
     for key in ("n", "miou", "oiou", "pointing", "prec@0.5"):
@@ -88,8 +104,13 @@ def test_resume_after_kill(tmp_path, tiny_flux_dir):
     reference = run_eval(*args, "--out", tmp_path / "ref")
     out = tmp_path / "killed"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "-m", "eval", *args, "--out", str(out)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "eval", *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     results = out / "results.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -160,6 +181,15 @@ def test_shapes_world_in_refer_format(tmp_path, tiny_flux_dir):
     for i in range(len(ds)):
         s = ds[i]
         assert s.image_path.is_file() and s.mask.any() and s.sentence.startswith("the ")
-    summ = run_eval("refcoco", "--data-root", tmp_path / "data", "--dataset", "shapes", "--model", tiny_flux_dir,
-                    "--out", tmp_path / "run")
+    summ = run_eval(
+        "refcoco",
+        "--data-root",
+        tmp_path / "data",
+        "--dataset",
+        "shapes",
+        "--model",
+        tiny_flux_dir,
+        "--out",
+        tmp_path / "run",
+    )
     assert summ["n"] == 24 and summ["n/attribute"] >= 1 and "pointing/attribute" in summ

@@ -17,7 +17,8 @@ from PIL import Image
 
 from conftest import ROOT, Server
 from fixtures import encode, scene
-from grounding.serving.proto import grounding_pb2 as pb, grounding_pb2_grpc as pb_grpc
+from grounding.serving.proto import grounding_pb2 as pb
+from grounding.serving.proto import grounding_pb2_grpc as pb_grpc
 from grounding.serving.settings import load_settings, rest_port
 
 HOPPER = ROOT / "examples" / "hopper.jpg"
@@ -77,8 +78,10 @@ def test_a_taken_grpc_port_stops_the_start(tmp_path, tiny_flux_dir):
         srv = Server(tiny_flux_dir, tmp_path, ready_timeout=0, GROUNDING_GRPC_PORT=str(port))
         try:
             _, r = _wait_for_failure(srv, f"gRPC port 127.0.0.1:{port}", 120)
-            assert r.json()["error"] == (f"gRPC port 127.0.0.1:{port} is already in use by another process; set "
-                                         "GROUNDING_GRPC_PORT to a free port (0 turns gRPC off)")
+            assert r.json()["error"] == (
+                f"gRPC port 127.0.0.1:{port} is already in use by another process; set "
+                "GROUNDING_GRPC_PORT to a free port (0 turns gRPC off)"
+            )
             pid = srv.worker("grounding-engine").pid
             # every call on that port reaches the other server (which has no Grounding service)
             stub = pb_grpc.GroundingStub(grpc.insecure_channel(f"127.0.0.1:{port}"))
@@ -125,15 +128,21 @@ def test_a_photograph_is_not_present_and_has_no_instance(demo_server, mode):
     """A real photograph on the shapes model: present false, no instance in any mode, over REST and
     gRPC; in "one" mode the mask stays, marked as a best guess."""
     data = HOPPER.read_bytes()
-    r = httpx.post(demo_server.url + "/segment", files={"image": ("hopper.jpg", data)},
-                   data={"expression": "the woman in uniform", "instances": mode}, timeout=60)
+    r = httpx.post(
+        demo_server.url + "/segment",
+        files={"image": ("hopper.jpg", data)},
+        data={"expression": "the woman in uniform", "instances": mode},
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["present"] is False and res["instances"] == [] and res["presence_score"] < 0.5
     assert res["best_guess"] is (mode == "one")  # "all" mode keeps no mask at all when nothing is there
     stub = pb_grpc.GroundingStub(grpc.insecure_channel(demo_server.grpc))
-    reply = stub.Segment(pb.SegmentRequest(image=data, expressions=["the woman in uniform"],
-                                           options=pb.Options(instances=mode)), timeout=60)
+    reply = stub.Segment(
+        pb.SegmentRequest(image=data, expressions=["the woman in uniform"], options=pb.Options(instances=mode)),
+        timeout=60,
+    )
     assert not reply.results[0].present and len(reply.results[0].instances) == 0
     assert reply.results[0].best_guess is (mode == "one")
 
@@ -141,9 +150,11 @@ def test_a_photograph_is_not_present_and_has_no_instance(demo_server, mode):
 def test_render_draws_a_best_guess_as_an_outline(demo_server):
     """/render: a found object is tinted green with a red box; a best guess is neither (dashed grey
     outline), so nobody reads it as a find."""
+
     def render(image: bytes, name: str, expression: str) -> np.ndarray:
-        r = httpx.post(demo_server.url + "/render", files={"image": (name, image)}, data={"expression": expression},
-                       timeout=60)
+        r = httpx.post(
+            demo_server.url + "/render", files={"image": (name, image)}, data={"expression": expression}, timeout=60
+        )
         assert r.status_code == 200, r.text
         return np.asarray(Image.open(io.BytesIO(r.content)).convert("RGB")).astype(int)
 
@@ -164,11 +175,19 @@ def test_render_draws_a_best_guess_as_an_outline(demo_server):
 
 def test_expression_as_a_json_string_is_kept_as_typed(demo_server):
     """BentoML's client JSON-encodes multipart fields: '"the red triangle"' is one expression, no quotes."""
-    r = httpx.post(demo_server.url + "/segment", files={"image": ("s.png", (ROOT / "examples" / "shapes-1.png").read_bytes())},
-                   data={"expression": '"the red triangle"'}, timeout=60)
+    r = httpx.post(
+        demo_server.url + "/segment",
+        files={"image": ("s.png", (ROOT / "examples" / "shapes-1.png").read_bytes())},
+        data={"expression": '"the red triangle"'},
+        timeout=60,
+    )
     assert r.json()["results"][0]["expression"] == "the red triangle"
-    plain = httpx.post(demo_server.url + "/segment", files={"image": ("s.png", (ROOT / "examples" / "shapes-1.png").read_bytes())},
-                       data={"expression": "the red triangle"}, timeout=60)
+    plain = httpx.post(
+        demo_server.url + "/segment",
+        files={"image": ("s.png", (ROOT / "examples" / "shapes-1.png").read_bytes())},
+        data={"expression": "the red triangle"},
+        timeout=60,
+    )
     assert plain.json()["results"][0]["score"] == r.json()["results"][0]["score"]
     assert re.fullmatch(r"the red triangle", plain.json()["results"][0]["expression"])
 

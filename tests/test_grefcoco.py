@@ -16,8 +16,12 @@ def test_loader_reads_multi_single_and_no_target_refs(tmp_path):
     ds = GRefDataset(root, "val")
     assert len(ds) == 2 * 4  # per image: 1 + 2 + 1 sentences
     kinds = [(ds[i].sentence, ds[i].targets, ds[i].no_target) for i in range(4)]
-    assert kinds == [("red circle", 1, False), ("both shapes", 2, False), ("all objects", 2, False),
-                     ("the green star", 0, True)]
+    assert kinds == [
+        ("red circle", 1, False),
+        ("both shapes", 2, False),
+        ("all objects", 2, False),
+        ("the green star", 0, True),
+    ]
     single, both, none = ds[0], ds[1], ds[3]
     assert single.image_path.is_file() and single.image_path.parent.name == "train2014"
     assert both.mask.sum() == single.mask.sum() + 15 * 15  # the union of the disc and the square
@@ -131,14 +135,52 @@ def test_generalized_shapes_set_in_the_refer_layout(tmp_path):
 def test_summary_breaks_down_by_target_count_and_counts_instances():
     from eval.runner import summarise
 
-    recs = [{"id": "0:0", "inter": 5, "union": 10, "iou": 0.5, "no_target": False, "pred_empty": False,
-             "targets": 1, "instances": 1, "type": "single"},
-            {"id": "1:1", "inter": 8, "union": 10, "iou": 0.8, "no_target": False, "pred_empty": False,
-             "targets": 3, "instances": 2, "type": "multi"},
-            {"id": "2:2", "inter": 0, "union": 0, "iou": 1.0, "no_target": True, "pred_empty": True,
-             "targets": 0, "instances": 0, "type": "none"},
-            {"id": "3:3", "inter": 0, "union": 4, "iou": 0.0, "no_target": True, "pred_empty": False,
-             "targets": 0, "instances": 2, "type": "none"}]
+    recs = [
+        {
+            "id": "0:0",
+            "inter": 5,
+            "union": 10,
+            "iou": 0.5,
+            "no_target": False,
+            "pred_empty": False,
+            "targets": 1,
+            "instances": 1,
+            "type": "single",
+        },
+        {
+            "id": "1:1",
+            "inter": 8,
+            "union": 10,
+            "iou": 0.8,
+            "no_target": False,
+            "pred_empty": False,
+            "targets": 3,
+            "instances": 2,
+            "type": "multi",
+        },
+        {
+            "id": "2:2",
+            "inter": 0,
+            "union": 0,
+            "iou": 1.0,
+            "no_target": True,
+            "pred_empty": True,
+            "targets": 0,
+            "instances": 0,
+            "type": "none",
+        },
+        {
+            "id": "3:3",
+            "inter": 0,
+            "union": 4,
+            "iou": 0.0,
+            "no_target": True,
+            "pred_empty": False,
+            "targets": 0,
+            "instances": 2,
+            "type": "none",
+        },
+    ]
     out = summarise("grefcoco", recs)
     assert out["miou_single"] == 0.5 and out["miou_multi"] == 0.8
     assert out["count_error"] == pytest.approx((0 + 1 + 0 + 2) / 4)

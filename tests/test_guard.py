@@ -18,14 +18,38 @@ from grounding.serving.requests import check_fields
 from grounding.serving.schema import ENDPOINT_OPTIONS, ROUTES, RequestError, input_fields
 from grounding.serving.settings import Settings, load_settings
 
-ODD_VALUES = [None, 0, -1, 2**64, 1.5, float("inf"), True, "", " ", "x" * 5000, "[", "[1, 2]", "{}", [], [None],
-              [1], ["a", 2], {"a": 1}, [[["deep"]]], "\x00", "null", "true", "1e999", "NaN", "../../etc/passwd",
-              "http://127.0.0.1:1/x.png"]
+ODD_VALUES = [
+    None,
+    0,
+    -1,
+    2**64,
+    1.5,
+    float("inf"),
+    True,
+    "",
+    " ",
+    "x" * 5000,
+    "[",
+    "[1, 2]",
+    "{}",
+    [],
+    [None],
+    [1],
+    ["a", 2],
+    {"a": 1},
+    [[["deep"]]],
+    "\x00",
+    "null",
+    "true",
+    "1e999",
+    "NaN",
+    "../../etc/passwd",
+    "http://127.0.0.1:1/x.png",
+]
 
 
 def _upload(data: bytes = b"\x89PNG\r\n\x1a\n", name: str = "a.png") -> UploadFile:
-    return UploadFile(io.BytesIO(data), size=len(data), filename=name,
-                      headers=Headers({"content-type": "image/png"}))
+    return UploadFile(io.BytesIO(data), size=len(data), filename=name, headers=Headers({"content-type": "image/png"}))
 
 
 @pytest.mark.parametrize("endpoint", sorted(set(ROUTES.values())))
@@ -33,9 +57,11 @@ def test_check_fields_raises_only_request_errors(endpoint):
     """Every field of every endpoint, given every odd JSON value (alone and beside good fields):
     a canonical dict or a RequestError, never another exception."""
     settings = Settings()
-    good = {"task": {"task_id": ["t"]}, "answer_ground": {"image": [_upload()], "question": ["what is red?"]},
-            "segment_video": {"expression": ["red circle"]}}.get(endpoint, {"image": [_upload()],
-                                                                             "expression": ["red circle"]})
+    good = {
+        "task": {"task_id": ["t"]},
+        "answer_ground": {"image": [_upload()], "question": ["what is red?"]},
+        "segment_video": {"expression": ["red circle"]},
+    }.get(endpoint, {"image": [_upload()], "expression": ["red circle"]})
     names = [*input_fields(endpoint), *ENDPOINT_OPTIONS.get(endpoint, ()), "unknown_field"]
     for name, value in itertools.product(names, ODD_VALUES):
         for base in ({}, good):
@@ -50,8 +76,16 @@ def test_check_fields_raises_only_request_errors(endpoint):
 
 def test_check_fields_rules():
     s = Settings()
-    out = check_fields("segment", {"image": [_upload()], "expression": ["a red circle", "the blue square"],
-                                   "threshold": ["0.3"], "return_heatmap": ["true"]}, s)
+    out = check_fields(
+        "segment",
+        {
+            "image": [_upload()],
+            "expression": ["a red circle", "the blue square"],
+            "threshold": ["0.3"],
+            "return_heatmap": ["true"],
+        },
+        s,
+    )
     assert out["expression"] == ["a red circle", "the blue square"]
     assert out["threshold"] == 0.3 and out["return_heatmap"] is True
     with pytest.raises(RequestError, match="never fetches") as e:
@@ -67,16 +101,20 @@ def test_check_fields_rules():
         check_fields("segment_video", {"video": [_upload(b"", "v.mp4")], "expression": ["red"]}, s)
     assert e.value.field == "video" and "empty" in str(e.value)
     with pytest.raises(RequestError) as e:
-        check_fields("segment_video", {"video": [_upload(b"x" * 100, "v.mp4")], "expression": ["red"]},
-                     Settings(max_video_bytes=10))
+        check_fields(
+            "segment_video",
+            {"video": [_upload(b"x" * 100, "v.mp4")], "expression": ["red"]},
+            Settings(max_video_bytes=10),
+        )
     assert e.value.status == 413
 
 
 def test_error_bodies_of_every_origin_become_one_shape():
     assert _message_and_field(b'{"error": "bad", "field": "seed"}', 400) == ("bad", "seed")
     assert _message_and_field(b'[{"error": "listed"}]', 400) == ("listed", None)
-    assert _message_and_field(b'{"error": "1 validation error", "detail": [{"loc": ["body", "seed"], "msg": "too big"}]}',
-                              400) == ("seed: too big", "seed")
+    assert _message_and_field(
+        b'{"error": "1 validation error", "detail": [{"loc": ["body", "seed"], "msg": "too big"}]}', 400
+    ) == ("seed: too big", "seed")
     assert _message_and_field(b"Not Found", 404) == ("Not Found", None)
     assert _message_and_field(b"", 405) == ("Method Not Allowed", None)
     assert _message_and_field(b'{"detail": "Runners are not ready."}', 503) == ("Runners are not ready.", None)

@@ -64,9 +64,11 @@ def test_text_in_file_fields_is_never_fetched_or_opened(guarded, canary, tmp_pat
     url = canary["url"] + "/x.png"
     secret = tmp_path / "secret.png"
     secret.write_bytes(encode(scene()))
-    for route, name, extra in [("/segment", "image", {"expression": "red circle"}),
-                               ("/render", "image", {"expression": "red circle"}),
-                               ("/segment_video/submit", "video", {"expression": "red circle"})]:
+    for route, name, extra in [
+        ("/segment", "image", {"expression": "red circle"}),
+        ("/render", "image", {"expression": "red circle"}),
+        ("/segment_video/submit", "video", {"expression": "red circle"}),
+    ]:
         for value in (url, f'"{url}"', str(secret), "file://" + str(secret)):
             r = _post(guarded, route, data={name: value, **extra})  # a urlencoded form
             _error(r, 415)
@@ -76,7 +78,9 @@ def test_text_in_file_fields_is_never_fetched_or_opened(guarded, canary, tmp_pat
             _error(r, 400, name, "never fetched")
     r = _post(guarded, "/segment", content=url.encode(), headers={**AUTH, "Content-Type": "application/json"})
     _error(r, 400, None, "JSON")
-    r = _post(guarded, "/segment", content=json.dumps(url).encode(), headers={**AUTH, "Content-Type": "application/json"})
+    r = _post(
+        guarded, "/segment", content=json.dumps(url).encode(), headers={**AUTH, "Content-Type": "application/json"}
+    )
     _error(r, 400, None, "must be an object")
     time.sleep(0.5)
     assert canary["hits"] == [], canary["hits"]
@@ -86,11 +90,15 @@ def test_text_in_file_fields_is_never_fetched_or_opened(guarded, canary, tmp_pat
 def test_malformed_multipart_is_400(guarded):
     png = encode(scene())
     cases = [
-        ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=\"image\"\r\n\r\nabc\r\n--x--\r\n"),
-        ("multipart/form-data; boundary=right", b"--wrong\r\nContent-Disposition: form-data; name=\"expression\""
-                                                b"\r\n\r\nred\r\n--wrong--\r\n"),
-        ("multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; name=\"image\"; "
-                                            b"filename=\"a.png\"\r\n\r\n" + png[:100]),  # truncated
+        ("multipart/form-data", b'--x\r\nContent-Disposition: form-data; name="image"\r\n\r\nabc\r\n--x--\r\n'),
+        (
+            "multipart/form-data; boundary=right",
+            b'--wrong\r\nContent-Disposition: form-data; name="expression"\r\n\r\nred\r\n--wrong--\r\n',
+        ),
+        (
+            "multipart/form-data; boundary=b",
+            b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n' + png[:100],
+        ),  # truncated
         ("multipart/form-data; boundary=b", b"--b\r\nno headers at all\r\n--b--\r\n"),
         ("multipart/form-data; boundary=b", b"\x00\xff" * 500),
         ("multipart/form-data; boundary=" + "b" * 300, b"--" + b"b" * 300 + b"--\r\n"),
@@ -99,21 +107,49 @@ def test_malformed_multipart_is_400(guarded):
         r = _post(guarded, "/segment", content=body, headers={**AUTH, "Content-Type": ctype})
         _error(r, 400)
     _error(_post(guarded, "/segment", content=b"<xml/>", headers={**AUTH, "Content-Type": "text/xml"}), 415)
-    _error(_post(guarded, "/segment", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}),
-           400, None, "not valid JSON")
-    _error(_post(guarded, "/segment", content=b'{"expression": "a", "expression": "b"}',
-                 headers={**AUTH, "Content-Type": "application/json"}), 400, "expression", "twice")
+    _error(
+        _post(guarded, "/segment", content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}),
+        400,
+        None,
+        "not valid JSON",
+    )
+    _error(
+        _post(
+            guarded,
+            "/segment",
+            content=b'{"expression": "a", "expression": "b"}',
+            headers={**AUTH, "Content-Type": "application/json"},
+        ),
+        400,
+        "expression",
+        "twice",
+    )
     _error(_post(guarded, "/segment", content=b"[" * 100000, headers={**AUTH, "Content-Type": "application/json"}), 400)
 
 
 def test_long_filename_and_odd_names_are_served(guarded):
-    for name in ("x" * 300 + ".png", "../../etc/passwd", "a/b\\c.png", "\u00e9\u6f22\u5b57" * 80 + ".png", "..",
-                 "a\"b.png", "nul\x00.png"):
-        r = _post(guarded, "/segment", files={"image": (name, encode(scene()), "image/png")},
-                  data={"expression": "red circle"})
+    for name in (
+        "x" * 300 + ".png",
+        "../../etc/passwd",
+        "a/b\\c.png",
+        "\u00e9\u6f22\u5b57" * 80 + ".png",
+        "..",
+        'a"b.png',
+        "nul\x00.png",
+    ):
+        r = _post(
+            guarded,
+            "/segment",
+            files={"image": (name, encode(scene()), "image/png")},
+            data={"expression": "red circle"},
+        )
         assert r.status_code == 200, (name, r.text)
-    r = _post(guarded, "/segment_video/submit", files={"video": ("v" * 300 + ".mp4", _video_bytes_cached(), "video/mp4")},
-              data={"expression": "red circle"})
+    r = _post(
+        guarded,
+        "/segment_video/submit",
+        files={"video": ("v" * 300 + ".mp4", _video_bytes_cached(), "video/mp4")},
+        data={"expression": "red circle"},
+    )
     assert r.status_code == 200, r.text
 
 
@@ -132,22 +168,53 @@ def _video_bytes_cached() -> bytes:
 
 def test_repeated_fields(guarded):
     img = ("a.png", encode(scene()), "image/png")
-    files = [("image", img), ("expression", (None, "red circle")), ("expression", (None, "blue square")),
-             ("expression", (None, "the left one"))]
+    files = [
+        ("image", img),
+        ("expression", (None, "red circle")),
+        ("expression", (None, "blue square")),
+        ("expression", (None, "the left one")),
+    ]
     r = _post(guarded, "/segment", files=files)
     assert r.status_code == 200, r.text
     assert [x["expression"] for x in r.json()["results"]] == ["red circle", "blue square", "the left one"]
-    _error(_post(guarded, "/segment", files=[("image", img), ("image", img), ("expression", (None, "red"))]),
-           400, "image", "send it once")
-    _error(_post(guarded, "/segment", files=[("image", img), ("expression", (None, "red")),
-                                             ("threshold", (None, "0.3")), ("threshold", (None, "0.4"))]),
-           400, "threshold", "2 times")
-    _error(_post(guarded, "/render", files=[("image", img), ("expression", (None, "red")), ("expression", (None, "b"))]),
-           400, "expression")
-    _error(_post(guarded, "/segment", files=[("image", img)] + [("expression", (None, f"red {i}")) for i in range(17)]),
-           400, "expression", "over the limit of 16")
-    _error(_post(guarded, "/segment", files={"image": img, "expression": ("e.txt", b"red circle", "text/plain")}),
-           400, "expression", "text field")
+    _error(
+        _post(guarded, "/segment", files=[("image", img), ("image", img), ("expression", (None, "red"))]),
+        400,
+        "image",
+        "send it once",
+    )
+    _error(
+        _post(
+            guarded,
+            "/segment",
+            files=[
+                ("image", img),
+                ("expression", (None, "red")),
+                ("threshold", (None, "0.3")),
+                ("threshold", (None, "0.4")),
+            ],
+        ),
+        400,
+        "threshold",
+        "2 times",
+    )
+    _error(
+        _post(guarded, "/render", files=[("image", img), ("expression", (None, "red")), ("expression", (None, "b"))]),
+        400,
+        "expression",
+    )
+    _error(
+        _post(guarded, "/segment", files=[("image", img)] + [("expression", (None, f"red {i}")) for i in range(17)]),
+        400,
+        "expression",
+        "over the limit of 16",
+    )
+    _error(
+        _post(guarded, "/segment", files={"image": img, "expression": ("e.txt", b"red circle", "text/plain")}),
+        400,
+        "expression",
+        "text field",
+    )
 
 
 def test_oversized_bodies_are_413_before_being_read(guarded):
@@ -163,55 +230,79 @@ def test_oversized_bodies_are_413_before_being_read(guarded):
     _error(r, 413)
     # A declared length far past the limit is refused from the headers alone: the client sends no body.
     with socket.create_connection(("127.0.0.1", guarded.port), timeout=10) as s:
-        s.sendall(f"POST /segment HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                  "Content-Type: application/json\r\nContent-Length: 200000000000\r\n\r\n".encode())
+        s.sendall(
+            f"POST /segment HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 200000000000\r\n\r\n".encode()
+        )
         head = s.recv(65536).decode()
     assert head.startswith("HTTP/1.1 413"), head
-    assert _post(guarded, "/segment", files={"image": ("a.png", encode(scene()), "image/png")},
-                 data={"expression": "red circle"}).status_code == 200
+    assert (
+        _post(
+            guarded,
+            "/segment",
+            files={"image": ("a.png", encode(scene()), "image/png")},
+            data={"expression": "red circle"},
+        ).status_code
+        == 200
+    )
 
 
 def test_a_body_that_stops_coming_is_408(guarded):
     with socket.create_connection(("127.0.0.1", guarded.port), timeout=20) as s:
-        s.sendall(f"POST /segment HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
-                  "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"expr".encode())
+        s.sendall(
+            f"POST /segment HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"expr'.encode()
+        )
         t0 = time.monotonic()
         head = s.recv(65536).decode()
     assert head.startswith("HTTP/1.1 408") and 1.5 < time.monotonic() - t0 < 10, head
 
 
-@pytest.mark.parametrize("fields,field,contains", [
-    ({"seed": str(2**64)}, "seed", "less than or equal"),
-    ({"seed": "-1"}, "seed", "greater than or equal"),
-    ({"seed": "1e999"}, "seed", ""),
-    ({"threshold": "nan"}, "threshold", ""),
-    ({"threshold": "1e400"}, "threshold", ""),
-    ({"return_heatmap": "maybe"}, "return_heatmap", ""),
-    ({"mask_format": "[1, 2]"}, "mask_format", ""),
-    ({"magnets": "{}"}, "magnets", ""),
-    ({"thresh": "0.3"}, "thresh", "unknown field"),
-])
+@pytest.mark.parametrize(
+    "fields,field,contains",
+    [
+        ({"seed": str(2**64)}, "seed", "less than or equal"),
+        ({"seed": "-1"}, "seed", "greater than or equal"),
+        ({"seed": "1e999"}, "seed", ""),
+        ({"threshold": "nan"}, "threshold", ""),
+        ({"threshold": "1e400"}, "threshold", ""),
+        ({"return_heatmap": "maybe"}, "return_heatmap", ""),
+        ({"mask_format": "[1, 2]"}, "mask_format", ""),
+        ({"magnets": "{}"}, "magnets", ""),
+        ({"thresh": "0.3"}, "thresh", "unknown field"),
+    ],
+)
 def test_out_of_range_and_mistyped_options_are_400(guarded, fields, field, contains):
-    r = _post(guarded, "/segment", files={"image": ("a.png", encode(scene()), "image/png")},
-              data={"expression": "red circle", **fields})
+    r = _post(
+        guarded,
+        "/segment",
+        files={"image": ("a.png", encode(scene()), "image/png")},
+        data={"expression": "red circle", **fields},
+    )
     _error(r, 400, field, contains)
 
 
-
-@pytest.mark.parametrize("raw,field", [
-    (b'"seed": 18446744073709551616', "seed"),
-    (b'"seed": 1.5', "seed"),
-    (b'"threshold": 1e400', "threshold"),
-    (b'"threshold": "0.3; DROP"', "threshold"),
-    (b'"expression": 123', "expression"),
-    (b'"expression": ["red", 7]', "expression"),
-    (b'"expression": {"a": 1}', "expression"),
-    (b'"image_base64": 5', "image_base64"),
-])
+@pytest.mark.parametrize(
+    "raw,field",
+    [
+        (b'"seed": 18446744073709551616', "seed"),
+        (b'"seed": 1.5', "seed"),
+        (b'"threshold": 1e400', "threshold"),
+        (b'"threshold": "0.3; DROP"', "threshold"),
+        (b'"expression": 123', "expression"),
+        (b'"expression": ["red", 7]', "expression"),
+        (b'"expression": {"a": 1}', "expression"),
+        (b'"image_base64": 5', "image_base64"),
+    ],
+)
 def test_out_of_range_and_mistyped_json_is_400(guarded, raw, field):
-    body = b'{"image_base64": "aGk=", "expression": "red circle", ' + raw + b"}" if b'"expression"' not in raw and \
-        b'"image_base64"' not in raw else b'{"image_base64": "aGk=", ' + raw + b"}" if b'"expression"' in raw \
+    body = (
+        b'{"image_base64": "aGk=", "expression": "red circle", ' + raw + b"}"
+        if b'"expression"' not in raw and b'"image_base64"' not in raw
+        else b'{"image_base64": "aGk=", ' + raw + b"}"
+        if b'"expression"' in raw
         else b'{"expression": "red circle", ' + raw + b"}"
+    )
     r = _post(guarded, "/segment", content=body, headers={**AUTH, "Content-Type": "application/json"})
     _error(r, 400, field)
 
@@ -224,8 +315,11 @@ def test_error_shape_everywhere(guarded):
     _error(httpx.get(guarded.url + "/segment_video/status", params={"task_id": "nope"}, headers=AUTH), 404)
     _error(httpx.get(guarded.url + "/segment_video/get", headers=AUTH), 400)
     _error(_post(guarded, "/segment", json={"expression": "red circle", "image_base64": "%%%"}), 400, "image_base64")
-    _error(_post(guarded, "/segment", files={"image": ("a.txt", b"hello", "text/plain")}, data={"expression": "red"}),
-           415, "image")
+    _error(
+        _post(guarded, "/segment", files={"image": ("a.txt", b"hello", "text/plain")}, data={"expression": "red"}),
+        415,
+        "image",
+    )
     log = guarded.tail(10**7)
     assert "Traceback" not in log, log[-3000:]
     lines = [ln for ln in log.splitlines() if "400 POST /segment" in ln]
@@ -287,11 +381,18 @@ def test_grpc_binds_the_rest_host(server):
 
     engine = server["handle"].worker("grounding-engine")
     port = int(server["grpc"].rsplit(":", 1)[1])
-    listening = [c.laddr for c in psutil.Process(engine.pid).net_connections(kind="inet")
-                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+    listening = [
+        c.laddr
+        for c in psutil.Process(engine.pid).net_connections(kind="inet")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    ]
     assert listening and all(a.ip in ("127.0.0.1", "::ffff:127.0.0.1") for a in listening), listening
-    others = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs
-              if a.family == socket.AF_INET and not a.address.startswith("127.")}
+    others = {
+        a.address
+        for addrs in psutil.net_if_addrs().values()
+        for a in addrs
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    }
     for ip in others:
         with pytest.raises(OSError):
             socket.create_connection((ip, port), timeout=2).close()
@@ -300,9 +401,14 @@ def test_grpc_binds_the_rest_host(server):
 # --- video jobs: retention ------------------------------------------------------------------------
 def test_video_jobs_retention(guarded, tmp_path):
     """The cap is ~1 byte: every submit deletes the finished jobs, never a running one."""
+
     def submit(data, expression):
-        r = _post(guarded, "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
-                  data={"expression": expression})
+        r = _post(
+            guarded,
+            "/segment_video/submit",
+            files={"video": ("v.mp4", data, "video/mp4")},
+            data={"expression": expression},
+        )
         assert r.status_code == 200, r.text
         return r.json()["task_id"]
 
@@ -331,7 +437,9 @@ def test_video_jobs_retention(guarded, tmp_path):
 def _wait_auth(srv, task_id: str, timeout: float = 120) -> str:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        status = httpx.get(srv.url + "/segment_video/status", params={"task_id": task_id}, headers=AUTH).json()["status"]
+        status = httpx.get(srv.url + "/segment_video/status", params={"task_id": task_id}, headers=AUTH).json()[
+            "status"
+        ]
         if status != "in_progress":
             return status
         time.sleep(0.2)

@@ -15,7 +15,7 @@ def _peaks(h, w, *centres, sigma=3.0):
     yy, xx = np.mgrid[:h, :w]
     m = np.zeros((h, w), np.float32)
     for cy, cx, a in centres:
-        m = np.maximum(m, a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2)))
+        m = np.maximum(m, a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma**2)))
     return m / m.max()
 
 
@@ -25,8 +25,9 @@ def _instances(heat, expression="the circles", segmenter=None, **kw):
     segmenter = segmenter or MapSegmenter()
     image = np.zeros((*heat.shape, 3), np.uint8)
     seg = segmenter(image, heat, prompts_from_map(heat, cfg.threshold, cfg.positive_points))
-    return MaskStage.all_instances(image, heat, expression, segmenter, cfg,
-                                   Instance(seg.mask, box_of(seg.mask), float(heat.max())))
+    return MaskStage.all_instances(
+        image, heat, expression, segmenter, cfg, Instance(seg.mask, box_of(seg.mask), float(heat.max()))
+    )
 
 
 def test_two_separated_peaks_are_two_instances_one_is_one():
@@ -60,10 +61,10 @@ def test_weak_regions_and_counts():
 def test_the_best_instance_is_the_single_referent_result_and_sam_calls_are_batched():
     """In "all" mode the peak's region is segmented once (the single-referent result is the first
     instance) and the other regions in one batched SAM call, equal to one call per region."""
+    import torch
+
     from grounding.segment.instances import region_prompts
     from grounding.segment.segmenters import SamSegmenter, build_sam_tiny
-
-    import torch
 
     heat = _peaks(48, 64, (12, 12, 1.0), (12, 50, 0.95), (38, 30, 0.9))
     torch.manual_seed(0)
@@ -131,8 +132,9 @@ def test_grounder_one_mode_keeps_todays_result_and_reports_it_as_one_instance(fl
 
 
 def test_grounder_all_mode_returns_instances_whose_union_is_the_mask(flux_grounder, scene_image):
-    r = flux_grounder.segment(scene_image, "all shapes", instances="all", instances__min_relative_peak=0.0,
-                              instances__min_area=0.0)
+    r = flux_grounder.segment(
+        scene_image, "all shapes", instances="all", instances__min_relative_peak=0.0, instances__min_area=0.0
+    )
     assert r.instances or not r.present
     if r.instances:
         union = np.logical_or.reduce([i.mask for i in r.instances])

@@ -29,14 +29,20 @@ def _imports(path: Path) -> list[str]:
 
 
 def test_grounding_never_imports_eval_exporters_training_or_builders():
-    offenders = [(str(p.relative_to(ROOT)), m) for p in (ROOT / "grounding").rglob("*.py")
-                 for m in _imports(p) if m.split(".")[0] in FORBIDDEN]
+    offenders = [
+        (str(p.relative_to(ROOT)), m)
+        for p in (ROOT / "grounding").rglob("*.py")
+        for m in _imports(p)
+        if m.split(".")[0] in FORBIDDEN
+    ]
     assert not offenders, offenders
     # and at run time: importing every module of the library loads none of them
-    code = ("import pkgutil, importlib, sys, grounding\n"
-            "for m in pkgutil.walk_packages(grounding.__path__, 'grounding.'):\n"
-            "    m.name.endswith('__main__') or importlib.import_module(m.name)\n"
-            "print(sorted({n.split('.')[0] for n in sys.modules} & %r))" % FORBIDDEN)
+    code = (
+        "import pkgutil, importlib, sys, grounding\n"
+        "for m in pkgutil.walk_packages(grounding.__path__, 'grounding.'):\n"
+        "    m.name.endswith('__main__') or importlib.import_module(m.name)\n"
+        "print(sorted({n.split('.')[0] for n in sys.modules} & %r))" % FORBIDDEN
+    )
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip().splitlines()[-1] == "[]"
@@ -81,10 +87,19 @@ def test_options_map_onto_the_config():
 
     opts = Options(magnets=False, sinks_mode="suppress", views="assembled", seed=3, threshold=0.25)
     cfg = GroundingConfig().replace(**opts.overrides())
-    assert (cfg.magnets.enabled, cfg.sinks.mode, cfg.views.mode, cfg.seed, cfg.threshold) == \
-        (False, "suppress", "assembled", 3, 0.25)
-    for bad, field in [({"mask_format": "bmp"}, "mask_format"), ({"seed": 2**64}, "seed"),
-                       ({"window": 99}, "window"), ({"views": "local"}, "views")]:
+    assert (cfg.magnets.enabled, cfg.sinks.mode, cfg.views.mode, cfg.seed, cfg.threshold) == (
+        False,
+        "suppress",
+        "assembled",
+        3,
+        0.25,
+    )
+    for bad, field in [
+        ({"mask_format": "bmp"}, "mask_format"),
+        ({"seed": 2**64}, "seed"),
+        ({"window": 99}, "window"),
+        ({"views": "local"}, "views"),
+    ]:
         try:
             parse_options(bad)
         except ValueError as e:

@@ -28,8 +28,11 @@ def _load(srv: Server, stop: threading.Event, out: list, pause: float = 0.05) ->
         while not stop.is_set():
             t0 = time.monotonic()
             try:
-                r = client.post(srv.url + "/segment", files={"image": ("a.png", body, "image/png")},
-                                data={"expression": "red circle"})
+                r = client.post(
+                    srv.url + "/segment",
+                    files={"image": ("a.png", body, "image/png")},
+                    data={"expression": "red circle"},
+                )
                 out.append((r.status_code, time.monotonic() - t0, r.headers.get("retry-after"), r.text[:200]))
             except Exception as e:  # a hang (timeout) or a dropped connection: a lost request
                 out.append(("lost", time.monotonic() - t0, None, repr(e)))
@@ -37,8 +40,12 @@ def _load(srv: Server, stop: threading.Event, out: list, pause: float = 0.05) ->
 
 
 def test_engine_killed_under_load(tiny_flux_dir, tmp_path):
-    srv = Server(tiny_flux_dir, tmp_path / "srv", GROUNDING_MAX_LATENCY_MS=str(LATENCY_MS),
-                 GROUNDING_ENGINE_MARGIN_S=str(MARGIN_S))
+    srv = Server(
+        tiny_flux_dir,
+        tmp_path / "srv",
+        GROUNDING_MAX_LATENCY_MS=str(LATENCY_MS),
+        GROUNDING_ENGINE_MARGIN_S=str(MARGIN_S),
+    )
     try:
         stop, results = threading.Event(), []
         threads = [threading.Thread(target=_load, args=(srv, stop, results)) for _ in range(3)]
@@ -61,8 +68,12 @@ def test_engine_killed_under_load(tiny_flux_dir, tmp_path):
                 first_503 = time.monotonic() - killed_at
             if code == 503 and len(during) < 3:
                 t1 = time.monotonic()
-                r = httpx.post(srv.url + "/segment", files={"image": ("a.png", encode(scene()), "image/png")},
-                               data={"expression": "red circle"}, timeout=BUDGET_S * 3)
+                r = httpx.post(
+                    srv.url + "/segment",
+                    files={"image": ("a.png", encode(scene()), "image/png")},
+                    data={"expression": "red circle"},
+                    timeout=BUDGET_S * 3,
+                )
                 during.append((r.status_code, time.monotonic() - t1, r.headers.get("retry-after")))
             if code == 200 and first_503 is not None:
                 break
@@ -81,14 +92,20 @@ def test_engine_killed_under_load(tiny_flux_dir, tmp_path):
         assert all(r[2] for r in results if r[0] == 503), "503 without Retry-After"
         slowest = max(r[1] for r in results)
         assert slowest < BUDGET_S + 5, (slowest, sorted(r[1] for r in results)[-5:])
-        print(f"kill -9: readyz 503 after {first_503:.2f} s; {len(results)} requests under load, "
-              f"{sum(r[0] == 200 for r in results)} x 200, {sum(r[0] == 503 for r in results)} x 503, "
-              f"slowest {slowest:.2f} s (budget {BUDGET_S:.0f} s); sent during the outage: {during}")
+        print(
+            f"kill -9: readyz 503 after {first_503:.2f} s; {len(results)} requests under load, "
+            f"{sum(r[0] == 200 for r in results)} x 200, {sum(r[0] == 503 for r in results)} x 503, "
+            f"slowest {slowest:.2f} s (budget {BUDGET_S:.0f} s); sent during the outage: {during}"
+        )
         # a request arriving while the engine is down is answered 503 + Retry-After at once, not held
         assert during and during[0][0] == 503 and during[0][1] < 2.5 and during[0][2], during
         assert results[-1][0] == 200  # and the service answers again
-        r = httpx.post(srv.url + "/segment", files={"image": ("a.png", encode(scene()), "image/png")},
-                       data={"expression": "red circle"}, timeout=30)
+        r = httpx.post(
+            srv.url + "/segment",
+            files={"image": ("a.png", encode(scene()), "image/png")},
+            data={"expression": "red circle"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
     finally:
         srv.stop()
@@ -101,8 +118,12 @@ def test_sigterm_with_requests_in_flight(tiny_flux_dir, tmp_path):
     assert len(procs) >= 3  # the manager, the API worker, the engine worker
     try:
         video = video_bytes(tmp_path, 400, "long.mp4")
-        task = httpx.post(srv.url + "/segment_video/submit", files={"video": ("v.mp4", video, "video/mp4")},
-                          data={"expression": "the red circle"}, timeout=60).json()["task_id"]
+        task = httpx.post(
+            srv.url + "/segment_video/submit",
+            files={"video": ("v.mp4", video, "video/mp4")},
+            data={"expression": "the red circle"},
+            timeout=60,
+        ).json()["task_id"]
         deadline = time.time() + 60
         while time.time() < deadline:
             p = httpx.post(srv.url + "/video_progress", json={"task_id": task}, timeout=10).json()
@@ -111,8 +132,10 @@ def test_sigterm_with_requests_in_flight(tiny_flux_dir, tmp_path):
             time.sleep(0.05)
         # a client that sends half a body and waits: uvicorn alone would wait for it forever
         slow = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
-        slow.sendall(b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: 1000\r\n\r\n{\"expression\": ")
+        slow.sendall(
+            b"POST /segment HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 1000\r\n\r\n{"expression": '
+        )
         stop, results = threading.Event(), []
         threads = [threading.Thread(target=_load, args=(srv, stop, results, 0.0)) for _ in range(2)]
         for th in threads:

@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from grounding.readout import maps
 from grounding.config import GroundingConfig, RedistributionConfig, SinkConfig
+from grounding.readout import maps
 from grounding.readout.tokens import CONTENT, MAGNET, PAD, SPECIAL, STOP
 
 # columns: content, content, stop, magnet, magnet, EOS, pad
@@ -55,8 +55,11 @@ def test_sink_no_longer_wins_the_referent_map():
     w = torch.tensor([1.0, 1.0, 0, 0, 0, 0, 0])
     no_redis = RedistributionConfig(enabled=False)  # isolate sink handling
     cfg_off = GroundingConfig(sinks=SinkConfig(enabled=False), redistribution=no_redis)
-    raw = maps.aggregate(maps.normalise(maps.token_map(maps.clean(A, KINDS, np.arange(C), cfg_off).A, w)),
-                         torch.ones(L), torch.ones(L, H))
+    raw = maps.aggregate(
+        maps.normalise(maps.token_map(maps.clean(A, KINDS, np.arange(C), cfg_off).A, w)),
+        torch.ones(L),
+        torch.ones(L, H),
+    )
     assert int(raw.argmax()) == 7
     for mode in ("suppress", "redirect"):
         cfg = GroundingConfig(sinks=SinkConfig(mode=mode), redistribution=no_redis)

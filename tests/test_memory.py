@@ -7,8 +7,8 @@ import torch
 
 from fixtures import scene
 from grounding.backends import MemoryOptions, load_backend
-from grounding.backends.base import sequence_key
 from grounding.backends.memory import quantization_config
+from grounding.backends.sequences import sequence_key
 from grounding.config import MagnetConfig
 from grounding.readout.tokens import align
 
@@ -32,7 +32,7 @@ def test_early_exit_runs_nothing_after_the_last_captured_block(arch, dirs):
     b = load_backend(dirs[arch])
     names = b.block_names
     first_half = names[: max(1, len(names) // 2)]
-    after = [b.transformer.get_submodule(n) for n in names[len(first_half):]]
+    after = [b.transformer.get_submodule(n) for n in names[len(first_half) :]]
     calls = []
     hooks = [m.register_forward_pre_hook(lambda *_: calls.append(1)) for m in after]
     size, seqs = b.input_size(64, 48, 64), [_seq(b)]
@@ -57,10 +57,25 @@ def test_early_exit_keeps_the_grounder_maps(dirs):
     img = scene(80, 60)
     a = g.attention_maps(img, "the red circle", blocks=blocks)
     g.backend.text_cache.clear()
-    b = g.backend.capture([img], [g.tokens("the red circle").sequence], g.backend.input_size(80, 60, 64),
-                          g.config.timesteps, g.config.seed, g.config.guidance_scale, list(blocks), early_exit=False)
-    ref = g.backend.capture([img], [g.tokens("the red circle").sequence], g.backend.input_size(80, 60, 64),
-                            g.config.timesteps, g.config.seed, g.config.guidance_scale, list(blocks))
+    b = g.backend.capture(
+        [img],
+        [g.tokens("the red circle").sequence],
+        g.backend.input_size(80, 60, 64),
+        g.config.timesteps,
+        g.config.seed,
+        g.config.guidance_scale,
+        list(blocks),
+        early_exit=False,
+    )
+    ref = g.backend.capture(
+        [img],
+        [g.tokens("the red circle").sequence],
+        g.backend.input_size(80, 60, 64),
+        g.config.timesteps,
+        g.config.seed,
+        g.config.guidance_scale,
+        list(blocks),
+    )
     assert torch.equal(b.probs, ref.probs) and a.heatmap.shape == (60, 80)
 
 
@@ -129,21 +144,33 @@ def test_text_encoders_placed_apart_and_vae_decoder_dropped(dirs):
     assert cond["embeds"].device == b.device
 
 
-@pytest.mark.parametrize("bad, match", [
-    (dict(offload="disk"), "offload must be one of"),
-    (dict(quantization="int4"), "quantization must be one of"),
-    (dict(text_cache_size=-1), "text_cache_size"),
-    (dict(offload="model", text_encoder_device="cpu"), "choose one"),
-    (dict(text_encoder_device="nope"), "device"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(offload="disk"), "offload must be one of"),
+        (dict(quantization="int4"), "quantization must be one of"),
+        (dict(text_cache_size=-1), "text_cache_size"),
+        (dict(offload="model", text_encoder_device="cpu"), "choose one"),
+        (dict(text_encoder_device="nope"), "device"),
+    ],
+)
 def test_memory_options_are_checked_when_built(bad, match):
     with pytest.raises((ValueError, RuntimeError), match=match):
         MemoryOptions(**bad)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error a CPU-only machine gives")
-@pytest.mark.parametrize("opts", [dict(offload="model"), dict(offload="sequential"), dict(quantization="int8"),
-                                  dict(quantization="nf4"), dict(quantization="fp8"), dict(text_offload=True)])
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(offload="model"),
+        dict(offload="sequential"),
+        dict(quantization="int8"),
+        dict(quantization="nf4"),
+        dict(quantization="fp8"),
+        dict(text_offload=True),
+    ],
+)
 def test_cuda_only_choices_fail_clearly_without_cuda(opts, dirs):
     with pytest.raises(ValueError, match="needs a CUDA device"):
         load_backend(dirs["flux"], memory=MemoryOptions(**opts))
@@ -173,16 +200,28 @@ def test_quantization_builds_diffusers_pipeline_config():
         with pytest.raises(ValueError, match="needs the torchao package"):
             quantization_config("fp8", comps, torch.bfloat16)
     else:
-        assert isinstance(quantization_config("fp8", comps, torch.bfloat16).quant_mapping["transformer"],
-                          diffusers.TorchAoConfig)
+        assert isinstance(
+            quantization_config("fp8", comps, torch.bfloat16).quant_mapping["transformer"], diffusers.TorchAoConfig
+        )
 
 
 def test_cli_reports_a_cuda_only_choice(tmp_path, dirs, capsys):
     from grounding.cli import main
 
     scene().save(tmp_path / "img.png")
-    code = main(["segment", "--model", str(dirs["flux"]), str(tmp_path / "img.png"), "red circle", "--out",
-                 str(tmp_path / "o"), "--quantization", "int8"])
+    code = main(
+        [
+            "segment",
+            "--model",
+            str(dirs["flux"]),
+            str(tmp_path / "img.png"),
+            "red circle",
+            "--out",
+            str(tmp_path / "o"),
+            "--quantization",
+            "int8",
+        ]
+    )
     assert code == 2 and "needs a CUDA device" in capsys.readouterr().err
 
 
@@ -205,8 +244,10 @@ def test_engine_batch_encodes_each_expression_once(dirs):
     start = g.backend.encoder_calls
     g.segment(scene(80, 60), "the red circle", views="assembled")
     assert g.backend.encoder_calls == start + 1
-    np.testing.assert_array_equal(g.segment(scene(80, 60), "the red circle", views="assembled").heatmap,
-                                  g.segment(scene(80, 60), "the red circle", views="assembled").heatmap)
+    np.testing.assert_array_equal(
+        g.segment(scene(80, 60), "the red circle", views="assembled").heatmap,
+        g.segment(scene(80, 60), "the red circle", views="assembled").heatmap,
+    )
 
 
 def test_gpu_suite_runs_small_on_cpu():
@@ -218,8 +259,14 @@ def test_gpu_suite_runs_small_on_cpu():
 
     from conftest import ROOT
 
-    p = subprocess.run([sys.executable, "bench/gpu_suite.py", "--small", "--device", "cpu", "--reps", "1"], cwd=ROOT,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [sys.executable, "bench/gpu_suite.py", "--small", "--device", "cpu", "--reps", "1"],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout.strip().splitlines()[-1])
     assert doc["bench"] == "gpu_suite" and doc["small"] is True
@@ -228,5 +275,12 @@ def test_gpu_suite_runs_small_on_cpu():
         assert cap["output_identical"] is True and cap["capture_overhead"] > 0 and 0 < cap["early_exit_over_full"]
         assert doc[arch]["throughput"]["batched_over_unbatched"] > 0
     mem = doc["flux"]["memory_gib"]
-    assert set(mem) >= {"all_on_device", "text_encoder_device=cpu", "offload=model", "offload=sequential",
-                        "quantization=int8", "quantization=nf4", "quantization=fp8"}
+    assert set(mem) >= {
+        "all_on_device",
+        "text_encoder_device=cpu",
+        "offload=model",
+        "offload=sequential",
+        "quantization=int8",
+        "quantization=nf4",
+        "quantization=fp8",
+    }

@@ -9,7 +9,7 @@ from eval import metrics
 def band(rows_left: int, rows_right: int, h: int = 10, w: int = 20) -> np.ndarray:
     m = np.zeros((h, w), dtype=bool)
     m[:rows_left, : w // 2] = True
-    m[:rows_right, w // 2:] = True
+    m[:rows_right, w // 2 :] = True
     return m
 
 

@@ -68,7 +68,7 @@ def test_readout_matches_float64_at_released_shapes(family, dtype):
     mask = None
     if masked:  # the last 16 text positions are batch padding: no query may attend to them
         mask = torch.ones(1, 1, 1, k_len, dtype=torch.bool)
-        mask[..., lay.text.stop - 16: lay.text.stop] = False
+        mask[..., lay.text.stop - 16 : lay.text.stop] = False
         columns = torch.cat([columns, torch.arange(text - 16, text, 4)])  # a batch's union keeps them
     store = AttentionStore(layout=lambda *_: lay, columns=columns)
     out = store.attend("block", q, k, v, attn_mask=mask)

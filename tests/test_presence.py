@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from grounding.readout import presence
 from grounding.config import PresenceConfig
+from grounding.readout import presence
 
 
 def test_roc_auc_by_hand():
@@ -32,8 +32,10 @@ def test_logistic_fit_finds_the_informative_feature():
 
 
 def test_fit_uses_features_every_sample_has_and_reports_auc():
-    feats = [{"content_share": 0.2 + 0.5 * (i % 2), "concentration": 0.3, "agreement": None, "sam_iou": None}
-             for i in range(20)]
+    feats = [
+        {"content_share": 0.2 + 0.5 * (i % 2), "concentration": 0.3, "agreement": None, "sam_iou": None}
+        for i in range(20)
+    ]
     labels = [i % 2 for i in range(20)]
     cfg, report = presence.fit(feats, labels)
     assert report["features"] == ["content_share", "concentration"] and report["roc_auc"] == 1.0

@@ -22,8 +22,10 @@ N_SCENES = 100
 SCORES = ("inter", "union", "iou", "pointing", "pred_pixels", "box")
 
 # slow: real local Ray clusters (~110 s in all); CI runs them after `make test` (`make test-slow`)
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DEMO / "model_index.json").is_file(), reason="the shipped demo model is absent")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (DEMO / "model_index.json").is_file(), reason="the shipped demo model is absent"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,9 @@ def shapes_root(tmp_path_factory):
 
 
 def _cfg(root, **kw) -> RunConfig:
-    return RunConfig(task="refcoco", data_root=str(Path(root).parent), dataset="shapes", split="val",
-                     model=str(DEMO), **kw)
+    return RunConfig(
+        task="refcoco", data_root=str(Path(root).parent), dataset="shapes", split="val", model=str(DEMO), **kw
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +72,12 @@ def test_ray_run_equals_the_single_process_run(shapes_root, single, tmp_path):
 
     reference, ref_summary = single
     out = tmp_path / "ray"
-    summary = run_ray(_cfg(shapes_root), ModelSpec(model=str(DEMO), device="cpu"), out,
-                      RayOptions(address="local", actors=2, batch_size=4))
+    summary = run_ray(
+        _cfg(shapes_root),
+        ModelSpec(model=str(DEMO), device="cpu"),
+        out,
+        RayOptions(address="local", actors=2, batch_size=4),
+    )
     _same_records(read_results(out / "results.jsonl"), reference)
     assert _metrics(summary) == _metrics(ref_summary)
     assert json.loads((out / "ray.json").read_text())["actors"] == 2
@@ -103,8 +110,13 @@ def test_an_actor_killed_mid_run_loses_nothing(shapes_root, single, tmp_path):
 
         threading.Thread(target=watch, daemon=True).start()
 
-    summary = run_ray(_cfg(shapes_root), ModelSpec(model=str(DEMO), device="cpu"), out,
-                      RayOptions(address="local", actors=2, batch_size=2), on_actors=kill_one_midway)
+    summary = run_ray(
+        _cfg(shapes_root),
+        ModelSpec(model=str(DEMO), device="cpu"),
+        out,
+        RayOptions(address="local", actors=2, batch_size=2),
+        on_actors=kill_one_midway,
+    )
     assert killed and killed["at"] < N_SCENES, "the actor was not killed mid-run"
     _same_records(read_results(out / "results.jsonl"), reference)
     assert _metrics(summary) == _metrics(ref_summary)
@@ -113,12 +125,32 @@ def test_an_actor_killed_mid_run_loses_nothing(shapes_root, single, tmp_path):
 def test_the_driver_killed_is_resumed_by_rerunning(shapes_root, single, tmp_path):
     reference, ref_summary = single
     out = tmp_path / "ray"
-    cmd = [sys.executable, "-m", "eval", "refcoco", "--data-root", str(Path(shapes_root).parent), "--dataset",
-           "shapes", "--model", str(DEMO), "--device", "cpu", "--out", str(out), "--ray", "local", "--actors", "2",
-           "--batch-size", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "eval",
+        "refcoco",
+        "--data-root",
+        str(Path(shapes_root).parent),
+        "--dataset",
+        "shapes",
+        "--model",
+        str(DEMO),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--ray",
+        "local",
+        "--actors",
+        "2",
+        "--batch-size",
+        "2",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
     results = out / "results.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and p.poll() is None:
@@ -147,8 +179,9 @@ def _ray_processes() -> list[int]:
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if ("raylet" in cmd or "gcs_server" in cmd or "ray::" in cmd or "ray/_private" in cmd) \
-                    and str(os.getpid()) != d.name:
+            if ("raylet" in cmd or "gcs_server" in cmd or "ray::" in cmd or "ray/_private" in cmd) and str(
+                os.getpid()
+            ) != d.name:
                 out.append(int(d.name))
     return out
 
@@ -164,8 +197,11 @@ def _wait_for_no_ray(timeout: float) -> list[str]:
     for pid in _ray_processes():  # leave nothing behind for the next test, then report
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-            env = [e.decode() for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                   if e.startswith(b"DIT_GROUNDING_RAY_SESSION")]
+            env = [
+                e.decode()
+                for e in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                if e.startswith(b"DIT_GROUNDING_RAY_SESSION")
+            ]
             left.append(f"{pid} {cmd} {env}")
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -185,8 +221,12 @@ def test_a_video_set_runs_per_video_and_expression(tmp_path):
         local = run_local(cfg, Grounder.from_pretrained(DEMO, device="cpu"), tmp_path / "local")
     finally:
         torch.set_num_threads(prev)
-    ray_summary = run_ray(cfg, ModelSpec(model=str(DEMO), device="cpu"), tmp_path / "ray",
-                          RayOptions(address="local", actors=2, batch_size=1))
+    ray_summary = run_ray(
+        cfg,
+        ModelSpec(model=str(DEMO), device="cpu"),
+        tmp_path / "ray",
+        RayOptions(address="local", actors=2, batch_size=1),
+    )
     recs = {r["id"]: r for r in read_results(tmp_path / "ray" / "results.jsonl")}
     ref = {r["id"]: r for r in read_results(tmp_path / "local" / "results.jsonl")}
     assert set(recs) == set(ref) and len(recs) == 5
@@ -194,22 +234,28 @@ def test_a_video_set_runs_per_video_and_expression(tmp_path):
         assert {m: recs[k][m] for m in ("J", "F", "J&F")} == {m: ref[k][m] for m in ("J", "F", "J&F")}
     assert _metrics(ray_summary) == _metrics(local)
     masks = sorted(p.relative_to(tmp_path / "ray") for p in (tmp_path / "ray" / "Annotations").rglob("*.png"))
-    assert masks == sorted(p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "Annotations").rglob("*.png"))
+    assert masks == sorted(
+        p.relative_to(tmp_path / "local") for p in (tmp_path / "local" / "Annotations").rglob("*.png")
+    )
 
 
 def test_a_failing_sample_is_recorded_as_an_error(tmp_path, shapes_root):
     """A sample whose image is unreadable is tried, then recorded as an error (IoU 0), not lost."""
-    from eval.ray_runner import ModelSpec, RayOptions, run_ray
-
     import shutil
+
+    from eval.ray_runner import ModelSpec, RayOptions, run_ray
 
     data = tmp_path / "data"
     shutil.copytree(Path(shapes_root).parent, data)
     images = sorted((data / "images").rglob("*.png")) if (data / "images").is_dir() else sorted(data.rglob("*.png"))
     images[0].write_bytes(b"not a png")
     cfg = RunConfig(task="refcoco", data_root=str(data), dataset="shapes", split="val", model=str(DEMO), limit=12)
-    summary = run_ray(cfg, ModelSpec(model=str(DEMO), device="cpu"), tmp_path / "run",
-                      RayOptions(address="local", actors=2, batch_size=3))
+    summary = run_ray(
+        cfg,
+        ModelSpec(model=str(DEMO), device="cpu"),
+        tmp_path / "run",
+        RayOptions(address="local", actors=2, batch_size=3),
+    )
     recs = read_results(tmp_path / "run" / "results.jsonl")
     errors = [r for r in recs if r.get("error")]
     assert len(recs) == 12 and len({r["id"] for r in recs}) == 12

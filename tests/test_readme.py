@@ -20,10 +20,12 @@ FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 NOT_RUN = re.compile(r"<!-- not run: (.+?) -->\s*$")
 # What a block must print (a regex per block, found by a phrase of the block).
 EXPECT = {
-    "curl -fsS": [r'"expression":\s*"the red triangle".*?"present":\s*true',
-                  r'"expression":\s*"the woman in uniform".*?"present":\s*false',
-                  r'"instances":\s*\[\][^\]]*"best_guess":\s*true|"best_guess":\s*true.*?"instances":\s*\[\]',
-                  r'"card":\s*\{'],
+    "curl -fsS": [
+        r'"expression":\s*"the red triangle".*?"present":\s*true',
+        r'"expression":\s*"the woman in uniform".*?"present":\s*false',
+        r'"instances":\s*\[\][^\]]*"best_guess":\s*true|"best_guess":\s*true.*?"instances":\s*\[\]',
+        r'"card":\s*\{',
+    ],
     "SyncHTTPClient": [r"^the square at the left True \["],
     "GroundingStub": [r"^True \["],
     "Grounder.from_pretrained": [r"^True 0\.9\d \(\d"],
@@ -35,8 +37,14 @@ def blocks(text: str) -> list[dict]:
     for m in FENCE.finditer(text):
         before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
         skip = NOT_RUN.search(before)
-        out.append({"lang": m.group(1), "code": m.group(2), "line": text[: m.start()].count("\n") + 1,
-                    "not_run": skip.group(1) if skip else None})
+        out.append(
+            {
+                "lang": m.group(1),
+                "code": m.group(2),
+                "line": text[: m.start()].count("\n") + 1,
+                "not_run": skip.group(1) if skip else None,
+            }
+        )
     return out
 
 
@@ -47,21 +55,32 @@ def test_readme_is_a_short_front_door():
     assert text.startswith("# dit-grounding\n\n![")  # a picture made by the project first
     runnable = [b for b in blocks(text) if b["lang"] in ("bash", "python")]
     skipped = sorted(b["not_run"] for b in runnable if b["not_run"])
-    assert skipped == ["needs a local model folder and a data set", "needs real weights, a GPU and the network",
-                       "the set-up commands themselves (make test runs this suite)"]
+    assert skipped == [
+        "needs a local model folder and a data set",
+        "needs real weights, a GPU and the network",
+        "the set-up commands themselves (make test runs this suite)",
+    ]
     assert len(runnable) - len(skipped) >= 5
 
 
 def test_readme_code_blocks_run(demo_server, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        HF_HUB_OFFLINE="1",
+        PYTHONPATH=str(ROOT),
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+    )
     ran = 0
     for b in blocks(README.read_text()):
         if b["lang"] not in ("bash", "python") or b["not_run"]:
             continue
-        code = (b["code"].replace("http://127.0.0.1:3000", demo_server.url)
-                .replace("127.0.0.1:3001", demo_server.grpc).replace(".venv/bin/python", sys.executable))
+        code = (
+            b["code"]
+            .replace("http://127.0.0.1:3000", demo_server.url)
+            .replace("127.0.0.1:3001", demo_server.grpc)
+            .replace(".venv/bin/python", sys.executable)
+        )
         where = f"README.md line {b['line']}"
         if b["lang"] == "bash":
             cmd = ["bash", "-euo", "pipefail", "-c", code]
@@ -70,7 +89,9 @@ def test_readme_code_blocks_run(demo_server, tmp_path):
             script.write_text(code)
             cmd = [sys.executable, str(script)]
         p = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, f"{where} failed:\n{code}\n--- stdout\n{p.stdout[-2000:]}\n--- stderr\n{p.stderr[-3000:]}"
+        assert p.returncode == 0, (
+            f"{where} failed:\n{code}\n--- stdout\n{p.stdout[-2000:]}\n--- stderr\n{p.stderr[-3000:]}"
+        )
         for phrase, patterns in EXPECT.items():
             if phrase in code:
                 for pattern in patterns:

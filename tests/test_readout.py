@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from fixtures import scene
-from grounding.backends.capture import AttentionStore
 from grounding.backends import load_backend
+from grounding.backends.capture import AttentionStore
 from grounding.config import MagnetConfig
 from grounding.readout.tokens import align
 
@@ -48,8 +48,9 @@ def _inputs(backend, expressions):
 
 def _store(backend, tokens, columns, n_img, **kw):
     text_len = len(tokens[0].kinds)
-    return AttentionStore(layout=lambda block, q, k: backend.layout(block, q, k, text_len, n_img),
-                          columns=torch.from_numpy(columns), **kw)
+    return AttentionStore(
+        layout=lambda block, q, k: backend.layout(block, q, k, text_len, n_img), columns=torch.from_numpy(columns), **kw
+    )
 
 
 def _n_img(backend, latents):
@@ -77,8 +78,10 @@ def test_capture_matches_float64_softmax_and_output_is_bit_identical(arch, lse_s
         ours = backend.forward(noisy, 0.3, cond, 1.0)
     assert torch.equal(stock, ours), "capture changed the transformer output"
     # processors, hooks and diffusers' active attention backend are restored afterwards
-    assert all(type(p).__name__ in ("FluxAttnProcessor", "JointAttnProcessor2_0")
-               for p in backend.transformer.attn_processors.values())
+    assert all(
+        type(p).__name__ in ("FluxAttnProcessor", "JointAttnProcessor2_0")
+        for p in backend.transformer.attn_processors.values()
+    )
     assert _AttentionBackendRegistry._active_backend == active
     assert not any(m._forward_pre_hooks or m._forward_hooks for m in backend.transformer.modules())
 
@@ -117,8 +120,10 @@ def test_capture_reaches_processors_pinned_to_a_backend(tiny_flux_dir):
     with backend.capturing(store, backend.block_names):
         ours = backend.forward(noisy, 0.3, cond, 1.0)
     assert sorted(store.maps) == sorted(backend.block_names) and torch.equal(stock, ours)
-    assert all(str(p._attention_backend) in ("native", "AttentionBackendName.NATIVE")
-               for p in backend.transformer.attn_processors.values())
+    assert all(
+        str(p._attention_backend) in ("native", "AttentionBackendName.NATIVE")
+        for p in backend.transformer.attn_processors.values()
+    )
 
 
 def test_other_threads_forwards_are_not_captured(tiny_flux_dir):
@@ -136,6 +141,8 @@ def test_other_threads_forwards_are_not_captured(tiny_flux_dir):
         t.start()
         t.join()
     assert store.maps == {} and torch.equal(other["out"], stock)
+
+
 def test_unknown_block_is_a_clear_error(flux_grounder, scene_image):
     with pytest.raises(ValueError, match="unknown blocks"):
         flux_grounder.segment(scene_image, "red circle", blocks=("nope.0",))

@@ -41,8 +41,14 @@ RELEASED_VOCAB = {"clip", "qwen", "llama3", "tekken"}
 
 @pytest.fixture(scope="module")
 def walked():
-    p = subprocess.run([sys.executable, "bench/gpu_suite.py", "--dry-run"], cwd=ROOT,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=400)
+    p = subprocess.run(
+        [sys.executable, "bench/gpu_suite.py", "--dry-run"],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads(p.stdout.strip().splitlines()[-1])
     assert doc["dry_run"] is True and doc["device"] == "meta"
@@ -71,8 +77,9 @@ def test_released_size_and_capture_path(walked, model):
     # the maps of every block, and the early exit's first half: [L, V, T, H, N, C]
     assert r["map_shape"] == [blocks, 1, r["samples"], heads, r["image_tokens_per_sample"], r["captured_columns"]]
     assert r["early_exit_blocks"] == blocks // 2
-    assert r["map_mib_fp32"] == round(blocks * r["samples"] * heads * r["image_tokens_per_sample"]
-                                      * r["captured_columns"] * 4 / 2**20, 1)
+    assert r["map_mib_fp32"] == round(
+        blocks * r["samples"] * heads * r["image_tokens_per_sample"] * r["captured_columns"] * 4 / 2**20, 1
+    )
     # int8 / nf4 / fp8 map onto exactly the transformer(s) and text encoders of the pipeline
     experts = ["transformer", "transformer_2"] if model == "wan2.2-t2v-a14b" else ["transformer"]
     assert set(experts) <= set(r["quantized_components"]) and "vae" not in r["quantized_components"]

@@ -20,20 +20,34 @@ import numpy as np
 import pytest
 import torch
 
-from synthetic import vocabularies
 from fixtures import save_tiny_models
 from grounding.backends import load_backend
-from grounding.backends.base import PADDING, TEXT
+from grounding.backends.sequences import PADDING, TEXT
 from grounding.config import MagnetConfig
 from grounding.readout.tokens import PUNCT, align
+from synthetic import vocabularies
 
 MAX_LEN = 96
 EXPRESSIONS = [
-    "guy in t-shirt", "black-and-white cat", "left-most giraffe", "half-eaten sandwich", "cat/dog on the sofa",
-    "a dog,a cat", "the man's hat", "don't pick the 3rd car", "car number 1234567 on the left",
-    "e-mail@address.com sign", "über-cool dog", unicodedata.normalize("NFD", "the café sign"),
-    unicodedata.normalize("NFC", "the café sign"), "红色的圆 on the left", "красная машина слева",
-    "the dog 🐶 on the bench", "<think> box", "the [IMG] tile", "man\twith  two   spaces",
+    "guy in t-shirt",
+    "black-and-white cat",
+    "left-most giraffe",
+    "half-eaten sandwich",
+    "cat/dog on the sofa",
+    "a dog,a cat",
+    "the man's hat",
+    "don't pick the 3rd car",
+    "car number 1234567 on the left",
+    "e-mail@address.com sign",
+    "über-cool dog",
+    unicodedata.normalize("NFD", "the café sign"),
+    unicodedata.normalize("NFC", "the café sign"),
+    "红色的圆 on the left",
+    "красная машина слева",
+    "the dog 🐶 on the bench",
+    "<think> box",
+    "the [IMG] tile",
+    "man\twith  two   spaces",
     "the " + " ".join(["very"] * 120) + " long red sofa",
 ]
 # backbone → (vocabulary, its tokenizer attribute(s) on the pipeline, text encoder attribute(s))
@@ -52,8 +66,11 @@ def _real(name: str, like):
     try:
         if name == "clip":
             return vocabularies.clip_tokenizer(pad_token=str(like.pad_token))
-        build = {"qwen": vocabularies.qwen_tokenizer, "tekken": vocabularies.tekken_tokenizer,
-                 "llama3": lambda chat_template=None: vocabularies.llama3_tokenizer()}[name]
+        build = {
+            "qwen": vocabularies.qwen_tokenizer,
+            "tekken": vocabularies.tekken_tokenizer,
+            "llama3": lambda chat_template=None: vocabularies.llama3_tokenizer(),
+        }[name]
         return build(chat_template=getattr(like, "chat_template", None))
     except vocabularies.Unavailable as e:
         pytest.skip(str(e))
@@ -128,13 +145,15 @@ def test_text_path_is_the_pipelines_own_with_the_real_vocabulary(arch, backends)
         ours = b.encode_prompts([seq])
         with torch.no_grad():
             if arch == "zimage":
-                theirs = b.pipe.encode_prompt([prompt], device="cpu", do_classifier_free_guidance=False,
-                                              max_sequence_length=MAX_LEN)[0]
+                theirs = b.pipe.encode_prompt(
+                    [prompt], device="cpu", do_classifier_free_guidance=False, max_sequence_length=MAX_LEN
+                )[0]
                 assert len(theirs) == 1 and torch.equal(ours["embeds"][0], theirs[0])
                 continue
             if arch == "sd3":
-                theirs = b.pipe.encode_prompt(prompt, prompt, prompt, device="cpu", do_classifier_free_guidance=False,
-                                              max_sequence_length=MAX_LEN)
+                theirs = b.pipe.encode_prompt(
+                    prompt, prompt, prompt, device="cpu", do_classifier_free_guidance=False, max_sequence_length=MAX_LEN
+                )
                 assert torch.equal(ours["pooled"], theirs[2])
                 theirs = theirs[0]
             elif arch == "hunyuanvideo":

@@ -5,19 +5,19 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding.segment import refine
 from grounding.config import RefineConfig
+from grounding.segment import refine
 from grounding.segment.prompts import region_at_peak
 from grounding.segment.segmenters import mask_iou
 
 
 def _disc_scene(size: int = 64, grid: int = 16):
     yy, xx = np.mgrid[:size, :size]
-    disc = (yy - 30.5) ** 2 + (xx - 25.5) ** 2 <= 11 ** 2
+    disc = (yy - 30.5) ** 2 + (xx - 25.5) ** 2 <= 11**2
     img = np.full((size, size, 3), 225, dtype=np.uint8)
     img[disc] = (200, 40, 40)
     cell = size // grid
-    centres = disc[cell // 2::cell, cell // 2::cell]  # token cells whose centre is on the disc
+    centres = disc[cell // 2 :: cell, cell // 2 :: cell]  # token cells whose centre is on the disc
     return Image.fromarray(img), disc, torch.from_numpy(centres.astype(np.float32)).reshape(-1)
 
 

@@ -14,7 +14,6 @@ from fixtures import encode, scene, video_bytes
 from grounding.pipeline.result import rle_to_mask
 
 
-
 def post(server, route, files=None, data=None, json=None):
     return httpx.post(server["url"] + route, files=files, data=data, json=json, timeout=120)
 
@@ -43,16 +42,22 @@ def test_segment_multipart_rle_decodes_to_image_size(server):
 
 
 def test_answer_ground(server):
-    r = post(server, "/answer_ground", files={"image": ("a.png", encode(scene()), "image/png")},
-             data={"question": "what is left of the blue square?", "answer": "a red circle", "return_heatmap": "true"})
+    r = post(
+        server,
+        "/answer_ground",
+        files={"image": ("a.png", encode(scene()), "image/png")},
+        data={"question": "what is left of the blue square?", "answer": "a red circle", "return_heatmap": "true"},
+    )
     assert r.status_code == 200, r.text
     (res,) = r.json()["results"]
     assert res["expression"] == "what is left of the blue square? a red circle"
     assert rle_to_mask(res["segmentation"]).shape == (48, 64) and res["heatmap_png"]
-    for data, message in [({"answer": "red"}, "missing field: question"),
-                          ({"question": "what is the?"}, "no content words"),
-                          ({"question": "what? " + "red " * 600}, "over the limit"),
-                          ({"question": "what is red?", "views": "local"}, "views")]:
+    for data, message in [
+        ({"answer": "red"}, "missing field: question"),
+        ({"question": "what is the?"}, "no content words"),
+        ({"question": "what? " + "red " * 600}, "over the limit"),
+        ({"question": "what is red?", "views": "local"}, "views"),
+    ]:
         bad = post(server, "/answer_ground", files={"image": ("a.png", encode(scene()), "image/png")}, data=data)
         assert bad.status_code == 400 and message in bad.text, bad.text
 
@@ -67,8 +72,17 @@ def test_assembled_views_option(server):
 
 def test_segment_json_base64_several_expressions(server):
     b64 = base64.b64encode(encode(scene(), "JPEG")).decode()
-    r = post(server, "/segment", json={"image_base64": b64, "expression": ["red circle", "the blue square"],
-                                       "mask_format": "polygon", "return_heatmap": True, "return_mask_png": True})
+    r = post(
+        server,
+        "/segment",
+        json={
+            "image_base64": b64,
+            "expression": ["red circle", "the blue square"],
+            "mask_format": "polygon",
+            "return_heatmap": True,
+            "return_mask_png": True,
+        },
+    )
     assert r.status_code == 200, r.text
     res = r.json()["results"]
     assert [x["expression"] for x in res] == ["red circle", "the blue square"]
@@ -87,12 +101,18 @@ def test_mask_png_format_and_switches(server):
 
 
 def test_ground_and_render(server):
-    r = post(server, "/ground", files={"image": ("a.png", encode(scene()), "image/png")},
-             data={"expression": "blue square", "heatmap_format": "array"})
+    r = post(
+        server,
+        "/ground",
+        files={"image": ("a.png", encode(scene()), "image/png")},
+        data={"expression": "blue square", "heatmap_format": "array"},
+    )
     assert r.status_code == 200, r.text
     heat = np.array(r.json()["results"][0]["heatmap"]["data"])
     assert heat.shape == (48, 64) and heat.max() == 1.0
-    r = post(server, "/render", files={"image": ("a.png", encode(scene()), "image/png")}, data={"expression": "blue square"})
+    r = post(
+        server, "/render", files={"image": ("a.png", encode(scene()), "image/png")}, data={"expression": "blue square"}
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("image/png")
     assert Image.open(io.BytesIO(r.content)).size == (64, 48)
 
@@ -110,13 +130,16 @@ def test_bentoml_sync_client(server, tmp_path):
 BOMB = encode(Image.new("L", (3000, 3000)))  # 9 MP of zeros: a few KB on the wire, over the 4 MP limit
 
 
-@pytest.mark.parametrize("content,ctype,status,message", [
-    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 400, "cannot read image"),
-    (b"", "image/png", 400, "empty"),
-    (b"hello, I am text", "text/plain", 415, "not an image"),
-    (b"%PDF-1.4 not really", "application/octet-stream", 415, "not an image"),
-    (BOMB, "image/png", 413, "over the limit"),
-])
+@pytest.mark.parametrize(
+    "content,ctype,status,message",
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 64, "image/png", 400, "cannot read image"),
+        (b"", "image/png", 400, "empty"),
+        (b"hello, I am text", "text/plain", 415, "not an image"),
+        (b"%PDF-1.4 not really", "application/octet-stream", 415, "not an image"),
+        (BOMB, "image/png", 413, "over the limit"),
+    ],
+)
 def test_bad_images_are_4xx_and_server_survives(server, content, ctype, status, message):
     r = segment(server, content, ctype=ctype)
     assert r.status_code == status, r.text
@@ -124,17 +147,20 @@ def test_bad_images_are_4xx_and_server_survives(server, content, ctype, status, 
     assert segment(server, encode(scene())).status_code == 200
 
 
-@pytest.mark.parametrize("fields,message", [
-    ({"expression": ""}, "empty"),
-    ({"expression": "   "}, "empty"),
-    ({"expression": "the of and"}, "no content words"),
-    ({"expression": "red " * 600}, "over the limit"),
-    ({"expression": '["a red circle"' + ', "blue"' * 20 + "]"}, "over the limit"),
-    ({"mask_format": "bmp"}, "mask_format"),
-    ({"sinks_mode": "nope"}, "sinks_mode"),
-    ({"views": "local"}, "views"),
-    ({"threshold": "2"}, "threshold"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"expression": ""}, "empty"),
+        ({"expression": "   "}, "empty"),
+        ({"expression": "the of and"}, "no content words"),
+        ({"expression": "red " * 600}, "over the limit"),
+        ({"expression": '["a red circle"' + ', "blue"' * 20 + "]"}, "over the limit"),
+        ({"mask_format": "bmp"}, "mask_format"),
+        ({"sinks_mode": "nope"}, "sinks_mode"),
+        ({"views": "local"}, "views"),
+        ({"threshold": "2"}, "threshold"),
+    ],
+)
 def test_bad_fields_are_400(server, fields, message):
     data = {"expression": "red circle", **fields}
     r = post(server, "/segment", files={"image": ("a.png", encode(scene()), "image/png")}, data=data)
@@ -157,15 +183,23 @@ def _exif_rotated() -> bytes:
     return encode(scene(), "JPEG", exif=exif)
 
 
-@pytest.mark.parametrize("name,content,ctype,size", [
-    ("cmyk.jpg", encode(scene().convert("CMYK"), "JPEG"), "image/jpeg", (48, 64)),
-    ("gray.jpg", encode(scene().convert("L"), "JPEG"), "image/jpeg", (48, 64)),
-    ("pal.png", encode(scene().convert("P")), "image/png", (48, 64)),
-    ("rgba.png", encode(scene().convert("RGBA")), "image/png", (48, 64)),
-    ("i16.png", encode(Image.fromarray(np.asarray(scene().convert("L")).astype(np.uint16) * 257)), "image/png", (48, 64)),
-    ("exif.jpg", _exif_rotated(), "image/jpeg", (64, 48)),
-    ("noext", encode(scene()), "application/octet-stream", (48, 64)),
-])
+@pytest.mark.parametrize(
+    "name,content,ctype,size",
+    [
+        ("cmyk.jpg", encode(scene().convert("CMYK"), "JPEG"), "image/jpeg", (48, 64)),
+        ("gray.jpg", encode(scene().convert("L"), "JPEG"), "image/jpeg", (48, 64)),
+        ("pal.png", encode(scene().convert("P")), "image/png", (48, 64)),
+        ("rgba.png", encode(scene().convert("RGBA")), "image/png", (48, 64)),
+        (
+            "i16.png",
+            encode(Image.fromarray(np.asarray(scene().convert("L")).astype(np.uint16) * 257)),
+            "image/png",
+            (48, 64),
+        ),
+        ("exif.jpg", _exif_rotated(), "image/jpeg", (64, 48)),
+        ("noext", encode(scene()), "application/octet-stream", (48, 64)),
+    ],
+)
 def test_image_kinds_served(server, name, content, ctype, size):
     r = segment(server, content, ctype=ctype, name=name)
     assert r.status_code == 200, r.text
@@ -189,12 +223,20 @@ def test_grpc_segment_ground_health_reflection(server):
 
     with grpc.insecure_channel(server["grpc"]) as ch:
         stub = pb_grpc.GroundingStub(ch)
-        r = stub.Segment(pb.SegmentRequest(image=encode(scene(80, 60)), expressions=["red circle", "blue square"],
-                                           options=pb.Options(return_heatmap=True)), timeout=60)
+        r = stub.Segment(
+            pb.SegmentRequest(
+                image=encode(scene(80, 60)),
+                expressions=["red circle", "blue square"],
+                options=pb.Options(return_heatmap=True),
+            ),
+            timeout=60,
+        )
         assert (r.image.width, r.image.height) == (80, 60) and len(r.results) == 2
         assert all(0.0 <= res.presence_score <= 1.0 for res in r.results)
-        assembled = stub.Segment(pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
-                                                   options=pb.Options(views="assembled")), timeout=60)
+        assembled = stub.Segment(
+            pb.SegmentRequest(image=encode(scene()), expressions=["red circle"], options=pb.Options(views="assembled")),
+            timeout=60,
+        )
         assert "views" in assembled.timings_ms
         for res in r.results:
             mask = rle_to_mask({"size": list(res.segmentation.size), "counts": res.segmentation.counts})
@@ -202,13 +244,21 @@ def test_grpc_segment_ground_health_reflection(server):
             assert Image.open(io.BytesIO(res.heatmap_png)).size == (80, 60)
         g = stub.Ground(pb.GroundRequest(image=encode(scene()), expressions=["red circle"]), timeout=60)
         assert list(g.heatmaps[0].size) == [48, 64] and len(g.heatmaps[0].peak) == 2
-        for req, msg in [(pb.SegmentRequest(image=b"junk", expressions=["red circle"]), "not an image"),
-                         (pb.SegmentRequest(image=encode(scene()), expressions=["the of"]), "no content words"),
-                         (pb.SegmentRequest(image=encode(scene())), "expression"),
-                         (pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
-                                            options=pb.Options(mask_format="bmp")), "mask_format"),
-                         (pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
-                                            options=pb.Options(views="local")), "views")]:
+        for req, msg in [
+            (pb.SegmentRequest(image=b"junk", expressions=["red circle"]), "not an image"),
+            (pb.SegmentRequest(image=encode(scene()), expressions=["the of"]), "no content words"),
+            (pb.SegmentRequest(image=encode(scene())), "expression"),
+            (
+                pb.SegmentRequest(
+                    image=encode(scene()), expressions=["red circle"], options=pb.Options(mask_format="bmp")
+                ),
+                "mask_format",
+            ),
+            (
+                pb.SegmentRequest(image=encode(scene()), expressions=["red circle"], options=pb.Options(views="local")),
+                "views",
+            ),
+        ]:
             with pytest.raises(grpc.RpcError) as err:
                 stub.Segment(req, timeout=60)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and msg in err.value.details()
@@ -220,10 +270,10 @@ def test_grpc_segment_ground_health_reflection(server):
         assert "grounding.v1.Grounding" in names and "grpc.health.v1.Health" in names
 
 
-
 def _submit(server, data: bytes, **fields) -> str:
-    r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
-                   data=fields, timeout=60)
+    r = httpx.post(
+        server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")}, data=fields, timeout=60
+    )
     assert r.status_code == 200, r.text
     return r.json()["task_id"]
 
@@ -253,7 +303,7 @@ def test_video_task_end_to_end(server, tmp_path):
         assert rle_to_mask(f["segmentation"]).shape == (48, 64) and isinstance(f["present"], bool)
     overlay = tmp_path / "overlay.mp4"
     overlay.write_bytes(base64.b64decode(doc["overlay_mp4_base64"]))
-    from grounding.pipeline.video import read_frames
+    from grounding.pipeline.frames import read_frames
 
     assert len(list(read_frames(overlay))) == 6
     assert _progress(server, task) == {"task_id": task, "state": "done", "done": 6, "total": 6, "resumed_from": 0}
@@ -281,28 +331,35 @@ def test_video_task_cancel_then_resume(server, tmp_path):
     assert progress["state"] == "done" and progress["resumed_from"] == partial["done"]
 
 
-@pytest.mark.parametrize("data,fields,status,field,message", [
-    (b"definitely not a video" * 20, {"expression": "red circle"}, 400, "video", "cannot read video"),
-    (b"", {"expression": "red circle"}, 400, "video", "empty"),
-    (None, {"expression": "the of"}, 400, "expression", "no content words"),
-    (None, {"expression": ""}, 400, "expression", "empty"),
-    (None, {"expression": "red circle", "window": "99"}, 400, "window", "less than or equal to 16"),
-    (None, {"expression": "red circle", "threshold": "2"}, 400, "threshold", "less than 1"),
-    (None, {"expression": "red circle", "views": "assembled"}, 400, "views", "unknown field"),
-    (None, {"expression": "red circle", "maps": "sometimes"}, 400, "maps", "'frame' or 'clip'"),
-])
+@pytest.mark.parametrize(
+    "data,fields,status,field,message",
+    [
+        (b"definitely not a video" * 20, {"expression": "red circle"}, 400, "video", "cannot read video"),
+        (b"", {"expression": "red circle"}, 400, "video", "empty"),
+        (None, {"expression": "the of"}, 400, "expression", "no content words"),
+        (None, {"expression": ""}, 400, "expression", "empty"),
+        (None, {"expression": "red circle", "window": "99"}, 400, "window", "less than or equal to 16"),
+        (None, {"expression": "red circle", "threshold": "2"}, 400, "threshold", "less than 1"),
+        (None, {"expression": "red circle", "views": "assembled"}, 400, "views", "unknown field"),
+        (None, {"expression": "red circle", "maps": "sometimes"}, 400, "maps", "'frame' or 'clip'"),
+    ],
+)
 def test_video_task_bad_input_refused_at_submit(server, tmp_path, data, fields, status, field, message):
     data = video_bytes(tmp_path, 3) if data is None else data
-    r = httpx.post(server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")},
-                   data=fields, timeout=60)
+    r = httpx.post(
+        server["url"] + "/segment_video/submit", files={"video": ("v.mp4", data, "video/mp4")}, data=fields, timeout=60
+    )
     assert r.status_code == status and r.json()["field"] == field and message in r.json()["error"], r.text
     assert post(server, "/video_progress", json={"task_id": "nope"}).status_code == 404
 
 
 def test_clip_maps_on_an_image_model_fail_with_the_reason(server, tmp_path):
-    task = httpx.post(server["url"] + "/segment_video/submit",
-                      files={"video": ("v.mp4", video_bytes(tmp_path, 3), "video/mp4")},
-                      data={"expression": "red circle", "maps": "clip"}, timeout=60).json()["task_id"]
+    task = httpx.post(
+        server["url"] + "/segment_video/submit",
+        files={"video": ("v.mp4", video_bytes(tmp_path, 3), "video/mp4")},
+        data={"expression": "red circle", "maps": "clip"},
+        timeout=60,
+    ).json()["task_id"]
     assert _wait(server, task) == "failed"
     assert "needs a video diffusion transformer" in _progress(server, task)["error"]
 
@@ -315,9 +372,12 @@ def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):
     with zipfile.ZipFile(path, "w") as z:
         z.writestr("000.png", encode(scene()))
         z.writestr("001.png", b"\x89PNG\r\n\x1a\n broken")
-    task = httpx.post(server["url"] + "/segment_video/submit",
-                      files={"video": ("frames.zip", path.read_bytes(), "application/zip")},
-                      data={"expression": "red circle"}, timeout=60).json()["task_id"]
+    task = httpx.post(
+        server["url"] + "/segment_video/submit",
+        files={"video": ("frames.zip", path.read_bytes(), "application/zip")},
+        data={"expression": "red circle"},
+        timeout=60,
+    ).json()["task_id"]
     assert _wait(server, task) == "failed"
     r = httpx.get(server["url"] + "/segment_video/get", params={"task_id": task})
     assert "cannot read frame 001.png" in r.json()["error"], r.text
@@ -325,8 +385,11 @@ def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):
     assert progress["state"] == "failed" and "cannot read frame 001.png" in progress["error"], progress
 
 
-ODD_FILES = sorted(p for p in (Path(__file__).parent / "data" / "pillow-odd").iterdir()
-                   if p.suffix not in (".md",) and not p.name.startswith("LICENSE"))
+ODD_FILES = sorted(
+    p
+    for p in (Path(__file__).parent / "data" / "pillow-odd").iterdir()
+    if p.suffix not in (".md",) and not p.name.startswith("LICENSE")
+)
 
 
 def test_real_world_odd_files_never_5xx(server):
@@ -365,8 +428,12 @@ def test_instances_over_rest_and_grpc(server):
     assert bad.status_code == 400 and bad.json()["field"] == "instances"
     with grpc.insecure_channel(server["grpc"]) as ch:
         stub = pb_grpc.GroundingStub(ch)
-        g = stub.Segment(pb.SegmentRequest(image=encode(scene(80, 60)), expressions=["all shapes"],
-                                           options=pb.Options(instances="all")), timeout=60)
+        g = stub.Segment(
+            pb.SegmentRequest(
+                image=encode(scene(80, 60)), expressions=["all shapes"], options=pb.Options(instances="all")
+            ),
+            timeout=60,
+        )
         union = np.zeros((60, 80), bool)
         for inst in g.results[0].instances:
             m = rle_to_mask({"size": list(inst.segmentation.size), "counts": inst.segmentation.counts})
@@ -375,6 +442,10 @@ def test_instances_over_rest_and_grpc(server):
         whole = rle_to_mask({"size": list(g.results[0].segmentation.size), "counts": g.results[0].segmentation.counts})
         assert np.array_equal(union, whole)
         with pytest.raises(grpc.RpcError) as e:
-            stub.Segment(pb.SegmentRequest(image=encode(scene()), expressions=["red circle"],
-                                           options=pb.Options(instances="some")), timeout=60)
+            stub.Segment(
+                pb.SegmentRequest(
+                    image=encode(scene()), expressions=["red circle"], options=pb.Options(instances="some")
+                ),
+                timeout=60,
+            )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -3,11 +3,21 @@
 import numpy as np
 import pytest
 
-from synthetic import vocabularies
-
 from grounding.backends import ROLE_NAMES, load_backend
 from grounding.config import MagnetConfig
-from grounding.readout.tokens import CONTENT, MAGNET, PAD, PUNCT, SPECIAL, STOP, align, head_noun, split_words, validate_expression
+from grounding.readout.tokens import (
+    CONTENT,
+    MAGNET,
+    PAD,
+    PUNCT,
+    SPECIAL,
+    STOP,
+    align,
+    head_noun,
+    split_words,
+    validate_expression,
+)
+from synthetic import vocabularies
 
 
 def _clean(piece: str) -> str:
@@ -26,7 +36,9 @@ def _align(backend, expression, n, magnets=None):
 def _streams(backend, tok):
     """(name, tokenizer, positions in the text sequence) per stream the transformer receives."""
     pipe = backend.pipe
-    tokenizers = ({"t5": pipe.tokenizer_2} if backend.arch == "flux" else {"clip": pipe.tokenizer, "t5": pipe.tokenizer_3})
+    tokenizers = (
+        {"t5": pipe.tokenizer_2} if backend.arch == "flux" else {"clip": pipe.tokenizer, "t5": pipe.tokenizer_3}
+    )
     seq = tok.sequence
     return [(name, tokenizers[name], np.flatnonzero(seq.stream == i)) for i, name in enumerate(seq.streams)]
 
@@ -65,8 +77,9 @@ def test_sequence_is_what_the_pipeline_feeds_the_transformer(backend):
             embeds, pooled, text_ids = pipe.encode_prompt(prompt=prompts, prompt_2=None, max_sequence_length=32)
             assert torch.equal(ours["text_ids"], text_ids)
         else:
-            embeds, _, pooled, _ = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
-                                                      do_classifier_free_guidance=False, max_sequence_length=32)
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False, max_sequence_length=32
+            )
     assert torch.equal(ours["embeds"], embeds) and torch.equal(ours["pooled"], pooled)
     assert all(len(s) == embeds.shape[1] for s in seqs)
     assert {ROLE_NAMES[r] for r in seqs[0].roles} >= {"text", "special", "padding"}
@@ -147,8 +160,19 @@ def test_split_words_keeps_punctuation_and_apostrophes():
     assert [w for w, _, _ in split_words("dog's bench, left!")] == ["dog's", "bench", ",", "left", "!"]
 
 
-GLUED = ["guy in t-shirt", "black-and-white cat", "left-most giraffe", "half-eaten sandwich", "cat/dog on the sofa",
-         "a dog,a cat", "e-mail@address.com", "über-cool dog", "<think> box", "the man's hat", "3rd car from left"]
+GLUED = [
+    "guy in t-shirt",
+    "black-and-white cat",
+    "left-most giraffe",
+    "half-eaten sandwich",
+    "cat/dog on the sofa",
+    "a dog,a cat",
+    "e-mail@address.com",
+    "über-cool dog",
+    "<think> box",
+    "the man's hat",
+    "3rd car from left",
+]
 
 
 def _byte_bpe_tokenizer(texts: list[str]):
@@ -161,8 +185,12 @@ def _byte_bpe_tokenizer(texts: list[str]):
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(vocabularies.LLAMA3_SPLIT), behavior="isolated"),
-                                   pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    pre = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(vocabularies.LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     vocab = {t: i for i, t in enumerate(bytes_to_unicode().values())}
     merges = []
     for text in texts:
@@ -181,7 +209,7 @@ def _byte_bpe_tokenizer(texts: list[str]):
 def test_byte_bpe_glued_punctuation_never_costs_a_word_its_token(expression):
     """Every word gets its tokens, including a token that carries a punctuation mark glued to it
     (``-shirt`` is "shirt"'s); a token is the punctuation's only when it holds nothing else."""
-    from grounding.backends.base import TEXT, join_streams, tokenize_stream
+    from grounding.backends.sequences import TEXT, join_streams, tokenize_stream
 
     magnets = MagnetConfig()
     tok = _byte_bpe_tokenizer([expression + " and of with the a"])

@@ -18,9 +18,19 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        b = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         yield b
         b.close()
 
@@ -40,8 +50,10 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
     page.fill("#expressions", "the red circle\nthe blue square")
     page.click("#segment")
     page.wait_for_selector(".result .score", state="attached")
-    page.wait_for_function("document.querySelectorAll('.result').length === 2 && "
-                           "document.querySelector('.result .score').textContent.length > 0")
+    page.wait_for_function(
+        "document.querySelectorAll('.result').length === 2 && "
+        "document.querySelector('.result .score').textContent.length > 0"
+    )
     cards = page.query_selector_all(".result")
     assert [c.query_selector(".expr").text_content() for c in cards] == ["the red circle", "the blue square"]
     score = float(cards[0].query_selector(".score").text_content())
@@ -49,17 +61,26 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
     size = page.eval_on_selector(".result .overlay", "c => [c.width, c.height]")
     assert size == [96, 72]  # the overlay was drawn at the image's size
     # the overlay canvas is not blank: it differs from the plain image somewhere (mask tint)
-    assert page.eval_on_selector(".result .overlay", """c => {
+    assert (
+        page.eval_on_selector(
+            ".result .overlay",
+            """c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let green = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 40 && d[i + 1] > d[i + 2] + 40) green++;
-        return green; }""") > 0
+        let green = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 40 && d[i + 1] > d[i + 2] + 40) green++;
+        return green; }""",
+        )
+        > 0
+    )
     assert page.get_attribute(".result .dl-mask", "href").startswith("data:image/png;base64,")
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
     # heatmap only
     page.click("#ground")
-    page.wait_for_function("document.querySelectorAll('.result .overlay').length === 0 && "
-                           "document.querySelectorAll('.result .heat').length === 2")
+    page.wait_for_function(
+        "document.querySelectorAll('.result .overlay').length === 0 && "
+        "document.querySelectorAll('.result .heat').length === 2"
+    )
     # a corrupt upload: the server's message is shown
     page.set_input_files("#file", str(bad))
     page.click("#segment")
@@ -72,7 +93,7 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
 
 def test_page_video_progress(server, browser, tmp_path):
     from fixtures import moving_video
-    from grounding.pipeline.video import OverlayWriter
+    from grounding.pipeline.video_output import OverlayWriter
 
     frames, _ = moving_video(12, 64, 48)
     w = OverlayWriter(tmp_path / "clip.mp4", 8)
@@ -120,8 +141,10 @@ def test_page_sends_the_api_key(guarded, browser, tmp_path):
     page.dispatch_event("#api-key", "change")
     page.wait_for_function("document.querySelector('#model-info').textContent.startsWith('model ')")
     page.click("#segment")
-    page.wait_for_function("document.querySelectorAll('.result .score').length === 1 && "
-                           "document.querySelector('.result .score').textContent.length > 0")
+    page.wait_for_function(
+        "document.querySelectorAll('.result .score').length === 1 && "
+        "document.querySelector('.result .score').textContent.length > 0"
+    )
     assert page.is_hidden("#error")
     page.close()
 
@@ -145,15 +168,19 @@ def test_page_draws_each_instance_in_its_own_colour(demo_server, browser, tmp_pa
     page.fill("#expressions", "the red circles")
     page.check("#instances")
     page.click("#segment")
-    page.wait_for_function("document.querySelector('.result .overlay') && "
-                           "document.querySelector('.result .overlay').dataset.instances")
+    page.wait_for_function(
+        "document.querySelector('.result .overlay') && document.querySelector('.result .overlay').dataset.instances"
+    )
     assert page.get_attribute(".result .overlay", "data-instances") == "2"
     assert page.text_content(".result .present").startswith("yes — 2 instances (presence ")
     # two colours on the canvas: green-tinted pixels on the left circle, orange-tinted on the right
-    left, right = page.eval_on_selector(".result .overlay", """c => {
+    left, right = page.eval_on_selector(
+        ".result .overlay",
+        """c => {
         const ctx = c.getContext('2d');
         const px = (x, y) => Array.from(ctx.getImageData(x, y, 1, 1).data);
-        return [px(14, 30), px(50, 30)]; }""")
+        return [px(14, 30), px(50, 30)]; }""",
+    )
     assert left != right
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "ui-instances.png"), full_page=True)
@@ -171,8 +198,9 @@ def test_first_contact_page_on_a_photograph(demo_server, browser):
     page.on("pageerror", lambda e: errors.append(str(e)))
     # the form fields of every request the page makes (Playwright does not expose multipart bodies)
     page.add_init_script("""const send = window.fetch; window.sentFields = [];
-        window.fetch = (url, opts) => { if (opts && opts.body instanceof FormData) window.sentFields.push([...opts.body.keys()]);
-                                        return send(url, opts); };""")
+        window.fetch = (url, opts) => {
+          if (opts && opts.body instanceof FormData) window.sentFields.push([...opts.body.keys()]);
+          return send(url, opts); };""")
     sent = lambda: page.evaluate("window.sentFields[window.sentFields.length - 1]")  # noqa: E731
     page.goto(demo_server.url + "/ui/")
     page.wait_for_selector("#card:not([hidden])")
@@ -185,17 +213,21 @@ def test_first_contact_page_on_a_photograph(demo_server, browser):
     page.wait_for_function("document.querySelector('#file-name').textContent.startsWith('hopper.jpg')")
     assert page.input_value("#expressions") == "the woman in uniform"
     page.click("#segment")
-    page.wait_for_function("document.querySelector('.result .overlay') && "
-                           "document.querySelector('.result .overlay').dataset.drawn")
+    page.wait_for_function(
+        "document.querySelector('.result .overlay') && document.querySelector('.result .overlay').dataset.drawn"
+    )
     assert page.get_attribute(".result .overlay", "data-drawn") == "best-guess"
     assert page.text_content(".result .present").startswith("no — not found (presence 0.")
     assert "best guess" in page.text_content(".result .present")
     assert page.text_content(".result .box") == "— (nothing found)"
     assert "expression" in sent() and "threshold" not in sent()
-    green = page.eval_on_selector(".result .overlay", """c => {
+    green = page.eval_on_selector(
+        ".result .overlay",
+        """c => {
         const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
         let n = 0; for (let i = 0; i < d.length; i += 4) if (d[i + 1] > d[i] + 60 && d[i + 1] > d[i + 2] + 60) n++;
-        return n; }""")
+        return n; }""",
+    )
     assert green == 0  # no found-object tint anywhere
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "first-contact.png"), full_page=True)

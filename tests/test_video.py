@@ -15,9 +15,12 @@ from PIL import Image
 
 from conftest import ROOT
 from fixtures import moving_video
+from grounding.pipeline.frames import read_frames
+from grounding.pipeline.motion import aggregate, translate
+from grounding.pipeline.video import VideoConfig, iter_video
+from grounding.pipeline.video_output import OverlayWriter
 from grounding.segment.prompts import prompts_from_map
 from grounding.segment.segmenters import MapSegmenter
-from grounding.pipeline.video import OverlayWriter, VideoConfig, aggregate, iter_video, read_frames, translate
 
 
 def test_aggregate_weights_and_edges():
@@ -131,8 +134,15 @@ def test_streaming_pipeline_on_a_tiny_model(flux_grounder, tmp_path):
         flux_grounder.segment_video(tmp_path / "v.mp4", "the of")
     # cancel stops the stream between batches
     calls = []
-    stopped = list(iter_video(flux_grounder, tmp_path / "v.mp4", "red circle", VideoConfig(batch_frames=2),
-                              cancel=lambda: len(calls.append(1) or calls) > 2))
+    stopped = list(
+        iter_video(
+            flux_grounder,
+            tmp_path / "v.mp4",
+            "red circle",
+            VideoConfig(batch_frames=2),
+            cancel=lambda: len(calls.append(1) or calls) > 2,
+        )
+    )
     assert len(stopped) < 7
 
 
@@ -150,9 +160,25 @@ def test_sam_video_path_uses_mask_prompts(tiny_flux_dir, sam_tiny_path, tmp_path
 def test_cli_segment_video(tmp_path, tiny_flux_dir):
     _write_video(tmp_path / "v.mp4", 5)
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "grounding", "segment-video", "--model", str(tiny_flux_dir),
-                        str(tmp_path / "v.mp4"), "the red circle", "--out", str(out)], cwd=ROOT,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grounding",
+            "segment-video",
+            "--model",
+            str(tiny_flux_dir),
+            str(tmp_path / "v.mp4"),
+            "the red circle",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads((out / "result.json").read_text())
     assert len(doc["frames"]) == 5 and doc["fps"] == pytest.approx(8.0)
@@ -161,9 +187,25 @@ def test_cli_segment_video(tmp_path, tiny_flux_dir):
     im = Image.open(pngs[0])
     assert im.mode == "P" and im.size == (96, 64) and set(np.unique(np.asarray(im))) <= {0, 1}
     assert len(list(read_frames(out / "overlay.mp4"))) == 5
-    p = subprocess.run([sys.executable, "-m", "grounding", "segment-video", "--model", str(tiny_flux_dir),
-                        str(tmp_path / "missing.mp4"), "red circle", "--out", str(out)], cwd=ROOT,
-                       env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grounding",
+            "segment-video",
+            "--model",
+            str(tiny_flux_dir),
+            str(tmp_path / "missing.mp4"),
+            "red circle",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 2 and "not found" in p.stderr
 
 

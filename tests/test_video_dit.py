@@ -16,7 +16,7 @@ from PIL import Image
 
 from fixtures import RecordSDPA, save_tiny_models, scene, write_davis_fixture
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
-from grounding.backends.base import PADDING, TEXT
+from grounding.backends.sequences import PADDING, TEXT
 from grounding.backends.video import clip_length, latent_frames
 from grounding.pipeline.video import VideoConfig, clip_windows
 
@@ -71,8 +71,9 @@ def test_text_path_is_the_pipelines_own(arch, backends):
     ours = b.encode_prompts([seq])
     with torch.no_grad():
         if arch == "wan":
-            theirs = b.pipe.encode_prompt(prompt, do_classifier_free_guidance=False, max_sequence_length=MAX_LEN,
-                                          device="cpu")[0]
+            theirs = b.pipe.encode_prompt(
+                prompt, do_classifier_free_guidance=False, max_sequence_length=MAX_LEN, device="cpu"
+            )[0]
             assert float(ours["embeds"][0, seq.roles == PADDING].abs().max()) == 0.0  # the pipeline's zero padding
         else:
             theirs, pooled, mask = b.pipe.encode_prompt(prompt, max_sequence_length=MAX_LEN, device="cpu")
@@ -138,8 +139,10 @@ def test_capture_is_exact_and_output_bit_identical(arch, backends):
     for h in hooks:
         h.remove()
     assert [c[0] for c in rec.calls] == wan.block_names  # one cross-attention per block
-    store = AttentionStore(layout=lambda block, q, k: wan.layout(block, q, k, len(seq), grid[0] * grid[1]),
-                           columns=torch.from_numpy(columns))
+    store = AttentionStore(
+        layout=lambda block, q, k: wan.layout(block, q, k, len(seq), grid[0] * grid[1]),
+        columns=torch.from_numpy(columns),
+    )
     active = _AttentionBackendRegistry._active_backend
     with wan.capturing(store, wan.block_names):
         ours = wan.forward(noisy, 0.3, cond, 1.0)
@@ -172,7 +175,7 @@ def test_capture_clip_is_the_clip_capture_split_by_latent_frame(arch, backends):
     assert groups == [[0], [1, 2, 3, 4]] and cap.probs.shape[2] == 2
     assert (rows, cols) == ((3, 4) if arch == "wan" else (6, 8))
     for t in range(2):
-        assert torch.equal(cap.sample(t), whole.sample(0)[..., t * rows * cols:(t + 1) * rows * cols, :])
+        assert torch.equal(cap.sample(t), whole.sample(0)[..., t * rows * cols : (t + 1) * rows * cols, :])
     single = wan.capture([frames[0]], [seq], size, (0.3,), seed=1)  # an image is a one-frame clip
     assert single.grid == (rows, cols)
 
@@ -195,8 +198,9 @@ def test_segment_video_with_clip_maps(arch, grounders):
     assert all(f.mask.shape == (48, 64) and np.isfinite(f.heatmap).all() for f in clip.frames)
     again = wan_grounder.segment_video(frames, "the red circle", maps="clip")
     assert all(np.array_equal(a.heatmap, b.heatmap) for a, b in zip(clip.frames, again.frames))  # deterministic
-    small = wan_grounder.segment_video(frames, "the red circle", VideoConfig(maps="clip", clip_frames=5,
-                                                                             clip_overlap=2))
+    small = wan_grounder.segment_video(
+        frames, "the red circle", VideoConfig(maps="clip", clip_frames=5, clip_overlap=2)
+    )
     assert len(small.frames) == 11
     items = wan_grounder.maps.clip(frames[:9], "the red circle", wan_grounder.config)
     for group in latent_frames(9, 4):  # each source frame reads the map of the latent frame it was folded into
@@ -205,8 +209,11 @@ def test_segment_video_with_clip_maps(arch, grounders):
     assert not torch.equal(items[0].map, items[1].map)
     from grounding.pipeline.video import iter_video
 
-    resumed = list(iter_video(wan_grounder, frames, "the red circle", VideoConfig(maps="clip", clip_frames=5,
-                                                                                clip_overlap=2), start=6))
+    resumed = list(
+        iter_video(
+            wan_grounder, frames, "the red circle", VideoConfig(maps="clip", clip_frames=5, clip_overlap=2), start=6
+        )
+    )
     assert [f.index for f in resumed] == list(range(6, 11))  # resumed at frame 6, each later frame once
     per_frame = wan_grounder.segment_video(frames, "the red circle")  # the frame path on a video DiT
     assert len(per_frame.frames) == 11
@@ -226,7 +233,7 @@ def test_cli_tiny_model_then_segment_video_with_clip_maps(arch, tmp_path):
     """``python -m grounding tiny-model --arch A`` then ``segment-video --maps clip``: DAVIS-palette
     masks, overlay.mp4 and result.json (through ``grounding.cli.main``, what ``python -m grounding`` runs)."""
     from grounding.cli import main
-    from grounding.pipeline.video import OverlayWriter
+    from grounding.pipeline.video_output import OverlayWriter
 
     model = tmp_path / "m"
     assert main(["tiny-model", "--arch", arch, str(model)]) == 0
@@ -236,8 +243,26 @@ def test_cli_tiny_model_then_segment_video_with_clip_maps(arch, tmp_path):
         w.write(f)
     w.close()
     out = tmp_path / "out"
-    assert main(["segment-video", "--model", str(model), str(video), "the dog", "--out", str(out),
-                 "--maps", "clip", "--clip-frames", "5", "--clip-overlap", "2"]) == 0
+    assert (
+        main(
+            [
+                "segment-video",
+                "--model",
+                str(model),
+                str(video),
+                "the dog",
+                "--out",
+                str(out),
+                "--maps",
+                "clip",
+                "--clip-frames",
+                "5",
+                "--clip-overlap",
+                "2",
+            ]
+        )
+        == 0
+    )
     doc = json.loads((out / "result.json").read_text())
     assert len(doc["frames"]) == 7 and (out / "overlay.mp4").stat().st_size > 0
     masks = sorted((out / "masks").glob("*.png"))
@@ -249,8 +274,10 @@ def test_davis_runner_with_clip_maps(wan_dir, tmp_path):
 
     root = write_davis_fixture(tmp_path / "davis")
     run = tmp_path / "run"
-    assert eval_main(["davis", "--data-root", str(root), "--model", str(wan_dir), "--out", str(run),
-                      "--maps", "clip"]) == 0
+    assert (
+        eval_main(["davis", "--data-root", str(root), "--model", str(wan_dir), "--out", str(run), "--maps", "clip"])
+        == 0
+    )
     summary = json.loads((run / "summary.json").read_text())
     assert summary["n"] == 5 and summary["scored"] == 5 and 0.0 <= summary["J&F"] <= 1.0
     assert json.loads((run / "run.json").read_text())["config"]["video_maps"] == "clip"
@@ -278,11 +305,20 @@ def test_wan22_reads_each_noise_level_from_the_expert_the_pipeline_runs(tmp_path
     cond = b.encode_prompts([seq])
     b.transformer = b.pipe.transformer_2  # what the low-noise capture ran: the second expert's own forward
     try:
-        store = AttentionStore(layout=lambda block, q, k: b.layout(block, q, k, len(seq), 0),
-                               columns=torch.from_numpy(low.columns))
+        store = AttentionStore(
+            layout=lambda block, q, k: b.layout(block, q, k, len(seq), 0), columns=torch.from_numpy(low.columns)
+        )
         with b.capturing(store, b.block_names):
-            b.forward(b.add_noise(latents, torch.randn(latents.shape[1:], generator=torch.Generator("cpu")
-                                                       .manual_seed(2)).expand_as(latents), 0.3), 0.3, cond, 3.5)
+            b.forward(
+                b.add_noise(
+                    latents,
+                    torch.randn(latents.shape[1:], generator=torch.Generator("cpu").manual_seed(2)).expand_as(latents),
+                    0.3,
+                ),
+                0.3,
+                cond,
+                3.5,
+            )
     finally:
         b.transformer = b.pipe.transformer
     assert torch.equal(torch.stack([store.maps[n][0] for n in b.block_names]), low.probs[:, 0])

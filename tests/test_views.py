@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from grounding.readout import views
 from grounding.config import ViewsConfig
+from grounding.readout import views
 
 
 def _norm(x):

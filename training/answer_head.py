@@ -12,15 +12,23 @@ from grounding.readout import answers
 from grounding.readout.answer_head import AnswerHead, SentenceEncoder, loss_fn, prior_weights, target_cells
 
 
-def head_inputs(grounder, image, text: str, cfg: GroundingConfig) -> tuple[torch.Tensor, tuple[int, int], list[str], tuple[int, int]]:
+def head_inputs(
+    grounder, image, text: str, cfg: GroundingConfig
+) -> tuple[torch.Tensor, tuple[int, int], list[str], tuple[int, int]]:
     """Channel maps ``[C, h, w]`` of one (image, text), the grid, block names and (levels, heads)."""
     per, grid, names = grounder.component_maps(image, text, cfg)
     L, V, H, N = per.shape
     return per.reshape(L * V * H, *grid), grid, names, (V, H)
 
 
-def train(grounder, samples: list[tuple[object, str, np.ndarray]], epochs: int = 30, lr: float = 3e-3,
-          batch: int = 16, seed: int = 0) -> tuple[AnswerHead, dict]:
+def train(
+    grounder,
+    samples: list[tuple[object, str, np.ndarray]],
+    epochs: int = 30,
+    lr: float = 3e-3,
+    batch: int = 16,
+    seed: int = 0,
+) -> tuple[AnswerHead, dict]:
     """Fit a head on (image, "question answer" text, bool mask) samples with BCE + Dice; the DiT
     stays frozen (its maps are computed once). Returns the head and a report (loss before/after)."""
     cfg = grounder.config
@@ -31,8 +39,11 @@ def train(grounder, samples: list[tuple[object, str, np.ndarray]], epochs: int =
         ch, grid, names, shape = head_inputs(grounder, image, text, cfg)
         chans.append(ch)
         targets.append(target_cells(mask, grid))
-        generics.append(grounder.generic_maps([open_image(image, cfg.max_image_pixels)], cfg)[0].reshape(grid)
-                        if cfg.answer.contrast else None)
+        generics.append(
+            grounder.generic_maps([open_image(image, cfg.max_image_pixels)], cfg)[0].reshape(grid)
+            if cfg.answer.contrast
+            else None
+        )
     if len({tuple(c.shape) for c in chans}) != 1:
         raise ValueError("training images must share one token grid (resize them to one aspect ratio)")
     X, Y = torch.stack(chans), torch.stack(targets)
@@ -42,8 +53,12 @@ def train(grounder, samples: list[tuple[object, str, np.ndarray]], epochs: int =
     def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         m, _ = head(X[idx], E[idx])
         if cfg.answer.contrast:
-            m = torch.stack([answers.contrast(m[j].flatten(), generics[int(i)].flatten(), cfg.answer.percentile)
-                             .view_as(m[j]) for j, i in enumerate(idx)])
+            m = torch.stack(
+                [
+                    answers.contrast(m[j].flatten(), generics[int(i)].flatten(), cfg.answer.percentile).view_as(m[j])
+                    for j, i in enumerate(idx)
+                ]
+            )
         return loss_fn(head.mask_logits(m), Y[idx])
 
     everything = torch.arange(len(X))
@@ -63,4 +78,3 @@ def train(grounder, samples: list[tuple[object, str, np.ndarray]], epochs: int =
         after = float(batch_loss(everything))
     head.meta = {"block_names": names, "n_levels": shape[0], "n_heads": shape[1]}
     return head, {"samples": len(X), "loss_before": before, "loss_after": after, "epochs": epochs}
-

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from grounding.readout import maps
 from grounding.config import GroundingConfig
+from grounding.readout import maps
 
 
 @dataclass
@@ -125,9 +125,15 @@ def fit(c: Collected, cfg: GroundingConfig, max_heads: int = 64) -> tuple[Ground
         block_weights={names[blk]: float(bw[blk]) for blk in kept},
         head_weights={f"{names[blk]}/{h}": 0.0 for blk in kept for h in range(H) if hw[blk, h] == 0},
     )
-    report = {"before": before, "after": after, "kept_current": False, "timesteps": list(fitted.timesteps),
-              "blocks": list(fitted.blocks) if fitted.blocks else "all", "heads": len(chosen),
-              "samples": int(c.per.shape[0])}
+    report = {
+        "before": before,
+        "after": after,
+        "kept_current": False,
+        "timesteps": list(fitted.timesteps),
+        "blocks": list(fitted.blocks) if fitted.blocks else "all",
+        "heads": len(chosen),
+        "samples": int(c.per.shape[0]),
+    }
     return fitted, report
 
 
@@ -152,8 +158,9 @@ MASK_THRESHOLDS = (0.2, 0.3, 0.4, 0.5)
 REFINE_RADII = (2.0, 4.0, 6.0)  # token cells; refinement off is always a candidate too
 
 
-def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLDS,
-              radii=REFINE_RADII) -> tuple[GroundingConfig, dict]:
+def fit_masks(
+    grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLDS, radii=REFINE_RADII
+) -> tuple[GroundingConfig, dict]:
     """Pick the map threshold and the heatmap refinement (off, or a guided filter of each radius)
     maximising mean IoU of the map-threshold masks of ``(image, sentence, mask)`` samples. Maps
     are made once; each candidate only reruns heatmap → prompts → mask. Ties keep the earlier
@@ -165,7 +172,9 @@ def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLD
         items.append((grounder.referent_maps([(image, sentence)], cfg)[0], np.asarray(mask, dtype=bool)))
 
     def miou(c: GroundingConfig) -> float:
-        return float(np.mean([mask_iou(grounder.segment_map(it, c, use_segmenter=False)[0].mask, gt) for it, gt in items]))
+        return float(
+            np.mean([mask_iou(grounder.segment_map(it, c, use_segmenter=False)[0].mask, gt) for it, gt in items])
+        )
 
     refines = [{"refine.enabled": False}] + [{"refine.enabled": True, "refine.radius": r} for r in radii]
     scores = [(miou(c), c) for c in (cfg.replace(threshold=t, **r) for r in refines for t in thresholds)]
@@ -173,16 +182,22 @@ def fit_masks(grounder, samples, cfg: GroundingConfig, thresholds=MASK_THRESHOLD
     best, fitted = max(scores, key=lambda x: x[0])  # max keeps the first of equal scores
     if best <= now:
         fitted, best = cfg, now
-    report = {"miou_before": now, "miou_after": best, "threshold": fitted.threshold,
-              "refine": dataclasses.asdict(fitted.refine), "samples": len(items)}
+    report = {
+        "miou_before": now,
+        "miou_after": best,
+        "threshold": fitted.threshold,
+        "refine": dataclasses.asdict(fitted.refine),
+        "samples": len(items),
+    }
     return fitted, report
 
 
 RELATIVE_PEAKS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def fit_instances(grounder, samples, relative_peaks=RELATIVE_PEAKS, min_t_acc: float = 0.0,
-                  use_segmenter: bool = True) -> tuple[GroundingConfig, dict]:
+def fit_instances(
+    grounder, samples, relative_peaks=RELATIVE_PEAKS, min_t_acc: float = 0.0, use_segmenter: bool = True
+) -> tuple[GroundingConfig, dict]:
     """Generalized referring on ``(image, sentence, mask, no_target)`` samples (a gRefCOCO-layout
     set): the presence model refitted on target vs no-target samples over every presence feature
     (the per-head statistics included), then ``instances.min_relative_peak`` and the presence
@@ -234,7 +249,16 @@ def fit_instances(grounder, samples, relative_peaks=RELATIVE_PEAKS, min_t_acc: f
     giou, rp, t, t_acc, n_acc = best
     fitted.threshold = t
     out = grounder.config.replace(presence=dataclasses.asdict(fitted), **{"instances.min_relative_peak": rp})
-    report.update({"presence_threshold": t, "min_relative_peak": rp, "giou": giou, "t_acc": t_acc, "n_acc": n_acc,
-                   "samples": len(items), "no_target": int(nt.sum())})
+    report.update(
+        {
+            "presence_threshold": t,
+            "min_relative_peak": rp,
+            "giou": giou,
+            "t_acc": t_acc,
+            "n_acc": n_acc,
+            "samples": len(items),
+            "no_target": int(nt.sum()),
+        }
+    )
     report.pop("threshold", None)
     return out, report

@@ -46,8 +46,9 @@ def cmd_calibrate(args) -> int:
     fitted, report = fit(collect(g, samples, levels), g.config)
     if args.masks:
         fitted, report["masks"] = fit_masks(g, samples, fitted)
-    return _write_config(fitted, out, report, f"python -m training calibrate on {n} {args.dataset} samples "
-                                              f"of {args.data} ({args.split})")
+    return _write_config(
+        fitted, out, report, f"python -m training calibrate on {n} {args.dataset} samples of {args.data} ({args.split})"
+    )
 
 
 def cmd_calibrate_presence(args) -> int:
@@ -59,8 +60,12 @@ def cmd_calibrate_presence(args) -> int:
     g = grounder_from_args(args)
     samples = presence_scenes(args.n, args.seed, g.config.resolution)
     fitted, report = fit_presence(g, samples)
-    return _write_config(fitted, out, report, f"python -m training calibrate-presence on {args.n} generated "
-                                              f"shapes scenes (seed {args.seed})")
+    return _write_config(
+        fitted,
+        out,
+        report,
+        f"python -m training calibrate-presence on {args.n} generated shapes scenes (seed {args.seed})",
+    )
 
 
 def cmd_calibrate_instances(args) -> int:
@@ -74,13 +79,17 @@ def cmd_calibrate_instances(args) -> int:
     n = len(ds) if args.limit is None else min(args.limit, len(ds))
     samples = [(s.image_path, s.sentence, s.mask, s.no_target) for s in (ds[i] for i in range(n))]
     fitted, report = fit_instances(g, samples, min_t_acc=args.min_t_acc)
-    return _write_config(fitted, out, report, f"python -m training calibrate-instances on {n} samples of "
-                                              f"{args.data} ({args.split}, --min-t-acc {args.min_t_acc})")
+    return _write_config(
+        fitted,
+        out,
+        report,
+        f"python -m training calibrate-instances on {n} samples of "
+        f"{args.data} ({args.split}, --min-t-acc {args.min_t_acc})",
+    )
 
 
 def cmd_train_answer_head(args) -> int:
     from eval.answers import VizWizGrounding
-
     from grounding.readout.answers import answer_prompt
 
     from .answer_head import train
@@ -106,11 +115,24 @@ def cmd_train_demo(args) -> int:
     if args.from_weights:
         print(json.dumps({"out": str(export_weights(args.from_weights, args.out))}))
         return 0
-    cfg = DemoConfig(steps=args.steps, vae_steps=args.vae_steps, batch=args.batch, seed=args.seed, size=args.size,
-                     dual_blocks=args.dual_blocks, single_blocks=args.single_blocks, width_heads=args.heads,
-                     head_dim=args.head_dim, device=args.device, amp=args.amp, workers=args.workers,
-                     minutes=args.minutes, grounding_loss=args.grounding_loss, refer_steps=args.refer_steps,
-                     referring=args.referring)
+    cfg = DemoConfig(
+        steps=args.steps,
+        vae_steps=args.vae_steps,
+        batch=args.batch,
+        seed=args.seed,
+        size=args.size,
+        dual_blocks=args.dual_blocks,
+        single_blocks=args.single_blocks,
+        width_heads=args.heads,
+        head_dim=args.head_dim,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+        minutes=args.minutes,
+        grounding_loss=args.grounding_loss,
+        refer_steps=args.refer_steps,
+        referring=args.referring,
+    )
     path = train_demo(args.out, cfg, weights_only=args.weights_only)
     print(json.dumps({"out": str(path)}))
     return 0
@@ -122,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("calibrate", help="fit noise levels and block/head weights on a refer-format set; "
-                                         "writes grounding.json")
+    p = sub.add_parser(
+        "calibrate", help="fit noise levels and block/head weights on a refer-format set; writes grounding.json"
+    )
     add_model_args(p)
     p.add_argument("--data", required=True, help="refer-layout data root")
     p.add_argument("--dataset", default="refcoco")
@@ -131,38 +154,57 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", default="val")
     p.add_argument("--image-root", default=None)
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--timesteps", type=lambda s: [float(v) for v in s.split(",")], default=[0.15, 0.3, 0.5],
-                   help="candidate noise levels, comma-separated (the current ones are always included)")
-    p.add_argument("--no-masks", dest="masks", action="store_false",
-                   help="keep the map threshold and refinement (default: fit them for map-threshold mask IoU)")
+    p.add_argument(
+        "--timesteps",
+        type=lambda s: [float(v) for v in s.split(",")],
+        default=[0.15, 0.3, 0.5],
+        help="candidate noise levels, comma-separated (the current ones are always included)",
+    )
+    p.add_argument(
+        "--no-masks",
+        dest="masks",
+        action="store_false",
+        help="keep the map threshold and refinement (default: fit them for map-threshold mask IoU)",
+    )
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate)
 
-    p = sub.add_parser("calibrate-presence", help="fit the 'referent not in the image' model on generated "
-                                                  "shapes scenes with and without the named object")
+    p = sub.add_parser(
+        "calibrate-presence",
+        help="fit the 'referent not in the image' model on generated shapes scenes with and without the named object",
+    )
     add_model_args(p)
     p.add_argument("--n", type=int, default=300, help="scenes (half without the referent)")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate_presence)
 
-    p = sub.add_parser("calibrate-instances", help="fit the presence model and instances.min_relative_peak "
-                                                   "for generalized referring on a gRefCOCO-layout set "
-                                                   "(e.g. make-shapes --generalized)")
+    p = sub.add_parser(
+        "calibrate-instances",
+        help="fit the presence model and instances.min_relative_peak "
+        "for generalized referring on a gRefCOCO-layout set "
+        "(e.g. make-shapes --generalized)",
+    )
     add_model_args(p)
     p.add_argument("--data", required=True, help="root holding <dataset>/grefs(unc).json + instances.json")
     p.add_argument("--dataset", default="grefcoco")
     p.add_argument("--split", default="val")
     p.add_argument("--image-root", default=None)
     p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--min-t-acc", type=float, default=0.9,
-                   help="only presence thresholds that keep at least this share of the target samples "
-                        "non-empty (T-acc)")
+    p.add_argument(
+        "--min-t-acc",
+        type=float,
+        default=0.9,
+        help="only presence thresholds that keep at least this share of the target samples non-empty (T-acc)",
+    )
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate_instances)
 
-    p = sub.add_parser("train-answer-head", help="train the sentence-attention answer head on a "
-                                                 "VizWiz-VQA-Grounding-layout set; writes answer_head.safetensors")
+    p = sub.add_parser(
+        "train-answer-head",
+        help="train the sentence-attention answer head on a "
+        "VizWiz-VQA-Grounding-layout set; writes answer_head.safetensors",
+    )
     add_model_args(p)
     p.add_argument("--data", required=True, help="root with <split>_grounding.json and <split>/ images")
     p.add_argument("--split", default="train")
@@ -187,14 +229,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA)")
     p.add_argument("--workers", type=int, default=0, help="processes rendering training scenes")
-    p.add_argument("--minutes", type=float, default=0.0,
-                   help="time budget for stage 2; --steps becomes the most it may run")
-    p.add_argument("--grounding-loss", type=float, default=DemoConfig.grounding_loss,
-                   help="weight of the token grounding loss (0 = flow matching alone)")
-    p.add_argument("--refer-steps", type=int, default=DemoConfig.refer_steps,
-                   help="stage 3: referring fine-tune steps after the caption steps (0 = none)")
-    p.add_argument("--referring", type=float, default=DemoConfig.referring,
-                   help="stage 3: share of each batch that are referring examples")
+    p.add_argument(
+        "--minutes", type=float, default=0.0, help="time budget for stage 2; --steps becomes the most it may run"
+    )
+    p.add_argument(
+        "--grounding-loss",
+        type=float,
+        default=DemoConfig.grounding_loss,
+        help="weight of the token grounding loss (0 = flow matching alone)",
+    )
+    p.add_argument(
+        "--refer-steps",
+        type=int,
+        default=DemoConfig.refer_steps,
+        help="stage 3: referring fine-tune steps after the caption steps (0 = none)",
+    )
+    p.add_argument(
+        "--referring",
+        type=float,
+        default=DemoConfig.referring,
+        help="stage 3: share of each batch that are referring examples",
+    )
     p.add_argument("--weights-only", action="store_true", help="write OUT/weights.pt (fp16) instead of a pipeline")
     p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
     p.set_defaults(func=cmd_train_demo)

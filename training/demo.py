@@ -83,37 +83,74 @@ def build_components(cfg: DemoConfig):
     torch.manual_seed(cfg.seed)
     t5_tok, clip_tok = t5_tokenizer(), clip_tokenizer()
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(32, 64), layers_per_block=1,
-        latent_channels=4, norm_num_groups=8, sample_size=cfg.size, use_quant_conv=False, use_post_quant_conv=False,
-        shift_factor=0.0, scaling_factor=1.0,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=cfg.size,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0,
+        scaling_factor=1.0,
     )
-    t5 = T5EncoderModel(T5Config(vocab_size=len(t5_tok), d_model=cfg.text_dim, d_ff=2 * cfg.text_dim, d_kv=16,
-                                 num_layers=2, num_heads=4, dropout_rate=0.0, relative_attention_num_buckets=16))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(t5_tok),
+            d_model=cfg.text_dim,
+            d_ff=2 * cfg.text_dim,
+            d_kv=16,
+            num_layers=2,
+            num_heads=4,
+            dropout_rate=0.0,
+            relative_attention_num_buckets=16,
+        )
+    )
     n = len(clip_tok)
-    clip = CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=cfg.text_dim, intermediate_size=2 * cfg.text_dim,
-                                        num_hidden_layers=2, num_attention_heads=4, projection_dim=cfg.text_dim,
-                                        max_position_embeddings=77, bos_token_id=n - 2, eos_token_id=n - 1,
-                                        pad_token_id=n - 1))
+    clip = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=n,
+            hidden_size=cfg.text_dim,
+            intermediate_size=2 * cfg.text_dim,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            projection_dim=cfg.text_dim,
+            max_position_embeddings=77,
+            bos_token_id=n - 2,
+            eos_token_id=n - 1,
+            pad_token_id=n - 1,
+        )
+    )
     third = cfg.head_dim // 8
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=cfg.dual_blocks, num_single_layers=cfg.single_blocks,
-        attention_head_dim=cfg.head_dim, num_attention_heads=cfg.width_heads, joint_attention_dim=cfg.text_dim,
-        pooled_projection_dim=cfg.text_dim, guidance_embeds=False,
+        patch_size=1,
+        in_channels=16,
+        num_layers=cfg.dual_blocks,
+        num_single_layers=cfg.single_blocks,
+        attention_head_dim=cfg.head_dim,
+        num_attention_heads=cfg.width_heads,
+        joint_attention_dim=cfg.text_dim,
+        pooled_projection_dim=cfg.text_dim,
+        guidance_embeds=False,
         axes_dims_rope=(cfg.head_dim - 6 * third, 3 * third, 3 * third),
     )
     return vae, t5, t5_tok, clip, clip_tok, transformer
 
 
-def scene_batch(rng: np.random.RandomState, n: int, size: int, position: float = 0.0,
-                subset: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+def scene_batch(
+    rng: np.random.RandomState, n: int, size: int, position: float = 0.0, subset: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
     """``n`` random scenes ``[n, 3, size, size]`` in [-1, 1] and their captions."""
     x, captions, _ = scene_batch_with_spans(rng, n, size, position, subset)
     return x, captions
 
 
-def scene_batch_with_spans(rng: np.random.RandomState, n: int, size: int, position: float = 0.0,
-                           subset: float = 0.0, referring: float = 0.0):
+def scene_batch_with_spans(
+    rng: np.random.RandomState, n: int, size: int, position: float = 0.0, subset: float = 0.0, referring: float = 0.0
+):
     """Scenes, captions, and per scene ``(masks [K, size, size], spans)`` of the named objects;
     with probability ``referring`` a scene is a referring example captioned by its expression."""
     from eval.shapes import TYPE_WEIGHTS, caption_spans, random_scene, referring_example
@@ -139,8 +176,7 @@ def token_targets(tokenizer, captions: list[str], where, max_len: int, grid: int
     (articles, "at", "and", punctuation, EOS, padding)."""
     from grounding.config import STOP_WORDS
 
-    enc = tokenizer(captions, padding="max_length", max_length=max_len, truncation=True,
-                    return_offsets_mapping=True)
+    enc = tokenizer(captions, padding="max_length", max_length=max_len, truncation=True, return_offsets_mapping=True)
     out = np.zeros((len(captions), grid * grid, max_len), dtype=np.float32)
     for b, (text, (masks, spans)) in enumerate(zip(captions, where)):
         k_, hw = masks.shape[0], masks.shape[1]
@@ -159,8 +195,16 @@ class SceneBatches(torch.utils.data.IterableDataset):
     same however many workers render it (the DataLoader takes workers' batches in turn).
     Yields ``(x, captions, targets)``; targets (see ``token_targets``) only when ``tokenizer``."""
 
-    def __init__(self, cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True,
-                 tokenizer=None, referring: float = 0.0):
+    def __init__(
+        self,
+        cfg: DemoConfig,
+        start: int,
+        stop: int,
+        seed_base: int,
+        captions: bool = True,
+        tokenizer=None,
+        referring: float = 0.0,
+    ):
         self.cfg, self.start, self.stop, self.seed_base, self.captions = cfg, start, stop, seed_base, captions
         self.tokenizer, self.referring = tokenizer, referring
 
@@ -170,21 +214,41 @@ class SceneBatches(torch.utils.data.IterableDataset):
         c = self.cfg
         for k in range(self.start + wid, self.stop, nw):
             rng = np.random.RandomState(c.seed * self.seed_base + k)
-            x, caps, where = scene_batch_with_spans(rng, c.batch, c.size, c.position_words if self.captions else 0.0,
-                                                    c.subset_captions if self.captions else 0.0, self.referring)
+            x, caps, where = scene_batch_with_spans(
+                rng,
+                c.batch,
+                c.size,
+                c.position_words if self.captions else 0.0,
+                c.subset_captions if self.captions else 0.0,
+                self.referring,
+            )
             targets = None
             if self.tokenizer is not None:
                 targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.grid)
             yield x, caps, targets
 
 
-def _batches(cfg: DemoConfig, start: int, stop: int, seed_base: int, captions: bool = True, tokenizer=None,
-             referring: float = 0.0):
+def _batches(
+    cfg: DemoConfig,
+    start: int,
+    stop: int,
+    seed_base: int,
+    captions: bool = True,
+    tokenizer=None,
+    referring: float = 0.0,
+):
     ds = SceneBatches(cfg, start, stop, seed_base, captions, tokenizer, referring)
     if cfg.workers <= 0:
         return iter(ds)
-    return iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=cfg.workers, prefetch_factor=4,
-                                            worker_init_fn=lambda _: torch.set_num_threads(1)))
+    return iter(
+        torch.utils.data.DataLoader(
+            ds,
+            batch_size=None,
+            num_workers=cfg.workers,
+            prefetch_factor=4,
+            worker_init_fn=lambda _: torch.set_num_threads(1),
+        )
+    )
 
 
 def _autocast(cfg: DemoConfig):
@@ -236,7 +300,7 @@ def train_vae(vae, cfg: DemoConfig, work: Path) -> None:
 def latent_stats(vae, cfg: DemoConfig) -> tuple[float, float]:
     x, _ = scene_batch(np.random.RandomState(cfg.seed + 7), 256, cfg.size)
     dev = next(vae.parameters()).device
-    z = torch.cat([vae.encode(x[i:i + 64].to(dev)).latent_dist.mode() for i in range(0, len(x), 64)])
+    z = torch.cat([vae.encode(x[i : i + 64].to(dev)).latent_dist.mode() for i in range(0, len(x), 64)])
     return float(z.mean()), float(1.0 / z.std())
 
 
@@ -297,8 +361,19 @@ def _lr(base: float, warmup: int, total: int, step: int) -> float:
     return base * min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0)))
 
 
-def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoConfig, work: Path,
-                      shift: float, scale: float, refer: bool = False) -> None:
+def train_transformer(
+    vae,
+    t5,
+    t5_tok,
+    clip,
+    clip_tok,
+    transformer,
+    cfg: DemoConfig,
+    work: Path,
+    shift: float,
+    scale: float,
+    refer: bool = False,
+) -> None:
     """Stage 2 (captions; ``train/transformer.pt``) or, with ``refer``, stage 3 (referring
     fine-tune from stage 2's weights; ``train/refer.pt``)."""
     ckpt = work / ("refer.pt" if refer else "transformer.pt")
@@ -333,13 +408,25 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
     logits: list[torch.Tensor] = []
     capture = contextlib.ExitStack()
     if cfg.grounding_loss:  # the dual-stream blocks' attention, through the engine's capture mechanism
-        capture.enter_context(dispatcher_capture(
-            {f"transformer_blocks.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)},
-            _TextLogitsRecorder(logits, cfg.max_sequence_length)))
+        capture.enter_context(
+            dispatcher_capture(
+                {f"transformer_blocks.{i}": b.attn for i, b in enumerate(transformer.transformer_blocks)},
+                _TextLogitsRecorder(logits, cfg.max_sequence_length),
+            )
+        )
     t0, ema, gema, probe = time.time(), None, None, None
-    batches = _batches(cfg, step, 10 ** 9 if minutes else total, 9_000_011 if refer else 7_000_003,
-                       tokenizer=t5_tok if cfg.grounding_loss else None,
-                       referring=cfg.referring if refer else 0.0) if step < total else iter(())
+    batches = (
+        _batches(
+            cfg,
+            step,
+            10**9 if minutes else total,
+            9_000_011 if refer else 7_000_003,
+            tokenizer=t5_tok if cfg.grounding_loss else None,
+            referring=cfg.referring if refer else 0.0,
+        )
+        if step < total
+        else iter(())
+    )
     while step < total:
         x, captions, targets = next(batches)
         logits.clear()
@@ -351,8 +438,15 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
         xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
         with _autocast(cfg):
             embeds, pooled = encode_text(t5, t5_tok, clip, clip_tok, captions, cfg.max_sequence_length)
-            pred = transformer(hidden_states=pack(xt), timestep=t, pooled_projections=pooled,
-                               encoder_hidden_states=embeds, txt_ids=txt_ids, img_ids=img_ids, return_dict=False)[0]
+            pred = transformer(
+                hidden_states=pack(xt),
+                timestep=t,
+                pooled_projections=pooled,
+                encoder_hidden_states=embeds,
+                txt_ids=txt_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
         loss = flow = F.mse_loss(pred.float(), pack(noise - x0))
         if cfg.grounding_loss:
             g_loss = grounding_loss(logits, targets.to(dev))
@@ -379,11 +473,26 @@ def train_transformer(vae, t5, t5_tok, clip, clip_tok, transformer, cfg: DemoCon
             (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
         ema = flow.item() if ema is None else 0.98 * ema + 0.02 * flow.item()
         if step % 100 == 0 or step == total:
-            log.info("%s step %d flow %.4f (ema %.4f) grounding (ema) %s lr %.2e (%.1fs)", "refer" if refer else "caption", step, flow.item(), ema,
-                     "-" if gema is None else f"{gema:.4f}", lr, time.time() - t0)
+            log.info(
+                "%s step %d flow %.4f (ema %.4f) grounding (ema) %s lr %.2e (%.1fs)",
+                "refer" if refer else "caption",
+                step,
+                flow.item(),
+                ema,
+                "-" if gema is None else f"{gema:.4f}",
+                lr,
+                time.time() - t0,
+            )
         if step % cfg.checkpoint_every == 0 or step == total:
-            _save(ckpt, transformer=transformer.state_dict(), t5=t5.state_dict(), clip=clip.state_dict(),
-                  opt=opt.state_dict(), step=step, steps=total)
+            _save(
+                ckpt,
+                transformer=transformer.state_dict(),
+                t5=t5.state_dict(),
+                clip=clip.state_dict(),
+                opt=opt.state_dict(),
+                step=step,
+                steps=total,
+            )
     capture.close()
     transformer.eval(), t5.eval(), clip.eval()
 
@@ -414,8 +523,10 @@ def train_demo(out: str | Path, cfg: DemoConfig | None = None, weights_only: boo
 
 def save_weights(path: Path, cfg: DemoConfig, vae, t5, clip, transformer) -> Path:
     """Model weights (fp16) and config in one file: small enough to carry off a training machine."""
-    half = {name: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
-            for name, m in (("vae", vae), ("t5", t5), ("clip", clip), ("transformer", transformer))}
+    half = {
+        name: {k: v.detach().to("cpu", torch.float16) for k, v in m.state_dict().items()}
+        for name, m in (("vae", vae), ("t5", t5), ("clip", clip), ("transformer", transformer))
+    }
     vcfg = vae.config
     _save(path, config=asdict(cfg), latent=(vcfg.shift_factor, vcfg.scaling_factor), **half)
     return path
@@ -436,11 +547,15 @@ def export_weights(path: str | Path, out: str | Path) -> Path:
 
 
 # What the demo model knows (its ``grounding.json`` model card; calibration commands add theirs).
-DEMO_DOMAIN = ("the project's synthetic shapes world only: 2-4 coloured circles, squares and triangles (six "
-               "colours, two sizes) on plain light backgrounds, 64 px, expressions of colour, shape, size, position "
-               "and relation words; photographs and other words are outside it (expect present: false)")
-DEMO_NOTES = ("a 3 M-parameter FluxPipeline trained from scratch by `python -m training train-demo`; a stand-in "
-              "for real DiT weights, not a photo model")
+DEMO_DOMAIN = (
+    "the project's synthetic shapes world only: 2-4 coloured circles, squares and triangles (six "
+    "colours, two sizes) on plain light backgrounds, 64 px, expressions of colour, shape, size, position "
+    "and relation words; photographs and other words are outside it (expect present: false)"
+)
+DEMO_NOTES = (
+    "a 3 M-parameter FluxPipeline trained from scratch by `python -m training train-demo`; a stand-in "
+    "for real DiT weights, not a photo model"
+)
 
 
 def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, transformer) -> Path:
@@ -448,12 +563,21 @@ def save_pipeline(out: Path, cfg: DemoConfig, vae, t5, t5_tok, clip, clip_tok, t
 
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
-        vae=vae, text_encoder=clip, tokenizer=clip_tok, text_encoder_2=t5, tokenizer_2=t5_tok,
+        vae=vae,
+        text_encoder=clip,
+        tokenizer=clip_tok,
+        text_encoder_2=t5,
+        tokenizer_2=t5_tok,
         transformer=transformer,
     )
     pipe.save_pretrained(out, safe_serialization=True)
-    GroundingConfig(resolution=cfg.size, max_sequence_length=cfg.max_sequence_length, guidance_scale=1.0,
-                    timesteps=(0.2,), card=ModelCard(domain=DEMO_DOMAIN, notes=DEMO_NOTES)).save_pretrained(out)
+    GroundingConfig(
+        resolution=cfg.size,
+        max_sequence_length=cfg.max_sequence_length,
+        guidance_scale=1.0,
+        timesteps=(0.2,),
+        card=ModelCard(domain=DEMO_DOMAIN, notes=DEMO_NOTES),
+    ).save_pretrained(out)
     return out
 
 
@@ -465,8 +589,11 @@ def export_checkpoint(work: Path, out: Path) -> Path:
     vae.load_state_dict(torch.load(work / "vae.pt", weights_only=False, map_location="cpu")["model"])
     shift, scale = latent_stats(vae.eval(), cfg)
     vae.register_to_config(shift_factor=shift, scaling_factor=scale)
-    st = torch.load(work / ("refer.pt" if (work / "refer.pt").is_file() else "transformer.pt"),
-                    weights_only=False, map_location="cpu")
+    st = torch.load(
+        work / ("refer.pt" if (work / "refer.pt").is_file() else "transformer.pt"),
+        weights_only=False,
+        map_location="cpu",
+    )
     transformer.load_state_dict(st["transformer"])
     t5.load_state_dict(st["t5"])
     clip.load_state_dict(st["clip"])
@@ -475,8 +602,9 @@ def export_checkpoint(work: Path, out: Path) -> Path:
 
 
 @torch.no_grad()
-def sample_grid(model: str | Path, captions: list[str], out: str | Path, steps: int = 20, seed: int = 0,
-                scale: int = 2) -> Path:
+def sample_grid(
+    model: str | Path, captions: list[str], out: str | Path, steps: int = 20, seed: int = 0, scale: int = 2
+) -> Path:
     """Draw one scene per caption with ``steps`` Euler steps of the flow; save them side by side."""
     from diffusers import FluxPipeline
     from PIL import Image, ImageDraw
@@ -487,8 +615,15 @@ def sample_grid(model: str | Path, captions: list[str], out: str | Path, steps: 
     tiles = []
     for i, cap in enumerate(captions):
         g = torch.Generator().manual_seed(seed + i)
-        im = pipe(cap, height=size, width=size, num_inference_steps=steps, guidance_scale=1.0,
-                  max_sequence_length=cfg.max_sequence_length or 32, generator=g).images[0]
+        im = pipe(
+            cap,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            max_sequence_length=cfg.max_sequence_length or 32,
+            generator=g,
+        ).images[0]
         tiles.append(im.resize((size * scale, size * scale), Image.NEAREST))
     cell = size * scale
     grid = Image.new("RGB", (cell * len(tiles), cell + 28), "white")
@@ -496,7 +631,7 @@ def sample_grid(model: str | Path, captions: list[str], out: str | Path, steps: 
     for i, (im, cap) in enumerate(zip(tiles, captions)):
         grid.paste(im, (i * cell, 0))
         draw.text((i * cell + 3, cell + 2), cap[: cell // 6], fill=(0, 0, 0))
-        draw.text((i * cell + 3, cell + 14), cap[cell // 6: cell // 3], fill=(0, 0, 0))
+        draw.text((i * cell + 3, cell + 14), cap[cell // 6 : cell // 3], fill=(0, 0, 0))
     out = Path(out)
     grid.save(out)
     return out

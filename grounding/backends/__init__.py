@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from .base import PADDING, ROLE_NAMES, SPECIAL, TEMPLATE, TEXT, Backend, Capture, DiTBackend, TokenSequence
+from .base import Backend, Capture, DiTBackend
 from .capture import AttentionRecorder, AttentionStore, SequenceLayout
 from .flux import FluxBackend
 from .flux2 import Flux2Backend, Flux2KleinBackend
@@ -22,12 +22,32 @@ from .hunyuanvideo import HunyuanVideoBackend
 from .memory import MemoryOptions, drop_vae_decoder, quantization_config
 from .qwenimage import QwenImageBackend
 from .sd3 import SD3Backend
+from .sequences import PADDING, ROLE_NAMES, SPECIAL, TEMPLATE, TEXT, TokenSequence
 from .wan import WanBackend
 from .zimage import ZImageBackend
 
-__all__ = ["Backend", "DiTBackend", "Capture", "TokenSequence", "SequenceLayout", "AttentionRecorder",
-           "AttentionStore", "BACKENDS", "register_backend", "backend_class", "load_backend", "pipeline_class_name",
-           "resolve_dtype", "MemoryOptions", "pipeline_index", "PADDING", "SPECIAL", "TEMPLATE", "TEXT", "ROLE_NAMES"]
+__all__ = [
+    "Backend",
+    "DiTBackend",
+    "Capture",
+    "TokenSequence",
+    "SequenceLayout",
+    "AttentionRecorder",
+    "AttentionStore",
+    "BACKENDS",
+    "register_backend",
+    "backend_class",
+    "load_backend",
+    "pipeline_class_name",
+    "resolve_dtype",
+    "MemoryOptions",
+    "pipeline_index",
+    "PADDING",
+    "SPECIAL",
+    "TEMPLATE",
+    "TEXT",
+    "ROLE_NAMES",
+]
 
 # diffusers pipeline class name → (backend class, the pipeline class to load the folder with).
 BACKENDS: dict[str, tuple[type[DiTBackend], str]] = {}
@@ -36,10 +56,12 @@ BACKENDS: dict[str, tuple[type[DiTBackend], str]] = {}
 def register_backend(*pipeline_classes: str, load_as: str | None = None) -> Callable[[type], type]:
     """Register a backend for these diffusers pipeline class names (``model_index.json``'s
     ``_class_name``); the folder is loaded with ``load_as`` (default: the first name)."""
+
     def deco(cls: type) -> type:
         for name in pipeline_classes:
             BACKENDS[name] = (cls, load_as or pipeline_classes[0])
         return cls
+
     return deco
 
 
@@ -77,8 +99,14 @@ def backend_class(pipeline_class: str) -> tuple[type[DiTBackend], str]:
     return BACKENDS[pipeline_class]
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -> torch.dtype:
@@ -92,8 +120,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
     return _DTYPES[dtype]
 
 
-def load_backend(model: str | Path, device: str | torch.device = "cpu",
-                 dtype: str | torch.dtype | None = torch.float32, memory: MemoryOptions | None = None) -> DiTBackend:
+def load_backend(
+    model: str | Path,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = torch.float32,
+    memory: MemoryOptions | None = None,
+) -> DiTBackend:
     """Load a registered pipeline (hub id or local folder) in eval mode and wrap it in its backend;
     ``memory`` places, offloads or quantizes it (``MemoryOptions``, checked before any weight is read)."""
     import diffusers
@@ -134,5 +166,8 @@ def load_backend(model: str | Path, device: str | torch.device = "cpu",
 
 
 def _quantized(module: torch.nn.Module) -> bool:
-    return bool(getattr(module, "is_loaded_in_8bit", False) or getattr(module, "is_loaded_in_4bit", False)
-                or getattr(module, "quantization_method", None))
+    return bool(
+        getattr(module, "is_loaded_in_8bit", False)
+        or getattr(module, "is_loaded_in_4bit", False)
+        or getattr(module, "quantization_method", None)
+    )

@@ -28,8 +28,15 @@ from typing import Callable, Iterator, Protocol
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SequenceLayout", "AttentionRecorder", "AttentionStore", "dispatcher_capture", "SD3CaptureProcessor",
-           "sdpa_with_lse", "chunked_lse"]
+__all__ = [
+    "SequenceLayout",
+    "AttentionRecorder",
+    "AttentionStore",
+    "dispatcher_capture",
+    "SD3CaptureProcessor",
+    "sdpa_with_lse",
+    "chunked_lse",
+]
 
 
 @dataclass(frozen=True)
@@ -54,8 +61,15 @@ LayoutFn = Callable[[str, int, int], SequenceLayout]
 class AttentionRecorder(Protocol):
     """What a capture calls for every attention of a captured block (q, k, v ``[B, H, S, D]``)."""
 
-    def attend(self, block: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               attn_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        block: str,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor:
         """The attention output ``[B, H, Sq, D]``, exactly as stock SDPA computes it."""
         ...
 
@@ -86,8 +100,15 @@ class AttentionStore:
         allowed[:, 0, lay.text, lay.image] = keep[:, None, :]
         return allowed
 
-    def attend(self, block: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               attn_mask: torch.Tensor | None = None, scale: float | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        block: str,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> torch.Tensor:
         lay = self.layout(block, q.shape[2], k.shape[2])
         mask = _combine_masks(attn_mask, self.text_mask(lay, q.shape[2], q.device))
         if mask is None and scale is None and self.lse_source == "fused":
@@ -99,8 +120,16 @@ class AttentionStore:
         self.record(block, q, k, lse, lay, mask, scale)
         return out
 
-    def record(self, block: str, q: torch.Tensor, k: torch.Tensor, lse: torch.Tensor, lay: SequenceLayout,
-               mask: torch.Tensor | None = None, scale: float | None = None) -> None:
+    def record(
+        self,
+        block: str,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        lse: torch.Tensor,
+        lay: SequenceLayout,
+        mask: torch.Tensor | None = None,
+        scale: float | None = None,
+    ) -> None:
         """Store image→text probabilities from q, k ``[B, H, S, D]`` and lse ``[B, H, Sq]``."""
         cols = self.columns.to(q.device) + lay.text.start
         logits = _logits(q[:, :, lay.image], k[:, :, cols], scale)
@@ -189,8 +218,14 @@ def sdpa_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[to
     return F.scaled_dot_product_attention(q, k, v), None
 
 
-def chunked_lse(q: torch.Tensor, k: torch.Tensor, rows: slice, mask: torch.Tensor | None = None,
-                scale: float | None = None, chunk: int = 1024) -> torch.Tensor:
+def chunked_lse(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    rows: slice,
+    mask: torch.Tensor | None = None,
+    scale: float | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Row log-sum-exp over all (unmasked) keys for query rows ``rows``, ``chunk`` rows at a
     time → ``[B, H, Sq]`` float32. Rows outside ``rows`` are left at 0 (they are never read)."""
     out = torch.zeros(q.shape[:3], dtype=torch.float32, device=q.device)
@@ -218,18 +253,36 @@ _LOCK = threading.Lock()
 _ACTIVE = {"count": 0, "previous": None, "fn": None, "args": frozenset()}  # the backend we stand in for
 
 
-def _capture_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                       attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0, is_causal: bool = False,
-                       scale: float | None = None, enable_gqa: bool = False, _parallel_config=None) -> torch.Tensor:
+def _capture_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    _parallel_config=None,
+) -> torch.Tensor:
     """The registered backend: ``[B, S, H, D]`` in and out, as every diffusers backend."""
     session = _SESSION.get()
     block = session.block if session is not None else None
     if block is None:  # not a captured block (or not this thread's capture): the previous backend
-        return _call_previous(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-                              scale=scale, enable_gqa=enable_gqa, _parallel_config=_parallel_config)
+        return _call_previous(
+            query,
+            key,
+            value,
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            is_causal=is_causal,
+            scale=scale,
+            enable_gqa=enable_gqa,
+            _parallel_config=_parallel_config,
+        )
     if dropout_p or is_causal or enable_gqa or _parallel_config is not None:
-        raise NotImplementedError(f"block {block}: capture supports neither dropout, causal masks, GQA nor "
-                                  "context parallelism")
+        raise NotImplementedError(
+            f"block {block}: capture supports neither dropout, causal masks, GQA nor context parallelism"
+        )
     q, k, v = (x.permute(0, 2, 1, 3) for x in (query, key, value))
     return session.recorder.attend(block, q, k, v, attn_mask, scale).permute(0, 2, 1, 3)
 
@@ -270,6 +323,7 @@ def dispatcher_capture(modules: dict[str, torch.nn.Module], recorder: AttentionR
     session = _Session(recorder)
     handles, pinned = [], []
     for name, module in modules.items():
+
         def enter(_m, _args, name=name):
             session.block = name
 
@@ -310,7 +364,11 @@ class SD3CaptureProcessor:
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(b, -1, attn.heads, x.shape[-1] // attn.heads).transpose(1, 2)
 
-        query, key, value = heads(attn.to_q(hidden_states)), heads(attn.to_k(hidden_states)), heads(attn.to_v(hidden_states))
+        query, key, value = (
+            heads(attn.to_q(hidden_states)),
+            heads(attn.to_k(hidden_states)),
+            heads(attn.to_v(hidden_states)),
+        )
         if attn.norm_q is not None:
             query = attn.norm_q(query)
         if attn.norm_k is not None:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DiTBackend, TokenSequence, join_streams, tokenize_stream
+from .base import DiTBackend
 from .capture import SequenceLayout
+from .sequences import TokenSequence, join_streams, tokenize_stream
 
 
 class FluxBackend(DiTBackend):
@@ -31,8 +32,10 @@ class FluxBackend(DiTBackend):
         return SequenceLayout(image=slice(text_len, text_len + image_len), text=slice(0, text_len))
 
     def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
-        return [join_streams(p, ("t5",), [tokenize_stream(self.pipe.tokenizer_2, p, max_sequence_length, 0)])
-                for p in prompts]
+        return [
+            join_streams(p, ("t5",), [tokenize_stream(self.pipe.tokenizer_2, p, max_sequence_length, 0)])
+            for p in prompts
+        ]
 
     @torch.no_grad()
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
@@ -41,8 +44,13 @@ class FluxBackend(DiTBackend):
         pipe = self.pipe
         ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
         embeds = pipe.text_encoder_2(ids, output_hidden_states=False)[0].to(pipe.text_encoder_2.dtype)
-        clip = pipe.tokenizer([s.prompt for s in sequences], padding="max_length", max_length=pipe.tokenizer_max_length,
-                              truncation=True, return_tensors="pt").input_ids
+        clip = pipe.tokenizer(
+            [s.prompt for s in sequences],
+            padding="max_length",
+            max_length=pipe.tokenizer_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         pooled = pipe.text_encoder(clip.to(self.text_device), output_hidden_states=False).pooler_output
         pooled = pooled.to(pipe.text_encoder.dtype)
         text_dtype = pipe.text_encoder.dtype if pipe.text_encoder is not None else self.dtype
@@ -67,8 +75,12 @@ class FluxBackend(DiTBackend):
         b = latents.shape[0]
         rows, cols = self.grid(latents)
         return self.transformer(
-            hidden_states=self.pack(latents), timestep=self.timesteps(sigma, b),
+            hidden_states=self.pack(latents),
+            timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
-            pooled_projections=cond["pooled"], encoder_hidden_states=cond["embeds"],
-            txt_ids=cond["text_ids"], img_ids=self.image_ids(rows, cols), return_dict=False,
+            pooled_projections=cond["pooled"],
+            encoder_hidden_states=cond["embeds"],
+            txt_ids=cond["text_ids"],
+            img_ids=self.image_ids(rows, cols),
+            return_dict=False,
         )[0]

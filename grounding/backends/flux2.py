@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import PADDING, TokenSequence, template_tokens
 from .flux import FluxBackend
+from .sequences import PADDING, TokenSequence, template_tokens
 
 
 class Flux2Backend(FluxBackend):
@@ -37,14 +37,21 @@ class Flux2Backend(FluxBackend):
         """The chat text the pipeline builds for ``prompt`` (``format_input`` + the template)."""
         from diffusers.pipelines.flux2.pipeline_flux2 import format_input
 
-        return self.pipe.tokenizer.apply_chat_template(format_input([prompt], self.pipe.system_message)[0],
-                                                       tokenize=False, add_generation_prompt=False)
+        return self.pipe.tokenizer.apply_chat_template(
+            format_input([prompt], self.pipe.system_message)[0], tokenize=False, add_generation_prompt=False
+        )
 
     def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
         out = []
         for p in prompts:
-            t = template_tokens(self.text_tokenizer, self.render, p, padding="max_length", truncation=True,
-                                max_length=max_sequence_length)
+            t = template_tokens(
+                self.text_tokenizer,
+                self.render,
+                p,
+                padding="max_length",
+                truncation=True,
+                max_length=max_sequence_length,
+            )
             out.append(t.sequence(p, (self.stream_name,), overflow=t.full_length > max_sequence_length))
         return out
 
@@ -78,10 +85,13 @@ class Flux2Backend(FluxBackend):
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         b = latents.shape[0]
         return self.transformer(
-            hidden_states=self.pipe._pack_latents(latents), timestep=self.timesteps(sigma, b),
+            hidden_states=self.pipe._pack_latents(latents),
+            timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
-            encoder_hidden_states=cond["embeds"], txt_ids=cond["text_ids"].to(self.device),
-            img_ids=self.pipe._prepare_latent_ids(latents).to(self.device), return_dict=False,
+            encoder_hidden_states=cond["embeds"],
+            txt_ids=cond["text_ids"].to(self.device),
+            img_ids=self.pipe._prepare_latent_ids(latents).to(self.device),
+            return_dict=False,
         )[0]
 
 
@@ -91,5 +101,6 @@ class Flux2KleinBackend(Flux2Backend):
     stream_name = "qwen3"
 
     def render(self, prompt: str) -> str:
-        return self.pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                       add_generation_prompt=True, enable_thinking=False)
+        return self.pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PADDING, TokenSequence, template_tokens
 from .capture import SequenceLayout
+from .sequences import PADDING, TokenSequence, template_tokens
 from .video import VideoDiTBackend
 
 LAYER_SKIP = 2  # encode_prompt's num_hidden_layers_to_skip
@@ -61,8 +61,15 @@ class HunyuanVideoBackend(VideoDiTBackend):
         crop = int(tpl["crop_start"])
         out = []
         for p in prompts:
-            t = template_tokens(self.pipe.tokenizer, tpl["template"].format, p, add_special_tokens=True,
-                                padding="max_length", truncation=True, max_length=max_sequence_length + crop)
+            t = template_tokens(
+                self.pipe.tokenizer,
+                tpl["template"].format,
+                p,
+                add_special_tokens=True,
+                padding="max_length",
+                truncation=True,
+                max_length=max_sequence_length + crop,
+            )
             keep = np.arange(crop, len(t.ids))
             overflow = t.full_length > max_sequence_length + crop
             out.append(t.sequence(p, ("llama",), select=keep, overflow=overflow, encoder=True))
@@ -78,10 +85,17 @@ class HunyuanVideoBackend(VideoDiTBackend):
         keep = torch.from_numpy(sequences[0].encoder.positions).to(states.device)
         embeds = states.to(enc.dtype)[:, keep]
         text_mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]).astype(np.int64))
-        pooled = pipe._get_clip_prompt_embeds([s.prompt for s in sequences], device=self.text_device,
-                                              dtype=pipe.text_encoder_2.dtype, max_sequence_length=77)
-        return {"embeds": embeds.to(self.device, self.dtype), "mask": text_mask.to(self.device),
-                "pooled": pooled.to(self.device, self.dtype)}
+        pooled = pipe._get_clip_prompt_embeds(
+            [s.prompt for s in sequences],
+            device=self.text_device,
+            dtype=pipe.text_encoder_2.dtype,
+            max_sequence_length=77,
+        )
+        return {
+            "embeds": embeds.to(self.device, self.dtype),
+            "mask": text_mask.to(self.device),
+            "pooled": pooled.to(self.device, self.dtype),
+        }
 
     def encode_clips(self, x: torch.Tensor) -> torch.Tensor:
         return self.vae.encode(x).latent_dist.mode() * self.vae.config.scaling_factor
@@ -93,7 +107,12 @@ class HunyuanVideoBackend(VideoDiTBackend):
 
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         b = latents.shape[0]
-        return self.transformer(hidden_states=latents, timestep=self.timesteps(sigma, b),
-                                encoder_hidden_states=cond["embeds"], encoder_attention_mask=cond["mask"],
-                                pooled_projections=cond["pooled"], guidance=self.guidance(b, guidance_scale),
-                                return_dict=False)[0]
+        return self.transformer(
+            hidden_states=latents,
+            timestep=self.timesteps(sigma, b),
+            encoder_hidden_states=cond["embeds"],
+            encoder_attention_mask=cond["mask"],
+            pooled_projections=cond["pooled"],
+            guidance=self.guidance(b, guidance_scale),
+            return_dict=False,
+        )[0]

@@ -18,8 +18,19 @@ __all__ = ["ModelLoadError", "load_error_message"]
 class ModelLoadError(RuntimeError):
     """A model that could not be loaded; ``str(e)`` is ``load_error_message``'s line."""
 
-_NETWORK = ("ConnectError", "ConnectTimeout", "ConnectionError", "ReadTimeout", "Timeout", "TimeoutException",
-            "gaierror", "NameResolutionError", "MaxRetryError", "NewConnectionError")
+
+_NETWORK = (
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionError",
+    "ReadTimeout",
+    "Timeout",
+    "TimeoutException",
+    "gaierror",
+    "NameResolutionError",
+    "MaxRetryError",
+    "NewConnectionError",
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -43,27 +54,35 @@ def _cause(model: str, chain: list[BaseException]) -> str:
         return next((e for e, n in zip(chain, names) if n in wanted), None)
 
     if find("OfflineModeIsEnabled"):
-        return ("HF_HUB_OFFLINE=1 forbids downloads and the model is not in the local Hugging Face cache; "
-                "unset HF_HUB_OFFLINE (or point GROUNDING_MODEL at a local folder)")
+        return (
+            "HF_HUB_OFFLINE=1 forbids downloads and the model is not in the local Hugging Face cache; "
+            "unset HF_HUB_OFFLINE (or point GROUNDING_MODEL at a local folder)"
+        )
     if find("GatedRepoError"):
-        return ("a gated repository: accept its licence on its Hub page, then set HF_TOKEN "
-                "(a token of the account that accepted it)")
+        return (
+            "a gated repository: accept its licence on its Hub page, then set HF_TOKEN "
+            "(a token of the account that accepted it)"
+        )
     if find("RepositoryNotFoundError"):
         return "no such repository on the Hugging Face Hub (or a private one: set HF_TOKEN)"
     if find("RevisionNotFoundError"):
         return "no such revision (branch, tag or commit) in the repository"
     net = find(*_NETWORK)
     if net is not None:
-        return (f"cannot reach the Hugging Face Hub ({_first_line(net)}) and the model is not in the local "
-                "cache; check the network, or download it once and point GROUNDING_MODEL at the folder")
+        return (
+            f"cannot reach the Hugging Face Hub ({_first_line(net)}) and the model is not in the local "
+            "cache; check the network, or download it once and point GROUNDING_MODEL at the folder"
+        )
     if find("HFValidationError") and not Path(model).exists():
         return "neither a local folder nor a valid Hugging Face repository id"
     if find("EntryNotFoundError", "RemoteEntryNotFoundError"):
         return "the repository has no model_index.json: not a diffusers pipeline"
     oom = find("OutOfMemoryError", "MemoryError")
     if oom is not None:
-        return (f"out of memory while loading ({_first_line(oom)}); try GROUNDING_DTYPE=bfloat16, "
-                "GROUNDING_OFFLOAD=model or GROUNDING_QUANTIZATION=int8")
+        return (
+            f"out of memory while loading ({_first_line(oom)}); try GROUNDING_DTYPE=bfloat16, "
+            "GROUNDING_OFFLOAD=model or GROUNDING_QUANTIZATION=int8"
+        )
     missing = find("FileNotFoundError")
     if missing is not None:
         return f"a file is missing: {_first_line(missing)}"

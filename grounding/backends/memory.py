@@ -38,8 +38,9 @@ class MemoryOptions:
         if self.offload not in (None, *get_args(Offload)):
             raise ConfigError(f"offload must be one of {list(get_args(Offload))} or None, got {self.offload!r}")
         if self.quantization not in (None, *get_args(Quantization)):
-            raise ConfigError(f"quantization must be one of {list(get_args(Quantization))} or None, "
-                             f"got {self.quantization!r}")
+            raise ConfigError(
+                f"quantization must be one of {list(get_args(Quantization))} or None, got {self.quantization!r}"
+            )
         if self.text_cache_size < 0:
             raise ConfigError(f"text_cache_size must be ≥ 0, got {self.text_cache_size}")
         if self.text_encoder_device is not None:
@@ -48,15 +49,21 @@ class MemoryOptions:
             raise ConfigError("offload and text_encoder_device both place the text encoders; choose one")
 
     def check(self, device: str | torch.device) -> None:
-        """Raise ``ConfigError`` (a ``ValueError``) for a choice this machine cannot make (before any weight is read)."""
+        """Raise ``ConfigError`` (a ``ValueError``) for a choice this machine cannot make, before any
+        weight is read."""
         needs_cuda = [f"offload={self.offload!r}"] if self.offload else []
         needs_cuda += [f"quantization={self.quantization!r}"] if self.quantization else []
         needs_cuda += ["text_offload"] if self.text_offload else []
         if needs_cuda and (torch.device(device).type != "cuda" or not torch.cuda.is_available()):
-            raise ConfigError(f"{', '.join(needs_cuda)} needs a CUDA device; "
-                             f"{'this machine has none' if not torch.cuda.is_available() else f'device is {device}'}")
-        if self.text_encoder_device and torch.device(self.text_encoder_device).type == "cuda" \
-                and not torch.cuda.is_available():
+            raise ConfigError(
+                f"{', '.join(needs_cuda)} needs a CUDA device; "
+                f"{'this machine has none' if not torch.cuda.is_available() else f'device is {device}'}"
+            )
+        if (
+            self.text_encoder_device
+            and torch.device(self.text_encoder_device).type == "cuda"
+            and not torch.cuda.is_available()
+        ):
             raise ConfigError(f"text_encoder_device={self.text_encoder_device!r} needs CUDA; this machine has none")
         package = _PACKAGES.get(self.quantization or "")
         if package and importlib.util.find_spec(package) is None:
@@ -81,8 +88,7 @@ def quantization_config(kind: Quantization, components: list[str], dtype: torch.
         if kind == "int8":
             return lib.BitsAndBytesConfig(load_in_8bit=True)
         if kind == "nf4":
-            return lib.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                          bnb_4bit_compute_dtype=dtype)
+            return lib.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=dtype)
         from torchao.quantization import Float8WeightOnlyConfig
 
         return lib.TorchAoConfig(quant_type=Float8WeightOnlyConfig())
@@ -104,8 +110,10 @@ class DroppedModule(torch.nn.Module):
         self.name = name
 
     def forward(self, *args, **kwargs):
-        raise RuntimeError(f"the VAE's {self.name} was dropped after loading (grounding never decodes); "
-                           "load with MemoryOptions(keep_vae_decoder=True) to keep it")
+        raise RuntimeError(
+            f"the VAE's {self.name} was dropped after loading (grounding never decodes); "
+            "load with MemoryOptions(keep_vae_decoder=True) to keep it"
+        )
 
 
 def drop_vae_decoder(vae: torch.nn.Module) -> None:

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .base import PADDING, DiTBackend, TokenSequence, template_tokens
+from .base import DiTBackend
 from .capture import SequenceLayout
 from .flux import FluxBackend
+from .sequences import PADDING, TokenSequence, template_tokens
 
 
 class QwenImageBackend(DiTBackend):
@@ -54,7 +55,7 @@ class QwenImageBackend(DiTBackend):
         for p in prompts:
             t = template_tokens(pipe.tokenizer, pipe.prompt_template_encode.format, p, truncation=True, max_length=cap)
             valid = np.flatnonzero(t.mask)
-            keep = valid[drop:drop + max_sequence_length]
+            keep = valid[drop : drop + max_sequence_length]
             overflow = t.full_length > cap or len(valid) - drop > max_sequence_length
             out.append(t.sequence(p, ("qwen2.5-vl",), select=keep, overflow=overflow, encoder=True))
         return out
@@ -96,9 +97,11 @@ class QwenImageBackend(DiTBackend):
         # has no values to ask, so its mask is passed (all-real and None attend alike)
         all_real = not mask.is_meta and bool(mask.all())
         return self.transformer(
-            hidden_states=FluxBackend.pack(latents), timestep=self.timesteps(sigma, b),
+            hidden_states=FluxBackend.pack(latents),
+            timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
             encoder_hidden_states=cond["embeds"],
             encoder_hidden_states_mask=None if all_real else mask,
-            img_shapes=[[(1, rows, cols)]] * b, return_dict=False,
+            img_shapes=[[(1, rows, cols)]] * b,
+            return_dict=False,
         )[0]

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PADDING, DiTBackend, TokenSequence, join_streams, tokenize_stream
+from .base import DiTBackend
 from .capture import AttentionRecorder, SD3CaptureProcessor, SequenceLayout
+from .sequences import PADDING, TokenSequence, join_streams, tokenize_stream
 
 
 class SD3Backend(DiTBackend):
@@ -45,8 +46,15 @@ class SD3Backend(DiTBackend):
                 parts.append(tokenize_stream(pipe.tokenizer_3, p, max_sequence_length, 1))
             else:
                 n = max_sequence_length
-                parts.append((np.zeros(n, np.int64), np.full(n, PADDING, np.int8), np.full((n, 2), -1, np.int32),
-                              np.full(n, 1, np.int8), False))
+                parts.append(
+                    (
+                        np.zeros(n, np.int64),
+                        np.full(n, PADDING, np.int8),
+                        np.full((n, 2), -1, np.int32),
+                        np.full(n, 1, np.int8),
+                        False,
+                    )
+                )
             out.append(join_streams(p, ("clip", "t5"), parts))
         return out
 
@@ -58,9 +66,17 @@ class SD3Backend(DiTBackend):
         ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
         hidden, pooled = [], []
         for i, (tok, enc) in enumerate(((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2))):
-            clip_ids = ids[:, :clip_len] if i == 0 else tok(
-                [s.prompt for s in sequences], padding="max_length", max_length=clip_len, truncation=True,
-                return_tensors="pt").input_ids.to(self.text_device)
+            clip_ids = (
+                ids[:, :clip_len]
+                if i == 0
+                else tok(
+                    [s.prompt for s in sequences],
+                    padding="max_length",
+                    max_length=clip_len,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids.to(self.text_device)
+            )
             out = enc(clip_ids, output_hidden_states=True)
             pooled.append(out[0])
             hidden.append(out.hidden_states[-2].to(dtype=pipe.text_encoder.dtype))
@@ -69,14 +85,22 @@ class SD3Backend(DiTBackend):
         if pipe.text_encoder_3 is not None:
             t5 = pipe.text_encoder_3(ids[:, clip_len:])[0].to(pipe.text_encoder_3.dtype)
         else:
-            t5 = torch.zeros(len(sequences), n_t5, self.transformer.config.joint_attention_dim,
-                             device=self.text_device, dtype=pipe.text_encoder.dtype)
+            t5 = torch.zeros(
+                len(sequences),
+                n_t5,
+                self.transformer.config.joint_attention_dim,
+                device=self.text_device,
+                dtype=pipe.text_encoder.dtype,
+            )
         clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
         embeds = torch.cat([clip, t5], dim=-2)
         return {"embeds": embeds.to(self.dtype), "pooled": torch.cat(pooled, dim=-1).to(self.dtype)}
 
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         return self.transformer(
-            hidden_states=latents, timestep=self.timesteps(sigma, latents.shape[0]),
-            encoder_hidden_states=cond["embeds"], pooled_projections=cond["pooled"], return_dict=False,
+            hidden_states=latents,
+            timestep=self.timesteps(sigma, latents.shape[0]),
+            encoder_hidden_states=cond["embeds"],
+            pooled_projections=cond["pooled"],
+            return_dict=False,
         )[0]

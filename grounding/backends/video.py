@@ -11,7 +11,8 @@ from typing import Sequence
 import torch
 from PIL import Image
 
-from .base import Capture, DiTBackend, TokenSequence
+from .base import Capture, DiTBackend
+from .sequences import TokenSequence
 
 
 def latent_frames(num_frames: int, temporal: int) -> list[list[int]]:
@@ -65,9 +66,16 @@ class VideoDiTBackend(DiTBackend):
         p = self.spatial_patch()
         return latents.shape[2] * (latents.shape[3] // p), latents.shape[4] // p
 
-    def capture_clip(self, frames: list[Image.Image], sequence: TokenSequence, size: tuple[int, int],
-                     timesteps: tuple[float, ...], seed: int, guidance_scale: float = 3.5,
-                     blocks: list[str] | None = None) -> tuple[Capture, list[list[int]]]:
+    def capture_clip(
+        self,
+        frames: list[Image.Image],
+        sequence: TokenSequence,
+        size: tuple[int, int],
+        timesteps: tuple[float, ...],
+        seed: int,
+        guidance_scale: float = 3.5,
+        blocks: list[str] | None = None,
+    ) -> tuple[Capture, list[list[int]]]:
         """One forward per noise level over a whole clip (``temporal·k + 1`` frames): a ``Capture``
         with one sample per latent frame (``probs`` ``[L, V, T_latent, H, h·w, C]``, grid
         ``(h, w)``) and the source frames of each latent frame."""

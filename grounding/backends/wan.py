@@ -21,8 +21,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import PADDING, Capture, TokenSequence, join_streams, tokenize_stream
+from .base import Capture
 from .capture import SequenceLayout
+from .sequences import PADDING, TokenSequence, join_streams, tokenize_stream
 from .video import VideoDiTBackend
 
 
@@ -52,8 +53,10 @@ class WanBackend(VideoDiTBackend):
         return SequenceLayout(image=slice(0, q_len), text=slice(k_len - text_len, k_len), joint=False)
 
     def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
-        return [join_streams(p, ("umt5",), [tokenize_stream(self.pipe.tokenizer, p, max_sequence_length, 0)])
-                for p in prompts]
+        return [
+            join_streams(p, ("umt5",), [tokenize_stream(self.pipe.tokenizer, p, max_sequence_length, 0)])
+            for p in prompts
+        ]
 
     @torch.no_grad()
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
@@ -61,7 +64,9 @@ class WanBackend(VideoDiTBackend):
         tokens, zeros after them (the pipeline's own padding)."""
         enc = self.pipe.text_encoder
         ids = torch.from_numpy(np.stack([s.ids for s in sequences])).to(self.text_device)
-        mask = torch.from_numpy(np.stack([(s.roles != PADDING).astype(np.int64) for s in sequences])).to(self.text_device)
+        mask = torch.from_numpy(np.stack([(s.roles != PADDING).astype(np.int64) for s in sequences])).to(
+            self.text_device
+        )
         states = enc(ids, mask).last_hidden_state.to(enc.dtype)
         keep = mask.bool()[..., None]
         return {"embeds": torch.where(keep, states, torch.zeros_like(states)).to(self.device, self.dtype)}
@@ -77,22 +82,46 @@ class WanBackend(VideoDiTBackend):
         return pipe.transformer if sigma * self.timestep_scale >= boundary else second
 
     @torch.no_grad()
-    def capture(self, images, sequences, size, timesteps, seed, guidance_scale=3.5, blocks=None, lse_source="fused",
-                image_keep=None, early_exit=True) -> Capture:
+    def capture(
+        self,
+        images,
+        sequences,
+        size,
+        timesteps,
+        seed,
+        guidance_scale=3.5,
+        blocks=None,
+        lse_source="fused",
+        image_keep=None,
+        early_exit=True,
+    ) -> Capture:
         """``DiTBackend.capture`` with each noise level on its expert (levels of one expert in one
         capture, the probabilities put back in the order of ``timesteps``)."""
         experts = [self.expert(t) for t in timesteps]
         if all(e is self.transformer for e in experts):
-            return super().capture(images, sequences, size, timesteps, seed, guidance_scale, blocks, lse_source,
-                                   image_keep, early_exit)
+            return super().capture(
+                images, sequences, size, timesteps, seed, guidance_scale, blocks, lse_source, image_keep, early_exit
+            )
         parts, order = [], []
         for e in dict.fromkeys(experts):
             idx = [i for i, x in enumerate(experts) if x is e]
             levels = tuple(timesteps[i] for i in idx)
             own, self.transformer = self.transformer, e
             try:
-                parts.append(super().capture(images, sequences, size, levels, seed, guidance_scale, blocks,
-                                             lse_source, image_keep, early_exit))
+                parts.append(
+                    super().capture(
+                        images,
+                        sequences,
+                        size,
+                        levels,
+                        seed,
+                        guidance_scale,
+                        blocks,
+                        lse_source,
+                        image_keep,
+                        early_exit,
+                    )
+                )
             finally:
                 self.transformer = own
             order += idx
@@ -109,5 +138,9 @@ class WanBackend(VideoDiTBackend):
         return (z - mean) / std
 
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
-        return self.transformer(hidden_states=latents, timestep=self.timesteps(sigma, latents.shape[0]),
-                                encoder_hidden_states=cond["embeds"], return_dict=False)[0]
+        return self.transformer(
+            hidden_states=latents,
+            timestep=self.timesteps(sigma, latents.shape[0]),
+            encoder_hidden_states=cond["embeds"],
+            return_dict=False,
+        )[0]

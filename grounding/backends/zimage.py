@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .base import DiTBackend, TokenSequence, template_tokens
+from .base import DiTBackend
 from .capture import SequenceLayout
+from .sequences import TokenSequence, template_tokens
 
 SEQ_MULTIPLE = 32  # diffusers.models.transformers.transformer_z_image.SEQ_MULTI_OF
 
@@ -48,19 +49,35 @@ class ZImageBackend(DiTBackend):
         return SequenceLayout(image=slice(0, image_len), text=slice(image_end, image_end + text_len))
 
     def render(self, prompt: str) -> str:
-        return self.pipe.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                       add_generation_prompt=True, enable_thinking=True)
+        return self.pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
 
     def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
         """The unmasked tokens of ``_encode_prompt``'s call, then the transformer's caption padding
         (``PADDING``: learned pad embeddings the image attends to)."""
         out = []
         for p in prompts:
-            t = template_tokens(self.pipe.tokenizer, self.render, p, padding="max_length",
-                                max_length=max_sequence_length, truncation=True)
+            t = template_tokens(
+                self.pipe.tokenizer,
+                self.render,
+                p,
+                padding="max_length",
+                max_length=max_sequence_length,
+                truncation=True,
+            )
             valid = np.flatnonzero(t.mask)
-            out.append(t.sequence(p, ("qwen3",), select=valid, tail_padding=_round_up(len(valid)) - len(valid),
-                                  pad_id=self.pad_id(), overflow=t.full_length > max_sequence_length, encoder=True))
+            out.append(
+                t.sequence(
+                    p,
+                    ("qwen3",),
+                    select=valid,
+                    tail_padding=_round_up(len(valid)) - len(valid),
+                    pad_id=self.pad_id(),
+                    overflow=t.full_length > max_sequence_length,
+                    encoder=True,
+                )
+            )
         return out
 
     @torch.no_grad()

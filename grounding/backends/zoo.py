@@ -60,8 +60,10 @@ def require_synthetic(what: str):
     """``synthetic_models()``, or a ``FileNotFoundError`` that says why ``what`` is unavailable."""
     found = synthetic_models()
     if found is None:
-        raise FileNotFoundError(f"{what} needs the synthetic models of a dit-grounding checkout (pip install -e .), "
-                                "which this installation does not include")
+        raise FileNotFoundError(
+            f"{what} needs the synthetic models of a dit-grounding checkout (pip install -e .), "
+            "which this installation does not include"
+        )
     return found
 
 

@@ -52,8 +52,14 @@ class Grounder:
     >>> r = g.segment(image, "the dog on the left of the bench")
     """
 
-    def __init__(self, backend: Backend, config: GroundingConfig | None = None, segmenter=None, model_id: str = "",
-                 answer_head=None):
+    def __init__(
+        self,
+        backend: Backend,
+        config: GroundingConfig | None = None,
+        segmenter=None,
+        model_id: str = "",
+        answer_head=None,
+    ):
         self.backend = backend
         self.config = config or GroundingConfig()
         self.model_id = model_id
@@ -70,9 +76,16 @@ class Grounder:
         return self.answers.head
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, segmenter=None, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None, config: GroundingConfig | None = None,
-                        memory: MemoryOptions | None = None, **overrides) -> "Grounder":
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        segmenter=None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype | None = None,
+        config: GroundingConfig | None = None,
+        memory: MemoryOptions | None = None,
+        **overrides,
+    ) -> "Grounder":
         """Load a registered diffusers pipeline (hub id, folder or zoo name) and its
         ``grounding.json`` if it has one.
 
@@ -104,8 +117,9 @@ class Grounder:
         """Expression (+ magnets) → token layout; raises ``ValueError`` for nothing to ground."""
         return self.maps.tokens(expression, cfg or self.config)
 
-    def referent_maps(self, pairs: list[tuple[object, str]], cfg: GroundingConfig,
-                      components: bool = False) -> list[ReferentMap]:
+    def referent_maps(
+        self, pairs: list[tuple[object, str]], cfg: GroundingConfig, components: bool = False
+    ) -> list[ReferentMap]:
         """Stages up to the map (batched). ``components`` also keeps every (block, level, head) map."""
         return self.maps(pairs, cfg, components=components)
 
@@ -119,10 +133,16 @@ class Grounder:
         """Maps of the generic prompt (answer grounding's contrast), cached per image and config."""
         return self.answers.generic_maps(images, cfg)
 
-    def segment_map(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
-                    token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
-                    mask_prompt: np.ndarray | None = None, identity_weight: float = 0.5
-                    ) -> tuple[GroundingResult, Segmentation]:
+    def segment_map(
+        self,
+        item: ReferentMap,
+        cfg: GroundingConfig,
+        use_segmenter: bool = True,
+        token_map: torch.Tensor | None = None,
+        prev_mask: np.ndarray | None = None,
+        mask_prompt: np.ndarray | None = None,
+        identity_weight: float = 0.5,
+    ) -> tuple[GroundingResult, Segmentation]:
         """Map → heatmap → prompts → mask (``MaskStage``)."""
         return self.masks(item, cfg, use_segmenter, token_map, prev_mask, mask_prompt, identity_weight)
 
@@ -140,33 +160,45 @@ class Grounder:
                 m = maps.aggregate(maps.normalise(maps.token_map(cleaned.A, sel)), bw, hw)
                 word_maps[w] = maps.normalise(m).reshape(grid).numpy()
         return AttentionMaps(
-            expression=tok.expression, prompt=tok.prompt, words=[w.text for w in tok.words],
-            word_kinds=[KIND_NAMES[w.kind] for w in tok.words], head_word=tok.head_word, word_maps=word_maps,
-            referent=maps.normalise(it.map).reshape(grid).numpy(), heatmap=refine.heatmap(it.map, grid, it.image, cfg.refine),
-            grid=grid, block_names=it.block_names, timesteps=it.timesteps, warnings=tok.warnings,
+            expression=tok.expression,
+            prompt=tok.prompt,
+            words=[w.text for w in tok.words],
+            word_kinds=[KIND_NAMES[w.kind] for w in tok.words],
+            head_word=tok.head_word,
+            word_maps=word_maps,
+            referent=maps.normalise(it.map).reshape(grid).numpy(),
+            heatmap=refine.heatmap(it.map, grid, it.image, cfg.refine),
+            grid=grid,
+            block_names=it.block_names,
+            timesteps=it.timesteps,
+            warnings=tok.warnings,
             attention=cleaned.A if detail else None,
             column_kinds=[KIND_NAMES[k] for k in cleaned.kinds] if detail else None,
-            columns=cleaned.columns if detail else None, sinks=cleaned.sinks if detail else None,
+            columns=cleaned.columns if detail else None,
+            sinks=cleaned.sinks if detail else None,
         )
 
     def segment(self, image, expression: str, **overrides) -> GroundingResult:
         """Mask, box, score and heatmap of the referent of ``expression`` in ``image``."""
         return self.segment_batch([(image, expression)], **overrides)[0]
 
-    def segment_batch(self, pairs: list[tuple[object, str]], use_segmenter: bool = True,
-                      **overrides) -> list[GroundingResult]:
+    def segment_batch(
+        self, pairs: list[tuple[object, str]], use_segmenter: bool = True, **overrides
+    ) -> list[GroundingResult]:
         """Several (image, expression) pairs; same-size inputs share one transformer forward.
         ``use_segmenter=False`` skips SAM: the mask is the thresholded map region."""
         cfg = self.config_for(overrides)
         return [self.masks(item, cfg, use_segmenter)[0] for item in self.maps(pairs, cfg)]
 
-    def ground_answer(self, image, question: str, answer: str | None = None, use_segmenter: bool = True,
-                      **overrides) -> GroundingResult:
+    def ground_answer(
+        self, image, question: str, answer: str | None = None, use_segmenter: bool = True, **overrides
+    ) -> GroundingResult:
         """The evidence region for a visual question (and its answer, when given)."""
         return self.answer_batch([(image, answers.answer_prompt(question, answer))], use_segmenter, **overrides)[0]
 
-    def answer_batch(self, pairs: list[tuple[object, str]], use_segmenter: bool = True,
-                     **overrides) -> list[GroundingResult]:
+    def answer_batch(
+        self, pairs: list[tuple[object, str]], use_segmenter: bool = True, **overrides
+    ) -> list[GroundingResult]:
         """(image, "question answer" text) pairs; with ``answer.contrast`` each map is divided by
         the image's generic-prompt map (cached per image and config)."""
         cfg = self.config_for(overrides)

@@ -60,8 +60,11 @@ class GroundingResult:
 
 def instance_doc(instance: Instance, segmentation: dict) -> dict:
     """One instance as JSON: its box (xyxy), score and ``segmentation`` (in the caller's format)."""
-    return {"box": [round(float(v), 2) for v in instance.box], "score": round(float(instance.score), 6),
-            "segmentation": segmentation}
+    return {
+        "box": [round(float(v), 2) for v in instance.box],
+        "score": round(float(instance.score), 6),
+        "segmentation": segmentation,
+    }
 
 
 def mask_to_rle(mask: np.ndarray) -> dict:
@@ -88,7 +91,9 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return (stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
 
 
-def overlay(image: Image.Image, result: GroundingResult, heat_alpha: float = 0.35, mask_alpha: float = 0.45) -> Image.Image:
+def overlay(
+    image: Image.Image, result: GroundingResult, heat_alpha: float = 0.35, mask_alpha: float = 0.45
+) -> Image.Image:
     """The image with the heatmap blended in, the mask tinted, the box and the points drawn. A
     best guess (``result.best_guess``: not present) is drawn as a dashed grey outline of the mask
     with no box and no tint, and the image says "not found"."""
@@ -102,8 +107,7 @@ def overlay(image: Image.Image, result: GroundingResult, heat_alpha: float = 0.3
     w = max(1, round(max(im.size) / 300))
     if result.best_guess:
         _dashed_outline(im, result.mask, (200, 200, 200), w)
-        draw.text((3, 2), "not found", fill=(255, 255, 255), stroke_width=1,
-                  stroke_fill=(0, 0, 0))
+        draw.text((3, 2), "not found", fill=(255, 255, 255), stroke_width=1, stroke_fill=(0, 0, 0))
     elif result.mask.any():
         x0, y0, x1, y1 = result.box
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 40, 40), width=w)

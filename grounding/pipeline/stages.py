@@ -74,8 +74,13 @@ class MapStage:
         n = self.max_len(cfg)
         return align(expression, lambda p: self.backend.tokenize([p], n)[0], cfg.magnets)
 
-    def capture(self, images: list[Image.Image], tokens: list[PromptTokens], cfg: GroundingConfig,
-                image_keep: list[torch.Tensor] | None = None) -> list[tuple[Capture, int]]:
+    def capture(
+        self,
+        images: list[Image.Image],
+        tokens: list[PromptTokens],
+        cfg: GroundingConfig,
+        image_keep: list[torch.Tensor] | None = None,
+    ) -> list[tuple[Capture, int]]:
         """The transformer over (image, prompt) pairs, batched by input size; per pair its
         ``Capture`` and its index inside it. ``image_keep`` (per pair, bool ``[N]``) hides the
         other image tokens from text queries."""
@@ -85,16 +90,27 @@ class MapStage:
         out: list[tuple[Capture, int] | None] = [None] * len(images)
         for size, idx in groups.items():
             cap = self.backend.capture(
-                [images[i] for i in idx], [tokens[i].sequence for i in idx], size, cfg.timesteps, cfg.seed,
-                cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None,
+                [images[i] for i in idx],
+                [tokens[i].sequence for i in idx],
+                size,
+                cfg.timesteps,
+                cfg.seed,
+                cfg.guidance_scale,
+                list(cfg.blocks) if cfg.blocks else None,
                 image_keep=None if image_keep is None else torch.stack([image_keep[i] for i in idx]),
             )
             for j, i in enumerate(idx):
                 out[i] = (cap, j)
         return out  # type: ignore[return-value]
 
-    def __call__(self, pairs: list[tuple[object, str]], cfg: GroundingConfig, components: bool = False,
-                 detail: bool = False, head_stats: bool = False) -> list[ReferentMap]:
+    def __call__(
+        self,
+        pairs: list[tuple[object, str]],
+        cfg: GroundingConfig,
+        components: bool = False,
+        detail: bool = False,
+        head_stats: bool = False,
+    ) -> list[ReferentMap]:
         """``components`` also keeps every (block, level, head) map; ``detail`` the cleaned attention;
         ``head_stats`` every per-head presence feature (else only those the presence model uses)."""
         t0 = time.perf_counter()
@@ -104,39 +120,67 @@ class MapStage:
         caps = self.capture(images, tokens, cfg)
         t2 = time.perf_counter()
         timing = {"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs)}
-        out = [self.read(im, tok, cap, b, cfg, timing, components, detail, head_stats)
-               for im, tok, (cap, b) in zip(images, tokens, caps)]
+        out = [
+            self.read(im, tok, cap, b, cfg, timing, components, detail, head_stats)
+            for im, tok, (cap, b) in zip(images, tokens, caps)
+        ]
         if cfg.views.mode == "assembled":
             out = self.assemble_views(out, cfg)
         return [self.finish(it) for it in out]
 
-    def read(self, image: Image.Image, tok: PromptTokens, cap: Capture, b: int, cfg: GroundingConfig,
-             timing: dict[str, float], components: bool = False, detail: bool = False,
-             head_stats: bool = False) -> ReferentMap:
+    def read(
+        self,
+        image: Image.Image,
+        tok: PromptTokens,
+        cap: Capture,
+        b: int,
+        cfg: GroundingConfig,
+        timing: dict[str, float],
+        components: bool = False,
+        detail: bool = False,
+        head_stats: bool = False,
+    ) -> ReferentMap:
         """Sample ``b`` of a capture → its ``ReferentMap`` (RefAM read-out, presence features)."""
         s0 = time.perf_counter()
         tok = tok.padded(cap.text_len)
         A = cap.sample(b)
         ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
-        per = maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg)) \
-            if components else None
+        per = (
+            maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg))
+            if components
+            else None
+        )
         kinds = tok.kinds[cap.columns]
-        feats = {"content_share": presence.content_share(A, kinds),
-                 **presence.head_features(A, kinds, cap.block_names, None if head_stats else set(cfg.presence.weights))}
-        return ReferentMap(image, tok, ref, cap.grid, {**timing, "maps": (time.perf_counter() - s0) * 1000},
-                           features=feats, components=per, block_names=cap.block_names,
-                           cleaned=cleaned if detail else None, timesteps=cap.timesteps)
+        feats = {
+            "content_share": presence.content_share(A, kinds),
+            **presence.head_features(A, kinds, cap.block_names, None if head_stats else set(cfg.presence.weights)),
+        }
+        return ReferentMap(
+            image,
+            tok,
+            ref,
+            cap.grid,
+            {**timing, "maps": (time.perf_counter() - s0) * 1000},
+            features=feats,
+            components=per,
+            block_names=cap.block_names,
+            cleaned=cleaned if detail else None,
+            timesteps=cap.timesteps,
+        )
 
     @staticmethod
     def finish(it: ReferentMap) -> ReferentMap:
-        return it.replace(features={**it.features, "concentration": views.match_score(it.map),
-                                    "agreement": it.agreement})
+        return it.replace(
+            features={**it.features, "concentration": views.match_score(it.map), "agreement": it.agreement}
+        )
 
     def require_video(self) -> None:
         """``ValueError`` unless the backbone is a video DiT (what clip maps need)."""
         if not getattr(self.backend, "video", False):
-            raise ValueError(f"maps='clip' needs a video diffusion transformer (Wan, HunyuanVideo); this model is "
-                             f"{self.backend.arch!r}: use maps='frame'")
+            raise ValueError(
+                f"maps='clip' needs a video diffusion transformer (Wan, HunyuanVideo); this model is "
+                f"{self.backend.arch!r}: use maps='frame'"
+            )
 
     def clip(self, frames: list[Image.Image], expression: str, cfg: GroundingConfig) -> list[ReferentMap]:
         """A video DiT over one clip (``backend.capture_clip``, one forward per noise level): a
@@ -148,10 +192,19 @@ class MapStage:
         tok = self.tokens(expression, cfg)
         size = self.backend.input_size(*images[0].size, cfg.resolution)
         t1 = time.perf_counter()
-        cap, groups = self.backend.capture_clip(images, tok.sequence, size, cfg.timesteps, cfg.seed,
-                                                cfg.guidance_scale, list(cfg.blocks) if cfg.blocks else None)
-        timing = {"prepare": (t1 - t0) * 1000 / len(images),
-                  "transformer": (time.perf_counter() - t1) * 1000 / len(images)}
+        cap, groups = self.backend.capture_clip(
+            images,
+            tok.sequence,
+            size,
+            cfg.timesteps,
+            cfg.seed,
+            cfg.guidance_scale,
+            list(cfg.blocks) if cfg.blocks else None,
+        )
+        timing = {
+            "prepare": (t1 - t0) * 1000 / len(images),
+            "transformer": (time.perf_counter() - t1) * 1000 / len(images),
+        }
         out: list[ReferentMap | None] = [None] * len(images)
         for t, group in enumerate(groups):
             item = self.finish(self.read(images[group[0]], tok, cap, t, cfg, timing))
@@ -168,16 +221,25 @@ class MapStage:
         if v.fill == "attention":
             caps = self.capture([it.image for it in items], tokens, cfg, image_keep=keeps)
         else:
-            caps = self.capture([views.masked_view(it.image, k, it.grid, v.fill) for it, k in zip(items, keeps)],
-                                tokens, cfg)
+            caps = self.capture(
+                [views.masked_view(it.image, k, it.grid, v.fill) for it, k in zip(items, keeps)], tokens, cfg
+            )
         out = []
         per_item = (time.perf_counter() - t0) * 1000 / len(items)
         for it, (cap, b) in zip(items, caps):
-            local, _ = maps.referent_map(cap.sample(b), it.tokens.padded(cap.text_len), cap.columns,
-                                         cap.block_names, cfg)
+            local, _ = maps.referent_map(
+                cap.sample(b), it.tokens.padded(cap.text_len), cap.columns, cap.block_names, cfg
+            )
             g, l_ = maps.normalise(it.map), maps.normalise(local)
-            out.append(it.replace(global_map=g, local_map=l_, agreement=views.agreement(g, l_),
-                                  map=views.assemble(g, l_, v), timings_ms={**it.timings_ms, "views": per_item}))
+            out.append(
+                it.replace(
+                    global_map=g,
+                    local_map=l_,
+                    agreement=views.agreement(g, l_),
+                    map=views.assemble(g, l_, v),
+                    timings_ms={**it.timings_ms, "views": per_item},
+                )
+            )
         return out
 
 
@@ -199,8 +261,10 @@ class AnswerStage:
         if self.uses_head(cfg):
             items = self.apply_head(items)
         if cfg.answer.contrast:
-            items = [it.replace(map=answers.contrast(it.map, generic, cfg.answer.percentile))
-                     for it, generic in zip(items, self.generic_maps([it.image for it in items], cfg))]
+            items = [
+                it.replace(map=answers.contrast(it.map, generic, cfg.answer.percentile))
+                for it, generic in zip(items, self.generic_maps([it.image for it in items], cfg))
+            ]
         return items
 
     @torch.no_grad()
@@ -216,8 +280,9 @@ class AnswerStage:
             ch, names = it.components.reshape(-1, *it.grid), it.block_names
             meta = getattr(self.head, "meta", {})
             if ch.shape[0] != self.head.channels or meta.get("block_names", names) != names:
-                raise ValueError("the answer head was trained with other blocks / heads / noise levels than "
-                                 "this config captures")
+                raise ValueError(
+                    "the answer head was trained with other blocks / heads / noise levels than this config captures"
+                )
             m, _ = self.head(ch[None], e[None])
             out.append(it.replace(map=m[0].reshape(-1)))
         return out
@@ -246,24 +311,37 @@ class MaskStage:
     def __init__(self, segmenter):
         self.segmenter = segmenter
 
-    def __call__(self, item: ReferentMap, cfg: GroundingConfig, use_segmenter: bool = True,
-                 token_map: torch.Tensor | None = None, prev_mask: np.ndarray | None = None,
-                 mask_prompt: np.ndarray | None = None, identity_weight: float = 0.5
-                 ) -> tuple[GroundingResult, Segmentation]:
+    def __call__(
+        self,
+        item: ReferentMap,
+        cfg: GroundingConfig,
+        use_segmenter: bool = True,
+        token_map: torch.Tensor | None = None,
+        prev_mask: np.ndarray | None = None,
+        mask_prompt: np.ndarray | None = None,
+        identity_weight: float = 0.5,
+    ) -> tuple[GroundingResult, Segmentation]:
         """``token_map`` replaces the item's own map (video: temporally aggregated);
         ``prev_mask`` / ``mask_prompt`` carry the previous frame's mask."""
         s0 = time.perf_counter()
         ref = item.map if token_map is None else token_map
         heatmap = refine.heatmap(ref, item.grid, item.image, cfg.refine)
-        prompts = prompts_from_map(heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points,
-                                   prev_mask, identity_weight)
+        prompts = prompts_from_map(
+            heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points, prev_mask, identity_weight
+        )
         s1 = time.perf_counter()
         segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
         if prev_mask is None and mask_prompt is None:
             seg = segmenter(np.asarray(item.image), heatmap, prompts)
         else:
-            seg = segmenter(np.asarray(item.image), heatmap, prompts, prev_mask=prev_mask, mask_prompt=mask_prompt,
-                            identity_weight=identity_weight)
+            seg = segmenter(
+                np.asarray(item.image),
+                heatmap,
+                prompts,
+                prev_mask=prev_mask,
+                mask_prompt=mask_prompt,
+                identity_weight=identity_weight,
+            )
         s2 = time.perf_counter()
         timings = dict(item.timings_ms)
         timings["maps"] += (s1 - s0) * 1000
@@ -276,8 +354,14 @@ class MaskStage:
         score = combined_score(heatmap, seg)
         mask, box = seg.mask, box_of(seg.mask)
         if cfg.instances.mode == "all" and prev_mask is None and mask_prompt is None:
-            found = self.all_instances(np.asarray(item.image), heatmap, item.tokens.expression, segmenter, cfg,
-                                       Instance(seg.mask, box, float(heatmap.max())))
+            found = self.all_instances(
+                np.asarray(item.image),
+                heatmap,
+                item.tokens.expression,
+                segmenter,
+                cfg,
+                Instance(seg.mask, box, float(heatmap.max())),
+            )
             timings["segmenter"] = (time.perf_counter() - s1) * 1000
             if not present:  # "nothing matches" is an answer: no instance, an empty mask
                 found = []
@@ -286,16 +370,27 @@ class MaskStage:
         else:  # the mask stays as the best guess (RefCOCO scores one), but "not present" finds nothing
             found = [Instance(seg.mask, box, score)] if seg.mask.any() and present else []
         result = GroundingResult(
-            expression=item.tokens.expression, mask=mask, box=box,
-            score=score, heatmap=heatmap, points=prompts.points, point_labels=prompts.labels,
-            segmenter=segmenter.name, warnings=list(item.tokens.warnings), timings_ms=timings,
-            present=present, presence_score=presence_score, features=feats, instances=found,
+            expression=item.tokens.expression,
+            mask=mask,
+            box=box,
+            score=score,
+            heatmap=heatmap,
+            points=prompts.points,
+            point_labels=prompts.labels,
+            segmenter=segmenter.name,
+            warnings=list(item.tokens.warnings),
+            timings_ms=timings,
+            present=present,
+            presence_score=presence_score,
+            features=feats,
+            instances=found,
         )
         return result, seg
 
     @staticmethod
-    def all_instances(image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter, cfg: GroundingConfig,
-                      best: Instance) -> list[Instance]:
+    def all_instances(
+        image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter, cfg: GroundingConfig, best: Instance
+    ) -> list[Instance]:
         """The referent's instances: ``best`` (the single-referent result, segmented from the
         peak's region) first, then each other kept high region of the map segmented on its own
         (its peak and box as prompts, one batched segmenter call), overlapping masks suppressed,
@@ -306,7 +401,7 @@ class MaskStage:
             return []
         if cap == 1:
             return [best]
-        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1: 2 * cap]
+        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1 : 2 * cap]
         prompts = [region_prompts(heatmap, r, cfg.threshold, max(1, cfg.positive_points)) for r in regions]
         segs = segment_many(segmenter, image, heatmap, prompts) if prompts else []
         masks = [best.mask] + [sg.mask for sg in segs]

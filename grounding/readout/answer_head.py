@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import maps
 from ..config import GroundingConfig
+from . import maps
 
 HEAD_WEIGHTS = "answer_head.safetensors"
 HEAD_CONFIG = "answer_head.json"
@@ -43,11 +43,16 @@ class SentenceAttentionBlock(nn.Module):
 
     def __init__(self, dim: int, channels: int, prior: torch.Tensor | None = None):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, 4 * dim), nn.LayerNorm(4 * dim), nn.ReLU(), nn.Linear(4 * dim, channels))
+        self.net = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.LayerNorm(4 * dim), nn.ReLU(), nn.Linear(4 * dim, channels)
+        )
         nn.init.zeros_(self.net[-1].weight)
         with torch.no_grad():
-            bias = torch.zeros(channels) if prior is None else torch.where(
-                prior > 0, torch.log(prior.clamp_min(1e-30)), torch.full_like(prior, _NEG))
+            bias = (
+                torch.zeros(channels)
+                if prior is None
+                else torch.where(prior > 0, torch.log(prior.clamp_min(1e-30)), torch.full_like(prior, _NEG))
+            )
             self.net[-1].bias.copy_(bias)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
@@ -58,8 +63,14 @@ class AnswerHead(nn.Module):
     """Channel maps ``[B, C, h, w]`` (each sums to 1) + sentence embedding ``[B, d]`` → the answer
     map ``[B, h, w]`` (sums to 1) and mask logits ``[B, h, w]``."""
 
-    def __init__(self, channels: int, dim: int = EMBED_DIM, width: int = 32, threshold: float = 0.25,
-                 prior: torch.Tensor | None = None):
+    def __init__(
+        self,
+        channels: int,
+        dim: int = EMBED_DIM,
+        width: int = 32,
+        threshold: float = 0.25,
+        prior: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.channels, self.dim, self.width = channels, dim, width
         self.sab = SentenceAttentionBlock(dim, channels, prior)
@@ -93,9 +104,20 @@ class AnswerHead(nn.Module):
 
         folder = Path(folder)
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(folder / HEAD_WEIGHTS))
-        (folder / HEAD_CONFIG).write_text(json.dumps({
-            "channels": self.channels, "dim": self.dim, "width": self.width, "block_names": block_names,
-            "n_levels": n_levels, "n_heads": n_heads}, indent=2) + "\n")
+        (folder / HEAD_CONFIG).write_text(
+            json.dumps(
+                {
+                    "channels": self.channels,
+                    "dim": self.dim,
+                    "width": self.width,
+                    "block_names": block_names,
+                    "n_levels": n_levels,
+                    "n_heads": n_heads,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         return folder / HEAD_WEIGHTS
 
     @classmethod

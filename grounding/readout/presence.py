@@ -37,13 +37,18 @@ def content_share(A: torch.Tensor, kinds: np.ndarray) -> float:
     return float(A[..., content].sum()) / total if total > 0 else 0.0
 
 
-def head_features(A: torch.Tensor, kinds: np.ndarray, block_names: list[str],
-                  wanted: set[str] | None = None) -> dict[str, float]:
+def head_features(
+    A: torch.Tensor, kinds: np.ndarray, block_names: list[str], wanted: set[str] | None = None
+) -> dict[str, float]:
     """``A`` raw probabilities ``[L, V, H, N, C]``, kinds ``[C]``: the ``HEAD_STATS`` of every
     (block, head), or only the ``wanted`` names (the ones a fitted model uses)."""
     kinds = np.asarray(kinds)
-    keys = [(stat, li, h, f"{stat}@{b}/{h}") for stat in HEAD_STATS for li, b in enumerate(block_names)
-            for h in range(A.shape[2])]
+    keys = [
+        (stat, li, h, f"{stat}@{b}/{h}")
+        for stat in HEAD_STATS
+        for li, b in enumerate(block_names)
+        for h in range(A.shape[2])
+    ]
     keys = [k for k in keys if wanted is None or k[3] in wanted]
     if not keys:
         return {}
@@ -51,8 +56,12 @@ def head_features(A: torch.Tensor, kinds: np.ndarray, block_names: list[str],
     total = A[..., torch.from_numpy(kinds != PAD)].sum(-1).mean(1).double().sum(-1)  # [L, H]
     n = c.shape[-1]
     ranked = torch.sort(c, dim=-1, descending=True).values
-    stats = {"share": c.sum(-1) / total.clamp_min(1e-30), "peak": ranked[..., 0],
-             "top2": ranked[..., : max(1, n // 50)].mean(-1), "top10": ranked[..., : max(1, n // 10)].mean(-1)}
+    stats = {
+        "share": c.sum(-1) / total.clamp_min(1e-30),
+        "peak": ranked[..., 0],
+        "top2": ranked[..., : max(1, n // 50)].mean(-1),
+        "top10": ranked[..., : max(1, n // 10)].mean(-1),
+    }
     return {name: float(stats[stat][li, h]) for stat, li, h, name in keys}
 
 
@@ -123,8 +132,9 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return best_t
 
 
-def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 1e-2,
-        head_stats: bool = False) -> tuple[PresenceConfig, dict]:
+def fit(
+    features: list[dict[str, float | None]], labels: list[int], l2: float = 1e-2, head_stats: bool = False
+) -> tuple[PresenceConfig, dict]:
     """Fit the logistic model on the features every sample has (``FEATURES``, and with
     ``head_stats`` the per-head ones); threshold by Youden's J. Returns the config and a report
     (features used, ROC AUC of the score and of each named feature)."""
@@ -139,7 +149,12 @@ def fit(features: list[dict[str, float | None]], labels: list[int], l2: float = 
     cfg = PresenceConfig(weights={f: float(c) for f, c in zip(names, coef)}, bias=bias)
     scores = np.array([score(d, cfg) for d in features])
     cfg.threshold = youden_threshold(scores, y)
-    report = {"features": names, "roc_auc": roc_auc(scores, y), "threshold": cfg.threshold,
-              "feature_auc": {f: roc_auc(X[:, i], y) for i, f in enumerate(names) if "@" not in f},
-              "samples": len(y), "present": int(y.sum())}
+    report = {
+        "features": names,
+        "roc_auc": roc_auc(scores, y),
+        "threshold": cfg.threshold,
+        "feature_auc": {f: roc_auc(X[:, i], y) for i, f in enumerate(names) if "@" not in f},
+        "samples": len(y),
+        "present": int(y.sum()),
+    }
     return cfg, report

@@ -11,7 +11,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..backends.base import PADDING, TEMPLATE as TEMPLATE_ROLE, TEXT, TokenSequence
+from ..backends.sequences import PADDING, TEXT, TokenSequence
+from ..backends.sequences import TEMPLATE as TEMPLATE_ROLE
 from ..config import STOP_WORDS, MagnetConfig
 
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
@@ -70,8 +71,11 @@ class PromptTokens:
         n = length - len(self.kinds)
         if n <= 0:
             return self
-        return dataclasses.replace(self, kinds=np.concatenate([self.kinds, np.full(n, PAD, np.int8)]),
-                                   word_index=np.concatenate([self.word_index, np.full(n, -1, np.int32)]))
+        return dataclasses.replace(
+            self,
+            kinds=np.concatenate([self.kinds, np.full(n, PAD, np.int8)]),
+            word_index=np.concatenate([self.word_index, np.full(n, -1, np.int32)]),
+        )
 
     def positions(self, word: int) -> list[int]:
         """Text positions of word ``word`` in every stream."""
@@ -122,12 +126,14 @@ def complement_words(words: list[Word]) -> list[int]:
     """Indices of content words after the first phrase break ("of", "on", "holding", ...) that
     do not place the referent itself: in "the square left of the yellow circle" → yellow,
     circle (the anchor object); in "the circle at the top" → none ("top" places the referent)."""
-    first = next((i for i, w in enumerate(words) if w.text.lower() in _PHRASE_BREAKS
-                  and w.text.lower() not in _SPATIAL), None)
+    first = next(
+        (i for i, w in enumerate(words) if w.text.lower() in _PHRASE_BREAKS and w.text.lower() not in _SPATIAL), None
+    )
     if first is None:
         return []
-    return [i for i in range(first + 1, len(words))
-            if words[i].kind == CONTENT and words[i].text.lower() not in _SPATIAL]
+    return [
+        i for i in range(first + 1, len(words)) if words[i].kind == CONTENT and words[i].text.lower() not in _SPATIAL
+    ]
 
 
 def validate_expression(expression: str) -> str:
@@ -172,13 +178,17 @@ def _fit_expression(expression: str, magnets: MagnetConfig, tokenize: Tokenize) 
         words = words[:-1]
         seq = tokenize(build_prompt(expression[: words[-1][2]], magnets)[0])
     if seq.overflow and not (seq.roles == TEXT).any():
-        raise ValueError(f"the {', '.join(seq.overflow)} text stream has no room for the expression at this "
-                         f"max_sequence_length ({len(seq)} positions, the chat template takes them all); raise it")
+        raise ValueError(
+            f"the {', '.join(seq.overflow)} text stream has no room for the expression at this "
+            f"max_sequence_length ({len(seq)} positions, the chat template takes them all); raise it"
+        )
     notes = []
     cut = expression[: words[-1][2]]
     if cut != expression:
-        msg = (f"expression truncated to {len(words)} words to fit the {', '.join(first)} text stream"
-               f"{'s' if len(first) > 1 else ''}: {cut!r}")
+        msg = (
+            f"expression truncated to {len(words)} words to fit the {', '.join(first)} text stream"
+            f"{'s' if len(first) > 1 else ''}: {cut!r}"
+        )
         warnings.warn(msg, stacklevel=3)
         notes.append(msg)
     return cut, seq, notes
@@ -202,18 +212,22 @@ def align(expression: str, tokenize: Tokenize, magnets: MagnetConfig) -> PromptT
             continue
         kinds[pos] = STOP if _inflection(prompt, words[w], int(s), int(e)) else words[w].kind
         word_index[pos] = w
-    unseen = [w.text for i, w in enumerate(words)
-              if w.kind != PUNCT and w.end <= len(expression) and not (word_index == i).any()]
+    unseen = [
+        w.text
+        for i, w in enumerate(words)
+        if w.kind != PUNCT and w.end <= len(expression) and not (word_index == i).any()
+    ]
     if unseen:  # e.g. FLUX.2's pipeline strips "[IMG]" from the text it encodes
-        notes.append(f"the model never receives {', '.join(map(repr, unseen))}: the pipeline drops "
-                     f"{'it' if len(unseen) == 1 else 'them'} from the text it encodes")
+        notes.append(
+            f"the model never receives {', '.join(map(repr, unseen))}: the pipeline drops "
+            f"{'it' if len(unseen) == 1 else 'them'} from the text it encodes"
+        )
     return PromptTokens(expression, prompt, words, kinds, word_index, head_noun(words), seq, notes)
 
 
 def _inflection(prompt: str, word: Word, s: int, e: int) -> bool:
     """Whether the token at ``[s, e)`` is a content word's trailing inflection piece (see ``_INFLECTIONS``)."""
-    return (word.kind == CONTENT and e == word.end and s - word.start >= 3
-            and prompt[s:e].lower() in _INFLECTIONS)
+    return word.kind == CONTENT and e == word.end and s - word.start >= 3 and prompt[s:e].lower() in _INFLECTIONS
 
 
 def _word_at(words: list[Word], s: int, e: int) -> int | None:

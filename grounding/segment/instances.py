@@ -11,8 +11,22 @@ from scipy import ndimage
 from ..readout.tokens import CONTENT, Word, head_noun, split_words, word_kind
 from .prompts import Prompts, _spread, box_of
 
-_NUMBERS = {"one": 1, "single": 1, "two": 2, "both": 2, "pair": 2, "couple": 2, "three": 3, "four": 4,
-            "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10}
+_NUMBERS = {
+    "one": 1,
+    "single": 1,
+    "two": 2,
+    "both": 2,
+    "pair": 2,
+    "couple": 2,
+    "three": 3,
+    "four": 4,
+    "five": 5,
+    "six": 6,
+    "seven": 7,
+    "eight": 8,
+    "nine": 9,
+    "ten": 10,
+}
 _ALL = frozenset("all every each any".split())
 _IRREGULAR_PLURALS = frozenset("people men women children mice geese feet teeth police cattle".split())
 
@@ -55,8 +69,11 @@ def _joined(words: list[Word]) -> bool:
         t = w.text.lower()
         if t == "between":
             return False
-        if t in ("and", "or") and any(v.kind == CONTENT for v in words[:i]) \
-                and any(v.kind == CONTENT for v in words[i + 1:]):
+        if (
+            t in ("and", "or")
+            and any(v.kind == CONTENT for v in words[:i])
+            and any(v.kind == CONTENT for v in words[i + 1 :])
+        ):
             return True
     return False
 
@@ -74,8 +91,11 @@ def map_regions(heatmap: np.ndarray, threshold: float, min_relative_peak: float,
     peaks = ndimage.maximum(heatmap, labels, index=np.arange(1, n + 1))
     areas = ndimage.sum(np.ones_like(heatmap), labels, index=np.arange(1, n + 1))
     order = np.argsort(-peaks, kind="stable")
-    keep = [k for j, k in enumerate(order)
-            if j == 0 or (peaks[k] >= min_relative_peak * peaks[order[0]] and areas[k] >= min_area * heatmap.size)]
+    keep = [
+        k
+        for j, k in enumerate(order)
+        if j == 0 or (peaks[k] >= min_relative_peak * peaks[order[0]] and areas[k] >= min_area * heatmap.size)
+    ]
     return [labels == k + 1 for k in keep]
 
 

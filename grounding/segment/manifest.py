@@ -39,7 +39,9 @@ def validate(folder: str | Path, check_hashes: bool = True) -> dict:
             raise ValueError(f"{folder}: {name} is missing")
         size = f.stat().st_size
         if size != meta["bytes"]:
-            raise ValueError(f"{folder}: {name} is {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)")
+            raise ValueError(
+                f"{folder}: {name} is {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)"
+            )
         if check_hashes and sha256(f) != meta["sha256"]:
             raise ValueError(f"{folder}: {name} does not match its SHA-256 in the manifest")
     return manifest

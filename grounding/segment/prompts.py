@@ -23,8 +23,9 @@ def peak(heatmap: np.ndarray) -> tuple[int, int]:
     return int(x), int(y)
 
 
-def region_at_peak(heatmap: np.ndarray, threshold: float, prev_mask: np.ndarray | None = None,
-                   identity_weight: float = 0.5) -> np.ndarray:
+def region_at_peak(
+    heatmap: np.ndarray, threshold: float, prev_mask: np.ndarray | None = None, identity_weight: float = 0.5
+) -> np.ndarray:
     """bool [H, W]: an 8-connected component of ``heatmap ≥ threshold·max`` — the one holding the
     peak, or, given the previous frame's mask, the one scoring best on (its map mass / the
     largest mass) + ``identity_weight`` × (IoU with the previous mask), among components with at
@@ -57,8 +58,12 @@ def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def prompts_from_map(
-    heatmap: np.ndarray, threshold: float = 0.5, positive: int = 1, negative: int = 0,
-    prev_mask: np.ndarray | None = None, identity_weight: float = 0.5,
+    heatmap: np.ndarray,
+    threshold: float = 0.5,
+    positive: int = 1,
+    negative: int = 0,
+    prev_mask: np.ndarray | None = None,
+    identity_weight: float = 0.5,
 ) -> Prompts:
     """Peak-first prompts from a heatmap ``[H, W]`` in [0, 1].
 

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 
-from ..readout import maps
 from ..config import RefineConfig
+from ..readout import maps
 
 
 def box_mean(x: np.ndarray, radius: int) -> np.ndarray:

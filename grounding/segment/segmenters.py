@@ -23,10 +23,16 @@ class Segmentation:
     low_res: np.ndarray | None = None  # SAM's low-res logits [256, 256] of the chosen mask (video: next mask prompt)
 
 
-def choose(candidates: list[np.ndarray], region: np.ndarray, tiebreak: list[float],
-           prev_mask: np.ndarray | None = None, identity_weight: float = 0.5) -> int:
+def choose(
+    candidates: list[np.ndarray],
+    region: np.ndarray,
+    tiebreak: list[float],
+    prev_mask: np.ndarray | None = None,
+    identity_weight: float = 0.5,
+) -> int:
     """Index of the candidate mask agreeing best with the map region (IoU), plus
     ``identity_weight`` × its IoU with the previous frame's mask when there is one."""
+
     def key(i: int) -> tuple[float, float]:
         agree = mask_iou(candidates[i], region)
         if prev_mask is not None and prev_mask.any():
@@ -63,9 +69,15 @@ class MapSegmenter:
 
     name = "map-threshold"
 
-    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts,
-                 prev_mask: np.ndarray | None = None, mask_prompt: np.ndarray | None = None,
-                 identity_weight: float = 0.5) -> Segmentation:
+    def __call__(
+        self,
+        image: np.ndarray,
+        heatmap: np.ndarray,
+        prompts: Prompts,
+        prev_mask: np.ndarray | None = None,
+        mask_prompt: np.ndarray | None = None,
+        identity_weight: float = 0.5,
+    ) -> Segmentation:
         return Segmentation(prompts.region.copy(), None)
 
 
@@ -85,17 +97,31 @@ def build_sam_tiny(checkpoint: str | None = None):
     dim = 32
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=1, embed_dim=32, img_size=1024, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=16, qkv_bias=True, use_rel_pos=True, global_attn_indexes=(0,),
-            window_size=14, out_chans=dim,
+            depth=1,
+            embed_dim=32,
+            img_size=1024,
+            mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=(0,),
+            window_size=14,
+            out_chans=dim,
         ),
-        prompt_encoder=PromptEncoder(embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024),
-                                     mask_in_chans=4),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(64, 64), input_image_size=(1024, 1024), mask_in_chans=4
+        ),
         mask_decoder=MaskDecoder(
-            num_multimask_outputs=3, transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=1, embedding_dim=dim, mlp_dim=64, num_heads=2),
+            transformer_dim=dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
         ),
-        pixel_mean=[123.675, 116.28, 103.53], pixel_std=[58.395, 57.12, 57.375],
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
     )
     if checkpoint is not None:
         sam.load_state_dict(_read_state_dict(checkpoint))
@@ -136,8 +162,9 @@ def load_sam(checkpoint: str | Path, model_type: str | None = None):
     return sam.eval()
 
 
-def upscale_masks(low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int],
-                  img_size: int = 1024) -> torch.Tensor:
+def upscale_masks(
+    low_res: torch.Tensor, input_size: tuple[int, int], original_size: tuple[int, int], img_size: int = 1024
+) -> torch.Tensor:
     """Low-res mask logits ``[B, K, 256, 256]`` → logits at the original image size, the way
     ``Sam.postprocess_masks`` does it: to the padded frame, crop the padding, to the image."""
     import torch.nn.functional as F
@@ -172,17 +199,28 @@ class SamSegmenterBase:
     def _embed(self, image: np.ndarray) -> None:
         raise NotImplementedError
 
-    def predict(self, points: np.ndarray, labels: np.ndarray, box: np.ndarray | None,
-                return_logits: bool = False, mask_input: np.ndarray | None = None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        box: np.ndarray | None,
+        return_logits: bool = False,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(masks ``[3, H, W]`` — bool, or logits with ``return_logits`` —, IoU predictions ``[3]``,
         low-res logits ``[3, 256, 256]``) for prompts in image pixel coordinates; ``mask_input``
         ``[1, 256, 256]`` is a low-res mask prompt (e.g. the previous frame's)."""
         raise NotImplementedError
 
-    def __call__(self, image: np.ndarray, heatmap: np.ndarray, prompts: Prompts,
-                 prev_mask: np.ndarray | None = None, mask_prompt: np.ndarray | None = None,
-                 identity_weight: float = 0.5) -> Segmentation:
+    def __call__(
+        self,
+        image: np.ndarray,
+        heatmap: np.ndarray,
+        prompts: Prompts,
+        prev_mask: np.ndarray | None = None,
+        mask_prompt: np.ndarray | None = None,
+        identity_weight: float = 0.5,
+    ) -> Segmentation:
         self.set_image(image)
         box = np.array(prompts.box, dtype=np.float32) if self.use_box and prompts.region.any() else None
         mask_input = None if mask_prompt is None else mask_prompt[None].astype(np.float32)
@@ -208,8 +246,9 @@ class SamSegmenterBase:
                 out[i] = Segmentation(masks[j][best].astype(bool), float(scores[j][best]), low[j][best])
         return out  # type: ignore[return-value]
 
-    def predict_many(self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def predict_many(
+        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``predict`` for ``B`` prompt sets of ``K`` points each (``points`` ``[B, K, 2]``,
         ``labels`` ``[B, K]``, ``boxes`` ``[B, 4]``): masks ``[B, 3, H, W]``, IoU ``[B, 3]``, low-res
         logits ``[B, 3, 256, 256]``. This default decodes them one after another."""
@@ -237,8 +276,14 @@ class SamSegmenter(SamSegmenterBase):
 
     def predict(self, points, labels, box, return_logits=False, mask_input=None):
         with torch.no_grad():
-            return self.predictor.predict(point_coords=points, point_labels=labels, box=box, mask_input=mask_input,
-                                          multimask_output=True, return_logits=return_logits)
+            return self.predictor.predict(
+                point_coords=points,
+                point_labels=labels,
+                box=box,
+                mask_input=mask_input,
+                multimask_output=True,
+                return_logits=return_logits,
+            )
 
     def predict_many(self, points, labels, boxes):
         """All prompt sets in one ``SamPredictor.predict_torch`` call (SAM's batched prompts)."""
@@ -246,8 +291,11 @@ class SamSegmenter(SamSegmenterBase):
         dev = p.device
         coords = torch.as_tensor(p.transform.apply_coords(points, p.original_size), dtype=torch.float, device=dev)
         labs = torch.as_tensor(labels, dtype=torch.int, device=dev)
-        box = None if boxes is None else torch.as_tensor(p.transform.apply_boxes(boxes, p.original_size),
-                                                         dtype=torch.float, device=dev)
+        box = (
+            None
+            if boxes is None
+            else torch.as_tensor(p.transform.apply_boxes(boxes, p.original_size), dtype=torch.float, device=dev)
+        )
         with torch.no_grad():
             masks, iou, low = p.predict_torch(coords, labs, box, multimask_output=True)
         return masks.cpu().numpy(), iou.float().cpu().numpy(), low.float().cpu().numpy()
@@ -310,15 +358,19 @@ class OnnxSamSegmenter(SamSegmenterBase):
         return np.concatenate([coords, np.zeros((1, 2), dtype=np.float32)]), np.concatenate([labs, [-1.0]])
 
     def _decode(self, coords: np.ndarray, labs: np.ndarray, mask_input, return_logits: bool):
-        """``B`` prompt sets (``coords`` ``[B, N, 2]``) → masks ``[B, 3, H, W]``, IoU ``[B, 3]``, low-res ``[B, 3, …]``."""
+        """``B`` prompt sets (``coords`` ``[B, N, 2]``) → masks ``[B, 3, H, W]``, IoU ``[B, 3]`` and
+        low-res masks ``[B, 3, …]``."""
         low = self.manifest["low_res_size"]
-        low_res, iou = self.decoder.run(None, {
-            "image_embeddings": self._embedding,
-            "point_coords": coords.astype(self.dtype),
-            "point_labels": labs.astype(self.dtype),
-            "mask_input": (np.zeros((1, 1, *low)) if mask_input is None else mask_input[None]).astype(self.dtype),
-            "has_mask_input": np.full(1, 0.0 if mask_input is None else 1.0, dtype=self.dtype),
-        })
+        low_res, iou = self.decoder.run(
+            None,
+            {
+                "image_embeddings": self._embedding,
+                "point_coords": coords.astype(self.dtype),
+                "point_labels": labs.astype(self.dtype),
+                "mask_input": (np.zeros((1, 1, *low)) if mask_input is None else mask_input[None]).astype(self.dtype),
+                "has_mask_input": np.full(1, 0.0 if mask_input is None else 1.0, dtype=self.dtype),
+            },
+        )
         low_t = torch.from_numpy(low_res.astype(np.float32))
         logits = upscale_masks(low_t, self.input_size, self.original_size, self.manifest["image_size"]).numpy()
         masks = logits if return_logits else logits > self.manifest["mask_threshold"]
@@ -334,8 +386,9 @@ class OnnxSamSegmenter(SamSegmenterBase):
         (``prompt_batch`` in the manifest; older exports decode one set at a time)."""
         if not self.manifest.get("prompt_batch"):
             return super().predict_many(points, labels, boxes)
-        sets = [self._decoder_prompts(points[b], labels[b], None if boxes is None else boxes[b])
-                for b in range(len(points))]
+        sets = [
+            self._decoder_prompts(points[b], labels[b], None if boxes is None else boxes[b]) for b in range(len(points))
+        ]
         return self._decode(np.stack([c for c, _ in sets]), np.stack([lab for _, lab in sets]), None, False)
 
 

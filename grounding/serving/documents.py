@@ -99,7 +99,8 @@ def merged_timings(results: list[GroundingResult], t_start: float) -> dict[str, 
 
 
 def response(image: Image.Image, docs: list[dict], results: list[GroundingResult], t_start: float) -> dict:
-    return {"image": {"width": image.width, "height": image.height}, "results": docs,
-            "timings_ms": merged_timings(results, t_start)}
-
-
+    return {
+        "image": {"width": image.width, "height": image.height},
+        "results": docs,
+        "timings_ms": merged_timings(results, t_start),
+    }

@@ -50,8 +50,13 @@ class Engine:
             import torch
 
             device = worker_device(worker_index, torch.cuda.device_count())
-        g = Grounder.from_pretrained(settings.model, segmenter=settings.segmenter or None,
-                                     device=device, dtype=settings.dtype or None, memory=settings.memory())
+        g = Grounder.from_pretrained(
+            settings.model,
+            segmenter=settings.segmenter or None,
+            device=device,
+            dtype=settings.dtype or None,
+            memory=settings.memory(),
+        )
         return cls(g, settings)
 
     def info(self) -> dict:
@@ -59,11 +64,17 @@ class Engine:
         defaults a client may want to show (``threshold``, ``resolution``, ``instances``)."""
         g = self.grounder
         cfg = g.config
-        return {"model": str(g.model_id), "arch": g.backend.arch, "segmenter": g.segmenter.name,
-                "device": str(g.backend.device), "dtype": str(g.backend.dtype).replace("torch.", ""),
-                "card": cfg.card.to_info(),
-                "defaults": {"threshold": cfg.threshold, "resolution": cfg.resolution, "instances": cfg.instances.mode},
-                "grpc_port": self.settings.grpc_port, "max_batch_size": self.settings.max_batch_size}
+        return {
+            "model": str(g.model_id),
+            "arch": g.backend.arch,
+            "segmenter": g.segmenter.name,
+            "device": str(g.backend.device),
+            "dtype": str(g.backend.dtype).replace("torch.", ""),
+            "card": cfg.card.to_info(),
+            "defaults": {"threshold": cfg.threshold, "resolution": cfg.resolution, "instances": cfg.instances.mode},
+            "grpc_port": self.settings.grpc_port,
+            "max_batch_size": self.settings.max_batch_size,
+        }
 
     def run_payload(self, jobs: list[dict]) -> list[dict]:
         """``run`` over plain dicts, for callers across a process boundary (BentoML services)."""
@@ -86,8 +97,9 @@ class Engine:
             run = self.grounder.answer_batch if answer else self.grounder.segment_batch
             try:
                 with self.lock:
-                    results = run([(jobs[i].image, jobs[i].expression) for i in idx], use_segmenter=use_seg,
-                                  **json.loads(key))
+                    results = run(
+                        [(jobs[i].image, jobs[i].expression) for i in idx], use_segmenter=use_seg, **json.loads(key)
+                    )
             except ValueError as e:
                 for i in idx:
                     out[i] = RequestError(str(e))
@@ -185,8 +197,9 @@ class EngineCalls:
             except asyncio.TimeoutError:
                 logger.warning("no engine answer in %.0f s; %s", budget, "retrying" if attempt == 0 else "giving up")
             except ServiceUnavailable:
-                raise RequestError("grounding engine overloaded (batch queue over its latency budget); retry shortly",
-                                   503) from None
+                raise RequestError(
+                    "grounding engine overloaded (batch queue over its latency budget); retry shortly", 503
+                ) from None
             except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:
                 logger.warning("engine connection lost (%s); retrying when it is ready", type(e).__name__)
                 self._good = 0.0
@@ -214,12 +227,16 @@ class EngineCalls:
             return await self.client.to_async.video(job)
         except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:
             self._good = 0.0
-            raise RequestError(f"the engine went away during the job ({type(e).__name__}); resubmit it to resume "
-                               "from the last finished frame", 503) from None
+            raise RequestError(
+                f"the engine went away during the job ({type(e).__name__}); resubmit it to resume "
+                "from the last finished frame",
+                503,
+            ) from None
 
 
-def jobs_for(image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool,
-             answer: bool = False) -> list[Job]:
+def jobs_for(
+    image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool, answer: bool = False
+) -> list[Job]:
     rgb = np.asarray(image)
     return [Job(rgb, e, opts.overrides(), use_segmenter, answer) for e in exprs]
 
@@ -238,5 +255,3 @@ def raise_first_error(results: list) -> list[GroundingResult]:
             raise r
         out.append(r)
     return out
-
-

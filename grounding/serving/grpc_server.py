@@ -18,10 +18,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from .proto import grounding_pb2 as pb
-from .proto import grounding_pb2_grpc as pb_grpc
 from .documents import heatmap_u8, merged_timings, png_bytes, result_doc
 from .engine import Engine, jobs_for, raise_first_error
+from .proto import grounding_pb2 as pb
+from .proto import grounding_pb2_grpc as pb_grpc
 from .requests import prepare
 from .schema import ENDPOINT_OPTIONS, RequestError
 from .settings import Settings
@@ -37,15 +37,19 @@ def _options(msg: pb.Options, endpoint: str) -> dict:
         fd = msg.DESCRIPTOR.fields_by_name.get(name)
         if fd is None:  # heatmap_format: gRPC heatmaps are always PNG bytes
             continue
-        if (msg.HasField(name) if fd.has_presence else getattr(msg, name) != fd.default_value):
+        if msg.HasField(name) if fd.has_presence else getattr(msg, name) != fd.default_value:
             values[name] = getattr(msg, name)
     return values
 
 
 def segmentation_pb(seg: dict):
     """A ``documents.result_doc`` segmentation (RLE, polygons or PNG bytes) as its proto message."""
-    return pb.Segmentation(size=seg["size"], counts=seg.get("counts", ""),
-                           polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])], png=seg.get("png", b""))
+    return pb.Segmentation(
+        size=seg["size"],
+        counts=seg.get("counts", ""),
+        polygons=[pb.Polygon(xy=p) for p in seg.get("polygons", [])],
+        png=seg.get("png", b""),
+    )
 
 
 class GroundingServicer(pb_grpc.GroundingServicer):
@@ -56,12 +60,18 @@ class GroundingServicer(pb_grpc.GroundingServicer):
         t0 = time.perf_counter()
         try:
             endpoint = "segment" if use_segmenter else "ground"
-            image, opts, exprs = prepare(self.engine.settings, request.image, list(request.expressions) or None,
-                                         _options(request.options, endpoint), endpoint=endpoint)
+            image, opts, exprs = prepare(
+                self.engine.settings,
+                request.image,
+                list(request.expressions) or None,
+                _options(request.options, endpoint),
+                endpoint=endpoint,
+            )
             results = raise_first_error(self.engine.run(jobs_for(image, exprs, opts, use_segmenter)))
         except RequestError as e:
             code = {404: grpc.StatusCode.NOT_FOUND, 503: grpc.StatusCode.UNAVAILABLE}.get(
-                e.status, grpc.StatusCode.INVALID_ARGUMENT)
+                e.status, grpc.StatusCode.INVALID_ARGUMENT
+            )
             context.abort(code, str(e))
         return image, opts, results, merged_timings(results, t0)
 
@@ -71,26 +81,45 @@ class GroundingServicer(pb_grpc.GroundingServicer):
         for r in results:
             d = result_doc(r, opts, binary=True)
             segmentation = segmentation_pb(d["segmentation"])
-            out.append(pb.Result(
-                expression=d["expression"], box=d["box"], box_format=d["box_format"], score=d["score"],
-                segmentation=segmentation, present=d["present"], presence_score=d["presence_score"],
-                best_guess=d["best_guess"],
-                warnings=d["warnings"],
-                points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
-                mask_png=d.get("mask_png", b""), heatmap_png=d.get("heatmap_png", b""),
-                instances=[pb.Instance(box=i["box"], score=i["score"], segmentation=segmentation_pb(i["segmentation"]))
-                           for i in d["instances"]],
-            ))
-        return pb.SegmentResponse(image=pb.ImageInfo(width=image.width, height=image.height), results=out,
-                                  timings_ms=timings)
+            out.append(
+                pb.Result(
+                    expression=d["expression"],
+                    box=d["box"],
+                    box_format=d["box_format"],
+                    score=d["score"],
+                    segmentation=segmentation,
+                    present=d["present"],
+                    presence_score=d["presence_score"],
+                    best_guess=d["best_guess"],
+                    warnings=d["warnings"],
+                    points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
+                    mask_png=d.get("mask_png", b""),
+                    heatmap_png=d.get("heatmap_png", b""),
+                    instances=[
+                        pb.Instance(box=i["box"], score=i["score"], segmentation=segmentation_pb(i["segmentation"]))
+                        for i in d["instances"]
+                    ],
+                )
+            )
+        return pb.SegmentResponse(
+            image=pb.ImageInfo(width=image.width, height=image.height), results=out, timings_ms=timings
+        )
 
     def Ground(self, request, context):
         image, opts, results, timings = self._run(request, context, False)
-        heatmaps = [pb.Heatmap(expression=r.expression, size=list(r.heatmap.shape), png=png_bytes(heatmap_u8(r)),
-                               peak=r.points[0].tolist() if len(r.points) else [], warnings=r.warnings)
-                    for r in results]
-        return pb.GroundResponse(image=pb.ImageInfo(width=image.width, height=image.height), heatmaps=heatmaps,
-                                 timings_ms=timings)
+        heatmaps = [
+            pb.Heatmap(
+                expression=r.expression,
+                size=list(r.heatmap.shape),
+                png=png_bytes(heatmap_u8(r)),
+                peak=r.points[0].tolist() if len(r.points) else [],
+                warnings=r.warnings,
+            )
+            for r in results
+        ]
+        return pb.GroundResponse(
+            image=pb.ImageInfo(width=image.width, height=image.height), heatmaps=heatmaps, timings_ms=timings
+        )
 
 
 class _ApiKey(grpc.ServerInterceptor):
@@ -101,8 +130,9 @@ class _ApiKey(grpc.ServerInterceptor):
         self.key = key.encode()
 
         def deny(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send metadata "
-                                                           "'authorization: Bearer <key>'")
+            context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
+            )
 
         self._deny = deny
 
@@ -125,17 +155,22 @@ class _ApiKey(grpc.ServerInterceptor):
         return grpc.stream_unary_rpc_method_handler(lambda it, ctx: self._deny(None, ctx))
 
 
-def start_grpc_server(engine: Engine, settings: Settings, port: int | None = None,
-                      workers: int = 4) -> tuple[grpc.Server, int]:
+def start_grpc_server(
+    engine: Engine, settings: Settings, port: int | None = None, workers: int = 4
+) -> tuple[grpc.Server, int]:
     """Start serving on ``settings.grpc_host:port`` (default ``settings.grpc_port``); returns the
     server and the bound port (``port=0`` binds a free port — callers decide whether to start)."""
     port = settings.grpc_port if port is None else port
     key = settings.key()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers),
-                         interceptors=[_ApiKey(key)] if key else [],
-                         options=[("grpc.max_receive_message_length", 64 * 2**20),
-                                  ("grpc.max_send_message_length", 64 * 2**20),
-                                  ("grpc.so_reuseport", 0)])  # a port another server holds is a bind error
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers),
+        interceptors=[_ApiKey(key)] if key else [],
+        options=[
+            ("grpc.max_receive_message_length", 64 * 2**20),
+            ("grpc.max_send_message_length", 64 * 2**20),
+            ("grpc.so_reuseport", 0),
+        ],
+    )  # a port another server holds is a bind error
     pb_grpc.add_GroundingServicer_to_server(GroundingServicer(engine), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -146,8 +181,9 @@ def start_grpc_server(engine: Engine, settings: Settings, port: int | None = Non
     if bool(settings.grpc_tls_cert) != bool(settings.grpc_tls_key):
         raise ValueError("gRPC TLS needs both GROUNDING_GRPC_TLS_CERT and GROUNDING_GRPC_TLS_KEY")
     if settings.grpc_tls_cert:
-        creds = grpc.ssl_server_credentials([(Path(settings.grpc_tls_key).read_bytes(),
-                                              Path(settings.grpc_tls_cert).read_bytes())])
+        creds = grpc.ssl_server_credentials(
+            [(Path(settings.grpc_tls_key).read_bytes(), Path(settings.grpc_tls_cert).read_bytes())]
+        )
         bound = server.add_secure_port(address, creds)
     else:
         bound = server.add_insecure_port(address)

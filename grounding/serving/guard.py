@@ -173,8 +173,9 @@ class RequestGuard:
         auth = Headers(scope=scope).get("authorization", "")
         scheme, _, token = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
-            raise RequestError("missing or wrong API key: send 'Authorization: Bearer <key>'", 401,
-                               field="authorization")
+            raise RequestError(
+                "missing or wrong API key: send 'Authorization: Bearer <key>'", 401, field="authorization"
+            )
 
     async def _read(self, scope, receive, limit: int) -> _Body:
         length = Headers(scope=scope).get("content-length")
@@ -213,15 +214,17 @@ class RequestGuard:
         elif media in ("application/json", "") or media.endswith("+json"):
             fields = self._json(body.read())
         else:
-            raise RequestError(f"content type {media} is not accepted: send multipart/form-data or "
-                               "application/json", 415)
+            raise RequestError(
+                f"content type {media} is not accepted: send multipart/form-data or application/json", 415
+            )
         canonical = check_fields(endpoint, fields, self.settings)
         return _replay(scope, receive, *_encode(canonical, multipart=media == "multipart/form-data"))
 
     async def _multipart(self, headers: Headers, body: _Body) -> dict[str, list]:
         try:
-            form = await MultiPartParser(headers, body.chunks(), max_files=4, max_fields=64,
-                                         max_part_size=2**20).parse()
+            form = await MultiPartParser(
+                headers, body.chunks(), max_files=4, max_fields=64, max_part_size=2**20
+            ).parse()
         except MultiPartException as e:
             raise RequestError(f"malformed multipart body: {e}") from None
         except Exception as e:  # the parser's own errors on garbage
@@ -253,9 +256,12 @@ class RequestGuard:
             raise RequestError(f"JSON body must be an object, got {type(doc).__name__}")
         for name in FILE_FIELDS:
             if name in doc:
-                raise RequestError(f"{name} cannot be sent in JSON: upload it as a multipart file part"
-                                   + (" (or send image_base64)" if name == "image" else "")
-                                   + "; a URL or path is never fetched", field=name)
+                raise RequestError(
+                    f"{name} cannot be sent in JSON: upload it as a multipart file part"
+                    + (" (or send image_base64)" if name == "image" else "")
+                    + "; a URL or path is never fetched",
+                    field=name,
+                )
         return {k: [v] for k, v in doc.items()}
 
 
@@ -269,10 +275,15 @@ def _encode(fields: dict[str, t.Any], multipart: bool) -> tuple[bytes | _Body, s
         out.file.write(f"--{boundary}\r\n".encode())
         if isinstance(value, UploadFile):
             suffix = _suffix(value.filename)
-            ctype = value.content_type if value.content_type and _SAFE_CTYPE.match(value.content_type) \
+            ctype = (
+                value.content_type
+                if value.content_type and _SAFE_CTYPE.match(value.content_type)
                 else "application/octet-stream"
-            out.file.write(f'Content-Disposition: form-data; name="{name}"; filename="upload{suffix}"\r\n'
-                           f"Content-Type: {ctype}\r\n\r\n".encode())
+            )
+            out.file.write(
+                f'Content-Disposition: form-data; name="{name}"; filename="upload{suffix}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n".encode()
+            )
             value.file.seek(0)
             while chunk := value.file.read(_CHUNK):
                 out.file.write(chunk)
@@ -294,8 +305,9 @@ def _suffix(filename: str | None) -> str:
 
 def _replay(scope, receive, body: bytes | _Body, ctype: str):
     size = len(body) if isinstance(body, bytes) else body.size
-    headers = [(k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type",
-                                                                 b"transfer-encoding")]
+    headers = [
+        (k, v) for k, v in scope["headers"] if k not in (b"content-length", b"content-type", b"transfer-encoding")
+    ]
     headers += [(b"content-length", str(size).encode()), (b"content-type", ctype.encode())]
     new_scope = {**scope, "headers": headers}
     if isinstance(body, _Body):
@@ -345,8 +357,9 @@ class _ErrorRewriter:
         if self.path == "/readyz" and START.failure is not None:  # learnt during this probe
             text = START.failure
         body = json.dumps(error_body(text, field)).encode()
-        headers = [(k, v) for k, v in self._start.get("headers", [])
-                   if k.lower() not in (b"content-length", b"content-type")]
+        headers = [
+            (k, v) for k, v in self._start.get("headers", []) if k.lower() not in (b"content-length", b"content-type")
+        ]
         headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
         if status == 503 and not any(k.lower() == b"retry-after" for k, _ in headers):
             headers.append((b"retry-after", str(RETRY_AFTER_S).encode()))

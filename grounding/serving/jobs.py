@@ -118,8 +118,9 @@ class VideoJobs:
     def _dir(self, task_id: str) -> Path:
         ref = self.root / "tasks" / Path(task_id).name
         if not ref.is_file():
-            raise RequestError(f"unknown task_id {task_id!r} (or its job was deleted by retention)", 404,
-                               field="task_id")
+            raise RequestError(
+                f"unknown task_id {task_id!r} (or its job was deleted by retention)", 404, field="task_id"
+            )
         return self.root / ref.read_text().strip()
 
     def progress(self, task_id: str) -> dict:
@@ -152,8 +153,10 @@ class VideoJobs:
 
     def _run(self, engine: "Engine", job: dict) -> dict:
         from ..jsonl import JsonlWriter, read_jsonl
+        from ..pipeline.frames import video_fps
         from ..pipeline.result import rle_to_mask
-        from ..pipeline.video import VideoConfig, frame_doc, iter_video, overlay_video_from_docs, video_fps
+        from ..pipeline.video import VideoConfig, iter_video
+        from ..pipeline.video_output import frame_doc, overlay_video_from_docs
 
         d = self.root / job["key"]
         frames_path = d / "frames.jsonl"
@@ -185,8 +188,16 @@ class VideoJobs:
         n = len(done)
         save_progress("running", n)
         with JsonlWriter(frames_path) as out:
-            gen = iter_video(engine.grounder, job["video_path"], job["expression"], video, cancel=cancel,
-                             start=len(done), prev_mask=prev, **overrides)
+            gen = iter_video(
+                engine.grounder,
+                job["video_path"],
+                job["expression"],
+                video,
+                cancel=cancel,
+                start=len(done),
+                prev_mask=prev,
+                **overrides,
+            )
             while True:
                 with engine.lock:  # one frame at a time: image requests interleave with long videos
                     f = next(gen, None)
@@ -200,8 +211,11 @@ class VideoJobs:
             state = "interrupted" if SHUTDOWN.draining and not (d / "cancel").is_file() else "cancelled"
             save_progress(state, len(records))
             return {"cancelled": True, "done": len(records), "total": total, "state": state}
-        result = {"expression": job["expression"], "frames": [{k: v for k, v in r.items() if k != "id"} for r in records],
-                  "fps": video_fps(job["video_path"])}
+        result = {
+            "expression": job["expression"],
+            "frames": [{k: v for k, v in r.items() if k != "id"} for r in records],
+            "fps": video_fps(job["video_path"]),
+        }
         best = max(range(len(records)), key=lambda i: records[i]["confidence"]) if records else 0
         result["keyframe"] = best
         if options.return_overlay:
@@ -216,7 +230,7 @@ def _count_frames(path: str) -> int | None:
     """Frames in a video file (container metadata) or zip; None when unknown."""
     import zipfile
 
-    from ..pipeline.video import IMAGE_SUFFIXES
+    from ..pipeline.frames import IMAGE_SUFFIXES
 
     if zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:

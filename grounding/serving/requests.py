@@ -11,8 +11,7 @@ from PIL import Image
 from ..images import ImageTooLarge, open_image
 from ..readout.answers import answer_prompt
 from ..readout.tokens import validate_expression
-from .schema import (ENDPOINT_OPTIONS, FILE_FIELDS, ONE_EXPRESSION, Options, RequestError, input_fields,
-                     parse_options)
+from .schema import ENDPOINT_OPTIONS, FILE_FIELDS, ONE_EXPRESSION, Options, RequestError, input_fields, parse_options
 from .settings import Settings
 
 
@@ -30,14 +29,16 @@ def parse_expressions(expression, settings: Settings) -> list[str]:
             except json.JSONDecodeError:
                 pass
     if not isinstance(expression, (str, list, tuple)):
-        raise RequestError(f"expression must be a string or a list of strings, got {type(expression).__name__}",
-                           field="expression")
+        raise RequestError(
+            f"expression must be a string or a list of strings, got {type(expression).__name__}", field="expression"
+        )
     items = [expression] if isinstance(expression, str) else list(expression)
     if not items:
         raise RequestError("expression list is empty", field="expression")
     if len(items) > settings.max_expressions:
-        raise RequestError(f"{len(items)} expressions, over the limit of {settings.max_expressions} per request",
-                           field="expression")
+        raise RequestError(
+            f"{len(items)} expressions, over the limit of {settings.max_expressions} per request", field="expression"
+        )
     out = []
     for e in items:
         if not isinstance(e, str):
@@ -49,8 +50,9 @@ def parse_expressions(expression, settings: Settings) -> list[str]:
 def _checked_text(text: str, what: str, settings: Settings, field: str) -> str:
     """Length limit, then ``validate_expression``; ``RequestError`` naming what is wrong."""
     if len(text) > settings.max_expression_chars:
-        raise RequestError(f"{what} {len(text)} characters, over the limit of {settings.max_expression_chars}",
-                           field=field)
+        raise RequestError(
+            f"{what} {len(text)} characters, over the limit of {settings.max_expression_chars}", field=field
+        )
     try:
         return validate_expression(text)
     except ValueError as err:
@@ -97,16 +99,23 @@ def decode_base64(text: str) -> bytes:
         raise RequestError(f"image_base64 is not valid base64: {e}", field="image_base64") from None
 
 
-def prepare(settings: Settings, data: bytes | None, expression, option_values: dict,
-            content_type: str | None = None, endpoint: str = "segment") -> tuple[Image.Image, Options, list[str]]:
+def prepare(
+    settings: Settings,
+    data: bytes | None,
+    expression,
+    option_values: dict,
+    content_type: str | None = None,
+    endpoint: str = "segment",
+) -> tuple[Image.Image, Options, list[str]]:
     """Validate a request (options, expressions, then image) → (RGB image, options, expressions)."""
     opts = parse_options(option_values, endpoint)
     exprs = parse_expressions(expression, settings)
     return decode_image(data, settings, content_type), opts, exprs
 
 
-def prepare_question(settings: Settings, data: bytes | None, question, answer,
-                     option_values: dict) -> tuple[Image.Image, Options, list[str]]:
+def prepare_question(
+    settings: Settings, data: bytes | None, question, answer, option_values: dict
+) -> tuple[Image.Image, Options, list[str]]:
     """``prepare`` for a visual question (+ answer): options, the one text to ground, then image."""
     opts = parse_options(option_values, "answer_ground")
     texts = [parse_question(question, answer, settings)]
@@ -140,17 +149,20 @@ def check_fields(endpoint: str, fields: dict[str, list], settings: Settings) -> 
     options = ENDPOINT_OPTIONS.get(endpoint, ())
     unknown = sorted(set(fields) - set(names) - set(options))
     if unknown:
-        raise RequestError(f"unknown field {unknown[0]!r}; this endpoint takes {', '.join((*names, *options))}",
-                           field=unknown[0])
+        raise RequestError(
+            f"unknown field {unknown[0]!r}; this endpoint takes {', '.join((*names, *options))}", field=unknown[0]
+        )
     for name, values in fields.items():
         if len(values) > 1 and not (name == "expression" and endpoint not in ONE_EXPRESSION):
             what = "two files" if name in FILE_FIELDS else f"{len(values)} values"
             raise RequestError(f"{name} was sent {len(values)} times ({what}); send it once", field=name)
         for v in values:
             if name in FILE_FIELDS and not _is_file(v):
-                raise RequestError(f"{name} must be uploaded as a multipart file part; as text (a URL or a path) "
-                                   "it is refused — the service never fetches or opens what a request names",
-                                   field=name)
+                raise RequestError(
+                    f"{name} must be uploaded as a multipart file part; as text (a URL or a path) "
+                    "it is refused — the service never fetches or opens what a request names",
+                    field=name,
+                )
             if name not in FILE_FIELDS and _is_file(v):
                 raise RequestError(f"{name} must be a text field, not a file", field=name)
     one = {k: v[0] for k, v in fields.items()}
@@ -171,8 +183,9 @@ def check_fields(endpoint: str, fields: dict[str, list], settings: Settings) -> 
         exprs = parse_expressions(expression, settings)
         if endpoint in ONE_EXPRESSION and len(exprs) > 1:
             raise RequestError(f"/{endpoint} takes one expression, got {len(exprs)}", field="expression")
-        out["expression"] = expression if not isinstance(expression, list) or endpoint not in ONE_EXPRESSION \
-            else expression[0]
+        out["expression"] = (
+            expression if not isinstance(expression, list) or endpoint not in ONE_EXPRESSION else expression[0]
+        )
     if endpoint == "segment_video":
         out["video"] = _checked_video(one.get("video"), settings)
         return out
@@ -199,7 +212,7 @@ def _checked_video(video, settings: Settings):
         raise RequestError("video is empty (0 bytes)", field="video")
     if size > settings.max_video_bytes:
         raise RequestError(f"video is {size} bytes, over the limit of {settings.max_video_bytes}", 413, field="video")
-    from ..pipeline.video import check_video
+    from ..pipeline.frames import check_video
 
     try:
         check_video(video.file)

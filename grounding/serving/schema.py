@@ -35,27 +35,45 @@ class Options(BaseModel):
     return_mask_png: bool = Field(False, description="mask as a base64 PNG in each result, besides `segmentation`")
     mask_format: MaskFormat = Field("rle", description="segmentation as COCO RLE, polygons, or a base64 PNG")
     heatmap_format: HeatmapFormat = Field("png", description="/ground: base64 8-bit PNG, or floats at image size")
-    threshold: t.Optional[float] = Field(None, gt=0.0, lt=1.0, description="fraction of the map's max for the region",
-                                         json_schema_extra=_config("threshold"))
-    magnets: t.Optional[bool] = Field(None, description="RefAM attention magnets",
-                                      json_schema_extra=_config("magnets.enabled"))
-    sinks: t.Optional[bool] = Field(None, description="global attention sink handling",
-                                    json_schema_extra=_config("sinks.enabled"))
-    sinks_mode: t.Optional[SinkMode] = Field(None, description="what happens to sinks",
-                                             json_schema_extra=_config("sinks.mode"))
-    redistribution: t.Optional[bool] = Field(None, description="renormalise each image token over the prompt",
-                                             json_schema_extra=_config("redistribution.enabled"))
-    seed: t.Optional[int] = Field(None, ge=0, le=2**31 - 1, description="noise seed (same seed, same map)",
-                                  json_schema_extra=_config("seed"))
-    views: t.Optional[ViewMode] = Field(None, description="AGLA prompt-masked views",
-                                        json_schema_extra=_config("views.mode"))
+    threshold: t.Optional[float] = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="fraction of the map's max for the region",
+        json_schema_extra=_config("threshold"),
+    )
+    magnets: t.Optional[bool] = Field(
+        None, description="RefAM attention magnets", json_schema_extra=_config("magnets.enabled")
+    )
+    sinks: t.Optional[bool] = Field(
+        None, description="global attention sink handling", json_schema_extra=_config("sinks.enabled")
+    )
+    sinks_mode: t.Optional[SinkMode] = Field(
+        None, description="what happens to sinks", json_schema_extra=_config("sinks.mode")
+    )
+    redistribution: t.Optional[bool] = Field(
+        None,
+        description="renormalise each image token over the prompt",
+        json_schema_extra=_config("redistribution.enabled"),
+    )
+    seed: t.Optional[int] = Field(
+        None, ge=0, le=2**31 - 1, description="noise seed (same seed, same map)", json_schema_extra=_config("seed")
+    )
+    views: t.Optional[ViewMode] = Field(
+        None, description="AGLA prompt-masked views", json_schema_extra=_config("views.mode")
+    )
     instances: t.Optional[InstanceMode] = Field(
-        None, description='"one": the referent; "all": every instance the map shows, or none (each in `instances`)',
-        json_schema_extra=_config("instances.mode"))
+        None,
+        description='"one": the referent; "all": every instance the map shows, or none (each in `instances`)',
+        json_schema_extra=_config("instances.mode"),
+    )
     # Video jobs only.
     window: int = Field(2, ge=0, le=16, description="video: temporal aggregation over ±window frames")
-    maps: VideoMaps = Field("frame", description='video: "frame" — the model over each frame; "clip" — a video '
-                                                 'diffusion transformer (Wan, HunyuanVideo) over windows of frames')
+    maps: VideoMaps = Field(
+        "frame",
+        description='video: "frame" — the model over each frame; "clip" — a video '
+        "diffusion transformer (Wan, HunyuanVideo) over windows of frames",
+    )
     return_overlay: bool = Field(False, description="video: a base64 overlay mp4 in the result")
 
     def overrides(self) -> dict[str, t.Any]:
@@ -113,9 +131,14 @@ def parse_options(values: dict[str, t.Any], endpoint: str | None = None) -> Opti
 # --- request models for the REST endpoints (BentoML ``input_spec``) ------------------------------
 FILE_FIELDS = ("image", "video")  # multipart file parts only: text in their place is never fetched
 ROUTES: dict[str, str] = {  # POST route → the endpoint whose request the guard checks
-    "/segment": "segment", "/ground": "ground", "/answer_ground": "answer_ground", "/render": "render",
-    "/segment_video": "segment_video", "/segment_video/submit": "segment_video",
-    "/video_progress": "task", "/video_cancel": "task",
+    "/segment": "segment",
+    "/ground": "ground",
+    "/answer_ground": "answer_ground",
+    "/render": "render",
+    "/segment_video": "segment_video",
+    "/segment_video/submit": "segment_video",
+    "/video_progress": "task",
+    "/video_cancel": "task",
 }
 ONE_EXPRESSION = ("render", "segment_video")  # endpoints that take a single expression
 

@@ -76,9 +76,13 @@ class Settings:
         """The ``MemoryOptions`` these settings ask for (checked when built)."""
         from ..backends.memory import MemoryOptions
 
-        return MemoryOptions(offload=self.offload or None, quantization=self.quantization or None,
-                             text_encoder_device=self.text_encoder_device or None,
-                             text_offload=bool(self.text_offload), text_cache_size=self.text_cache_size)
+        return MemoryOptions(
+            offload=self.offload or None,
+            quantization=self.quantization or None,
+            text_encoder_device=self.text_encoder_device or None,
+            text_offload=bool(self.text_offload),
+            text_cache_size=self.text_cache_size,
+        )
 
     def worker_grpc_port(self, worker_index: int) -> int:
         """The gRPC port of engine worker ``worker_index`` (1-based): ``grpc_port + index − 1``, so
@@ -146,8 +150,9 @@ def load_settings(environ: dict | None = None) -> Settings:
             try:
                 out[f.name] = cast(v) if cast else ("" if v is None else str(v))
             except (TypeError, ValueError):
-                raise ValueError(f"GROUNDING_{f.name.upper()}={v!r} is not a{'n' if cast is int else ''} "
-                                 f"{f.type}") from None
+                raise ValueError(
+                    f"GROUNDING_{f.name.upper()}={v!r} is not a{'n' if cast is int else ''} {f.type}"
+                ) from None
     if out.get("grpc_port", -1) == -1:
         out["grpc_port"] = rest_port(env) + 1
     if "grpc_host" not in out:

@@ -49,8 +49,10 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def _port_message(settings: Settings, port: int) -> str:
-    return (f"gRPC port {settings.grpc_host}:{port} is already in use by another process; set GROUNDING_GRPC_PORT "
-            "to a free port (0 turns gRPC off)")
+    return (
+        f"gRPC port {settings.grpc_host}:{port} is already in use by another process; set GROUNDING_GRPC_PORT "
+        "to a free port (0 turns gRPC off)"
+    )
 
 
 def start_engine(settings: Settings, worker_index: int = 1):
@@ -75,6 +77,7 @@ def start_engine(settings: Settings, worker_index: int = 1):
         server, bound = start_grpc_server(engine, settings, port)
     except (RuntimeError, ValueError, OSError) as e:  # taken since the check; an address or TLS files that fail
         taken = port_in_use(settings.grpc_host, port)
-        raise EngineStartError(_port_message(settings, port) if taken else
-                               f"cannot serve gRPC on {settings.grpc_host}:{port}: {e}") from e
+        raise EngineStartError(
+            _port_message(settings, port) if taken else f"cannot serve gRPC on {settings.grpc_host}:{port}: {e}"
+        ) from e
     return engine, server, bound
