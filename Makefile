@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Serving may download a hub model; the tests never do (every model they use is local or built).
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv test test-slow lint serve bench clean proto browser vocab
+.PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ vocab: $(STAMP)
 
 test: $(STAMP) browser vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q
+
+# The inner loop: everything that runs in process (no servers, browsers or subprocess CLIs), ~3 min.
+test-fast: $(STAMP) vocab
+	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not integration"
 
 # The tests marked slow (real Ray, released-shape numerics: kept out of `make test` for its 10-minute
 # budget); .ci/run runs both.

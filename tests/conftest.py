@@ -164,6 +164,28 @@ def guarded(tiny_flux_dir, tmp_path_factory, tls):
     srv.stop()
 
 
+# Fixtures that start a real server or browser: a test using one is an integration test.
+PROCESS_FIXTURES = {"server", "demo_server", "guarded", "browser"}
+# A test whose own code starts a process (a subprocess CLI, a bentoml serve, a Ray cluster).
+PROCESS_CALLS = ("subprocess.", "Server(", "LocalServer(", "ray.init(")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``integration`` every test that starts a process (through a fixture or itself): `make
+    test` runs them, `make test-fast` leaves them out for the inner loop. Marked from what the test
+    does, so a new test needs no remembering."""
+    import inspect
+
+    for item in items:
+        fn = getattr(item, "function", None)
+        try:
+            source = inspect.getsource(fn) if fn is not None else ""
+        except (OSError, TypeError):
+            source = ""
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())) or any(c in source for c in PROCESS_CALLS):
+            item.add_marker(pytest.mark.integration)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """No process started by this run may outlive it."""
     import psutil

@@ -41,6 +41,7 @@ def _engine_log_lines(srv: Server, needle: str) -> list[str]:
     return [ln for ln in srv.tail(10**7).splitlines() if needle in ln and "grounding-engine" in ln]
 
 
+@pytest.mark.slow  # 33 s of huggingface_hub's own retries before the line: run by make test-slow and .ci/run
 def test_a_model_that_cannot_be_downloaded_says_why_once(tmp_path):
     """HF_HUB_OFFLINE unset (as ``make serve`` leaves it), a hub id with no network here: within 60 s
     /readyz is 503 with one line naming the model and the real cause (the hub cannot be reached —
