@@ -30,9 +30,52 @@ STOP_WORDS: frozenset[str] = frozenset(
 )
 
 
+def bounded(
+    default: Any, *, gt: float | None = None, ge: float | None = None, lt: float | None = None, le: float | None = None
+) -> Any:
+    """A config field with its allowed range, declared once: ``_Checked`` checks it when the config
+    is built (every element of a tuple; ``None`` passes where the type allows it), and the request
+    schema reads it (``bounds``) for the options that override the field."""
+    limits = {k: v for k, v in (("gt", gt), ("ge", ge), ("lt", lt), ("le", le)) if v is not None}
+    return field(default=default, metadata={"bounds": limits})
+
+
+def bounds(key: str) -> dict[str, float]:
+    """The declared range of the ``GroundingConfig`` field ``key`` (``"threshold"``,
+    ``"sinks.quantile"``) as pydantic's ``gt`` / ``ge`` / ``lt`` / ``le``; ``{}`` when it has none."""
+    cls: Any = GroundingConfig
+    *groups, leaf = key.split(".")
+    for g in groups:
+        cls = {f.name: f for f in dataclasses.fields(cls)}[g].default_factory
+    return dict({f.name: f for f in dataclasses.fields(cls)}[leaf].metadata.get("bounds", {}))
+
+
+def _check_bounds(name: str, value: Any, limits: dict[str, float]) -> None:
+    for v in value if isinstance(value, tuple) else (value,):
+        if v is None:
+            continue
+        ok = all(
+            (op == "gt" and v > x) or (op == "ge" and v >= x) or (op == "lt" and v < x) or (op == "le" and v <= x)
+            for op, x in limits.items()
+        )
+        if ok:
+            continue
+        low = ("(", limits["gt"]) if "gt" in limits else ("[", limits["ge"]) if "ge" in limits else None
+        high = (")", limits["lt"]) if "lt" in limits else ("]", limits["le"]) if "le" in limits else None
+        if low and high:
+            allowed = f"in {low[0]}{low[1]}, {high[1]}{high[0]}"
+        elif low:
+            allowed = f"{'>' if low[0] == '(' else '≥'} {low[1]}"
+        else:
+            assert high is not None
+            allowed = f"{'<' if high[0] == ')' else '≤'} {high[1]}"
+        raise ConfigError(f"{name} must be {allowed}, got {v}")
+
+
 class _Checked:
     """Every config dataclass checks its fields when it is built: ``Literal`` choices (ValueError
-    listing the allowed values), bools, numbers, and tuples (a single value is a 1-tuple).
+    listing the allowed values), bools, numbers, tuples (a single value is a 1-tuple), and the
+    ranges declared with ``bounded``.
     ``_shorthand`` maps a plain value's type to the field it sets when the whole sub-config is
     given as that value (``views="assembled"`` → ``views.mode``)."""
 
@@ -44,11 +87,13 @@ class _Checked:
         for f in dataclasses.fields(self):
             name = f"{self._group}.{f.name}" if self._group else f.name
             value = _check(name, hints[f.name], getattr(self, f.name))
+            if f.metadata.get("bounds"):
+                _check_bounds(name, value, f.metadata["bounds"])
             object.__setattr__(self, f.name, value)
         self._check_ranges()
 
     def _check_ranges(self) -> None:
-        pass
+        """Checks beyond a field's own range (e.g. a tuple that must not be empty)."""
 
 
 @dataclass
@@ -83,16 +128,12 @@ class SinkConfig(_Checked):
 
     enabled: bool = True
     threshold: float = 8.0
-    quantile: float = 0.1
+    quantile: float = bounded(0.1, ge=0.0, le=1.0)
     mode: SinkMode = "redirect"  # "suppress" (zero + renormalise) | "redirect" (mass → magnets)
     # Blocks are checked from this fraction of depth on (0.0 = every block).
-    min_depth: float = 0.0
+    min_depth: float = bounded(0.0, ge=0.0, le=1.0)
 
     _shorthand = {bool: "enabled", str: "mode"}
-
-    def _check_ranges(self) -> None:
-        _in_range("sinks.quantile", self.quantile, 0.0, 1.0)
-        _in_range("sinks.min_depth", self.min_depth, 0.0, 1.0)
 
 
 @dataclass
@@ -122,17 +163,13 @@ class ViewsConfig(_Checked):
 
     mode: ViewMode = "global"
     fill: ViewFill = "blur"
-    keep: float | None = None
+    keep: float | None = bounded(None, gt=0.0, le=1.0)
     smooth: float = 1.0
     alpha: float = 1.0
     beta: float = 0.2
     lam: float = 1.0
 
     _shorthand = {str: "mode"}
-
-    def _check_ranges(self) -> None:
-        if self.keep is not None:
-            _in_range("views.keep", self.keep, 0.0, 1.0, low_open=True)
 
 
 @dataclass
@@ -177,7 +214,7 @@ class AnswerConfig(_Checked):
 
     contrast: bool = True
     generic_prompt: str = "a photo"
-    percentile: float = 50.0
+    percentile: float = bounded(50.0, ge=0.0, le=100.0)
     # Use the model folder's trained answer head (``answer_head.safetensors``) when it has one.
     head: bool = True
 
@@ -194,19 +231,12 @@ class InstancesConfig(_Checked):
     _group = "instances"
 
     mode: InstanceMode = "one"
-    min_relative_peak: float = 0.6
-    min_area: float = 0.002
-    nms_iou: float = 0.5
-    max_instances: int = 10
+    min_relative_peak: float = bounded(0.6, ge=0.0, le=1.0)
+    min_area: float = bounded(0.002, ge=0.0, le=1.0)
+    nms_iou: float = bounded(0.5, ge=0.0, le=1.0)
+    max_instances: int = bounded(10, ge=1)
 
     _shorthand = {str: "mode"}
-
-    def _check_ranges(self) -> None:
-        _in_range("instances.min_relative_peak", self.min_relative_peak, 0.0, 1.0)
-        _in_range("instances.min_area", self.min_area, 0.0, 1.0)
-        _in_range("instances.nms_iou", self.nms_iou, 0.0, 1.0)
-        if self.max_instances < 1:
-            raise ConfigError(f"instances.max_instances must be ≥ 1, got {self.max_instances}")
 
 
 @dataclass
@@ -246,12 +276,12 @@ class GroundingConfig(_Checked):
     """Everything that decides how a map is made. Defaults are documented in README."""
 
     # Long side of the image fed to the VAE (rounded to the model's patch multiple).
-    resolution: int = 1024
-    # Noise levels (flow-matching sigma in (0, 1)); maps are averaged over them.
-    timesteps: tuple[float, ...] = (0.3,)
-    seed: int = 0
+    resolution: int = bounded(1024, ge=1)
+    # Noise levels (flow-matching sigma in [0, 1)); maps are averaged over them.
+    timesteps: tuple[float, ...] = bounded((0.3,), ge=0.0, lt=1.0)
+    seed: int = bounded(0, ge=0, le=2**63 - 1)
     # Text length the transformer sees (padding included); None = the pipeline's default.
-    max_sequence_length: int | None = None
+    max_sequence_length: int | None = bounded(None, ge=1)
     # FLUX-dev style guidance embedding value (ignored by models without one).
     guidance_scale: float = 3.5
     # Blocks to capture: None = all joint/single blocks. Names as in `Backend.block_names`.
@@ -269,29 +299,16 @@ class GroundingConfig(_Checked):
     instances: InstancesConfig = field(default_factory=InstancesConfig)
     card: ModelCard = field(default_factory=ModelCard)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
-    threshold: float = 0.5
-    positive_points: int = 1
-    negative_points: int = 0
-    max_image_pixels: int = 40_000_000
+    threshold: float = bounded(0.5, gt=0.0, lt=1.0)
+    positive_points: int = bounded(1, ge=1)
+    negative_points: int = bounded(0, ge=0)
+    max_image_pixels: int = bounded(40_000_000, ge=1)
 
     def _check_ranges(self) -> None:
-        if self.resolution < 1:
-            raise ConfigError(f"resolution must be a positive number of pixels, got {self.resolution}")
         if not self.timesteps:
             raise ConfigError("timesteps must hold at least one noise level")
-        for t in self.timesteps:
-            _in_range("timesteps", t, 0.0, 1.0, high_open=True)
-        if self.seed < 0 or self.seed > 2**63 - 1:
-            raise ConfigError(f"seed must be in [0, 2**63 - 1], got {self.seed}")
-        if self.max_sequence_length is not None and self.max_sequence_length < 1:
-            raise ConfigError(f"max_sequence_length must be positive or None, got {self.max_sequence_length}")
         if self.blocks is not None and not self.blocks:
             raise ConfigError("blocks must name at least one block, or be None for all")
-        _in_range("threshold", self.threshold, 0.0, 1.0, low_open=True, high_open=True)
-        if self.positive_points < 1 or self.negative_points < 0:
-            raise ConfigError("positive_points must be ≥ 1 and negative_points ≥ 0")
-        if self.max_image_pixels < 1:
-            raise ConfigError(f"max_image_pixels must be positive, got {self.max_image_pixels}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -391,16 +408,6 @@ def _unknown_option(key: str, data: dict) -> str:
     if "." not in key and "__" not in key and isinstance(data.get(group), dict) and leaf in data[group]:
         return f"unknown grounding option {key!r} (did you mean {group}__{leaf}?)"
     return f"unknown grounding option {key!r}"
-
-
-def _in_range(
-    name: str, value: float, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        raise ConfigError(
-            f"{name} must be in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}, got {value}"
-        )
 
 
 def _check(name: str, hint: Any, value: Any) -> Any:

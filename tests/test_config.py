@@ -117,3 +117,47 @@ def test_torch_device_is_accepted(tiny_flux_dir):
 
     g = Grounder.from_pretrained(tiny_flux_dir, device=torch.device("cpu"), dtype=torch.float32)
     assert g.backend.device == torch.device("cpu")
+
+
+def test_request_options_take_their_ranges_and_choices_from_the_config():
+    """Each option that overrides a config field is checked by that field's own declaration: the
+    range declared once with ``bounded`` (the seed cut to the proto's int32) and the same ``Literal``."""
+    import typing
+
+    import annotated_types
+    import pydantic
+
+    from grounding.config import GroundingConfig, bounds
+    from grounding.serving.schema import INT32_MAX, Options
+
+    hints = typing.get_type_hints(Options)
+    ranged = 0
+    for name, f in Options.model_fields.items():
+        key = (f.json_schema_extra or {}).get("config")
+        if not key:
+            continue
+        got = {}
+        for m in f.metadata:
+            for op in ("gt", "ge", "lt", "le"):
+                if isinstance(m, getattr(annotated_types, op.capitalize())):
+                    got[op] = getattr(m, op)
+        want = bounds(key)
+        if name == "seed":
+            want = {**want, "le": INT32_MAX}
+        assert got == want, (name, key, got, want)
+        ranged += bool(want)
+        # choices: the option's Literal is the config field's
+        config_hint = typing.get_type_hints(GroundingConfig)
+        *groups, leaf = key.split(".")
+        for g in groups:
+            config_hint = typing.get_type_hints(config_hint[g])
+        option_args = [a for a in typing.get_args(hints[name]) if a is not type(None)]
+        if typing.get_origin(config_hint[leaf]) is typing.Literal:
+            assert option_args == [config_hint[leaf]], (name, option_args, config_hint[leaf])
+    assert ranged >= 2  # threshold and seed
+    with pytest.raises(pydantic.ValidationError):
+        Options(threshold=1.0)
+    with pytest.raises(ValueError, match=r"threshold must be in \(0.0, 1.0\)"):
+        GroundingConfig(threshold=1.0)
+    with pytest.raises(ValueError, match="instances.max_instances must be ≥ 1"):
+        GroundingConfig().replace(instances__max_instances=0)

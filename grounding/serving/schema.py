@@ -1,6 +1,8 @@
 """The one request schema: every option a client can send, declared once with its type and
 allowed values, and what it changes in the grounding config.
 
+Ranges and choices come from the config: an option that overrides a config field takes that
+field's declared range (``config.bounds``) and its ``Literal`` type, so nothing is declared twice.
 The REST endpoints take ``request_model(endpoint)`` as their BentoML ``input_spec``, the gRPC
 server reads the same names off ``grounding.v1.Options`` (a test checks that the proto declares
 exactly these fields), the engine applies ``Options.overrides()``, and Python callers build
@@ -15,9 +17,10 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import InstanceMode, SinkMode, VideoMaps, ViewMode
+from ..config import InstanceMode, SinkMode, VideoMaps, ViewMode, bounds
 
 MaskFormat = t.Literal["rle", "polygon", "png"]
+INT32_MAX = 2**31 - 1  # grounding.v1.Options.seed is an int32
 HeatmapFormat = t.Literal["png", "array"]
 
 
@@ -37,8 +40,7 @@ class Options(BaseModel):
     heatmap_format: HeatmapFormat = Field("png", description="/ground: base64 8-bit PNG, or floats at image size")
     threshold: t.Optional[float] = Field(
         None,
-        gt=0.0,
-        lt=1.0,
+        **bounds("threshold"),
         description="fraction of the map's max for the region",
         json_schema_extra=_config("threshold"),
     )
@@ -57,7 +59,10 @@ class Options(BaseModel):
         json_schema_extra=_config("redistribution.enabled"),
     )
     seed: t.Optional[int] = Field(
-        None, ge=0, le=2**31 - 1, description="noise seed (same seed, same map)", json_schema_extra=_config("seed")
+        None,
+        **{**bounds("seed"), "le": INT32_MAX},  # the config's range, cut to the proto's int32
+        description="noise seed (same seed, same map)",
+        json_schema_extra=_config("seed"),
     )
     views: t.Optional[ViewMode] = Field(
         None, description="AGLA prompt-masked views", json_schema_extra=_config("views.mode")
