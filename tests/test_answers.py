@@ -36,13 +36,13 @@ def test_ground_answer_caches_the_generic_map(tiny_flux_dir, scene_image):
     g = Grounder.from_pretrained(tiny_flux_dir, device="cpu")
     a = g.ground_answer(scene_image, "what is left of the square?", "a red circle")
     assert a.expression == "what is left of the square? a red circle"
-    assert a.mask.shape == (scene_image.height, scene_image.width) and len(g.answers.generic_cache) == 1
+    assert a.mask.shape == (scene_image.height, scene_image.width) and len(g.answer_stage.generic_cache) == 1
     b = g.ground_answer(scene_image, "what is left of the square?", "a red circle")
-    assert len(g.answers.generic_cache) == 1 and np.array_equal(a.heatmap, b.heatmap)
+    assert len(g.answer_stage.generic_cache) == 1 and np.array_equal(a.heatmap, b.heatmap)
     plain = g.ground_answer(scene_image, "what is left of the square?", "a red circle", **{"answer.contrast": False})
     ref = g.segment(scene_image, "what is left of the square? a red circle")
     assert np.array_equal(plain.heatmap, ref.heatmap) and not np.array_equal(plain.heatmap, a.heatmap)
     g.ground_answer(scene_image.rotate(90, expand=True), "what is red?")
-    assert len(g.answers.generic_cache) == 2
+    assert len(g.answer_stage.generic_cache) == 2
     with pytest.raises(ValueError):
         g.ground_answer(scene_image, "what is the?")

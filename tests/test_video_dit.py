@@ -202,7 +202,7 @@ def test_segment_video_with_clip_maps(arch, grounders):
         frames, "the red circle", VideoConfig(maps="clip", clip_frames=5, clip_overlap=2)
     )
     assert len(small.frames) == 11
-    items = wan_grounder.maps.clip(frames[:9], "the red circle", wan_grounder.config)
+    items = wan_grounder.map_stage.clip(frames[:9], "the red circle", wan_grounder.config)
     for group in latent_frames(9, 4):  # each source frame reads the map of the latent frame it was folded into
         assert all(torch.equal(items[f].map, items[group[0]].map) for f in group)
         assert all(items[f].image is not items[group[0]].image for f in group[1:])

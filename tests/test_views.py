@@ -106,10 +106,10 @@ def test_masked_view_changes_the_local_map_and_attention_fill_spares_image_rows(
     g = flux_grounder
     tok = g.tokens("the red circle", cfg)
     im = scene_image.convert("RGB")
-    cap, b = g.maps.capture([im], [tok], cfg)[0]
+    cap, b = g.map_stage.capture([im], [tok], cfg)[0]
     keep = torch.zeros(cap.probs.shape[-2], dtype=torch.bool)
     keep[: keep.numel() // 3] = True
-    masked, _ = g.maps.capture([im], [tok], cfg, image_keep=[keep])[0]
+    masked, _ = g.map_stage.capture([im], [tok], cfg, image_keep=[keep])[0]
     assert torch.allclose(cap.probs[0], masked.probs[0], atol=1e-6)
     assert not torch.allclose(cap.probs[-1], masked.probs[-1], atol=1e-6)
 

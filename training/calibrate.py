@@ -211,7 +211,7 @@ def fit_instances(
     cfg = grounder.config.replace(**{"instances.mode": "all"})
     items = []
     for image, sentence, mask, no_target in tqdm(samples, desc="calibrate: instances", leave=False):
-        item = grounder.maps([(image, sentence)], cfg, head_stats=True)[0]
+        item = grounder.map_stage([(image, sentence)], cfg, head_stats=True)[0]
         items.append((item, np.asarray(mask, dtype=bool), bool(no_target)))
     labels = [0 if nt else 1 for _, _, nt in items]
     feats = [grounder.segment_map(it, cfg, use_segmenter)[0].features for it, _, _ in items]

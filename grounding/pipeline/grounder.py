@@ -63,17 +63,17 @@ class Grounder:
         self.backend = backend
         self.config = config or GroundingConfig()
         self.model_id = model_id
-        self.maps = MapStage(backend)
-        self.masks = MaskStage(make_segmenter(segmenter, str(backend.device)))
-        self.answers = AnswerStage(self.maps, answer_head)
+        self.map_stage = MapStage(backend)
+        self.mask_stage = MaskStage(make_segmenter(segmenter, str(backend.device)))
+        self.answer_stage = AnswerStage(self.map_stage, answer_head)
 
     @property
     def segmenter(self):
-        return self.masks.segmenter
+        return self.mask_stage.segmenter
 
     @property
     def answer_head(self):
-        return self.answers.head
+        return self.answer_stage.head
 
     @classmethod
     def from_pretrained(
@@ -115,23 +115,23 @@ class Grounder:
 
     def tokens(self, expression: str, cfg: GroundingConfig | None = None) -> PromptTokens:
         """Expression (+ magnets) → token layout; raises ``ValueError`` for nothing to ground."""
-        return self.maps.tokens(expression, cfg or self.config)
+        return self.map_stage.tokens(expression, cfg or self.config)
 
     def referent_maps(
         self, pairs: list[tuple[object, str]], cfg: GroundingConfig, components: bool = False
     ) -> list[ReferentMap]:
         """Stages up to the map (batched). ``components`` also keeps every (block, level, head) map."""
-        return self.maps(pairs, cfg, components=components)
+        return self.map_stage(pairs, cfg, components=components)
 
     def component_maps(self, image, text: str, cfg: GroundingConfig) -> tuple[torch.Tensor, tuple[int, int], list[str]]:
         """Normalised referent map of every captured (block, noise level, head): ``[L, V, H, N]``,
         the token grid and the block names (for calibration and the answer head)."""
-        it = self.maps([(image, text)], cfg.replace(**{"views.mode": "global"}), components=True)[0]
-        return it.components, it.grid, it.block_names
+        item = self.map_stage([(image, text)], cfg.replace(**{"views.mode": "global"}), components=True)[0]
+        return item.components, item.grid, item.block_names
 
     def generic_maps(self, images: list[Image.Image], cfg: GroundingConfig) -> list[torch.Tensor]:
         """Maps of the generic prompt (answer grounding's contrast), cached per image and config."""
-        return self.answers.generic_maps(images, cfg)
+        return self.answer_stage.generic_maps(images, cfg)
 
     def segment_map(
         self,
@@ -144,15 +144,15 @@ class Grounder:
         identity_weight: float = 0.5,
     ) -> tuple[GroundingResult, Segmentation]:
         """Map → heatmap → prompts → mask (``MaskStage``)."""
-        return self.masks(item, cfg, use_segmenter, token_map, prev_mask, mask_prompt, identity_weight)
+        return self.mask_stage(item, cfg, use_segmenter, token_map, prev_mask, mask_prompt, identity_weight)
 
     # --- public API --------------------------------------------------------------------------------
     def attention_maps(self, image, expression: str, detail: bool = False, **overrides) -> AttentionMaps:
         """Per-word maps, the referent map and the heatmap of one (image, expression)."""
         cfg = self.config_for(overrides)
-        it = self.maps([(image, expression)], cfg, detail=True)[0]
-        tok, cleaned, grid = it.tokens, it.cleaned, it.grid
-        bw, hw = maps.weights_for(it.block_names, cleaned.A.shape[2], cfg)
+        item = self.map_stage([(image, expression)], cfg, detail=True)[0]
+        tok, cleaned, grid = item.tokens, item.cleaned, item.grid
+        bw, hw = maps.weights_for(item.block_names, cleaned.A.shape[2], cfg)
         word_maps = np.zeros((len(tok.words), *grid), dtype=np.float32)
         for w in range(len(tok.words)):
             sel = torch.from_numpy((tok.word_index[cleaned.columns] == w).astype(np.float32))
@@ -166,11 +166,11 @@ class Grounder:
             word_kinds=[KIND_NAMES[w.kind] for w in tok.words],
             head_word=tok.head_word,
             word_maps=word_maps,
-            referent=maps.normalise(it.map).reshape(grid).numpy(),
-            heatmap=refine.heatmap(it.map, grid, it.image, cfg.refine),
+            referent=maps.normalise(item.map).reshape(grid).numpy(),
+            heatmap=refine.heatmap(item.map, grid, item.image, cfg.refine),
             grid=grid,
-            block_names=it.block_names,
-            timesteps=it.timesteps,
+            block_names=item.block_names,
+            timesteps=item.timesteps,
             warnings=tok.warnings,
             attention=cleaned.A if detail else None,
             column_kinds=[KIND_NAMES[k] for k in cleaned.kinds] if detail else None,
@@ -188,7 +188,7 @@ class Grounder:
         """Several (image, expression) pairs; same-size inputs share one transformer forward.
         ``use_segmenter=False`` skips SAM: the mask is the thresholded map region."""
         cfg = self.config_for(overrides)
-        return [self.masks(item, cfg, use_segmenter)[0] for item in self.maps(pairs, cfg)]
+        return [self.mask_stage(item, cfg, use_segmenter)[0] for item in self.map_stage(pairs, cfg)]
 
     def ground_answer(
         self, image, question: str, answer: str | None = None, use_segmenter: bool = True, **overrides
@@ -202,8 +202,8 @@ class Grounder:
         """(image, "question answer" text) pairs; with ``answer.contrast`` each map is divided by
         the image's generic-prompt map (cached per image and config)."""
         cfg = self.config_for(overrides)
-        items = self.answers(self.maps(pairs, cfg, components=self.answers.uses_head(cfg)), cfg)
-        return [self.masks(it, cfg, use_segmenter)[0] for it in items]
+        items = self.answer_stage(self.map_stage(pairs, cfg, components=self.answer_stage.uses_head(cfg)), cfg)
+        return [self.mask_stage(it, cfg, use_segmenter)[0] for it in items]
 
     def segment_video(self, frames, expression: str, video=None, maps: str | None = None, **overrides):
         """Referring segmentation over a video (path, frame folder, zip of frames, or a sequence /

@@ -89,7 +89,7 @@ class MapStage:
             groups[self.backend.input_size(*im.size, cfg.resolution)].append(i)
         out: list[tuple[Capture, int] | None] = [None] * len(images)
         for size, idx in groups.items():
-            cap = self.backend.capture(
+            capture = self.backend.capture(
                 [images[i] for i in idx],
                 [tokens[i].sequence for i in idx],
                 size,
@@ -100,7 +100,7 @@ class MapStage:
                 image_keep=None if image_keep is None else torch.stack([image_keep[i] for i in idx]),
             )
             for j, i in enumerate(idx):
-                out[i] = (cap, j)
+                out[i] = (capture, j)
         return out  # type: ignore[return-value]
 
     def __call__(
@@ -117,22 +117,22 @@ class MapStage:
         images = [open_image(im, cfg.max_image_pixels) for im, _ in pairs]
         tokens = [self.tokens(expr, cfg) for _, expr in pairs]
         t1 = time.perf_counter()
-        caps = self.capture(images, tokens, cfg)
+        captures = self.capture(images, tokens, cfg)
         t2 = time.perf_counter()
         timing = {"prepare": (t1 - t0) * 1000 / len(pairs), "transformer": (t2 - t1) * 1000 / len(pairs)}
         out = [
-            self.read(im, tok, cap, b, cfg, timing, components, detail, head_stats)
-            for im, tok, (cap, b) in zip(images, tokens, caps)
+            self.read(im, tok, capture, b, cfg, timing, components, detail, head_stats)
+            for im, tok, (capture, b) in zip(images, tokens, captures)
         ]
         if cfg.views.mode == "assembled":
             out = self.assemble_views(out, cfg)
-        return [self.finish(it) for it in out]
+        return [self.finish(item) for item in out]
 
     def read(
         self,
         image: Image.Image,
         tok: PromptTokens,
-        cap: Capture,
+        capture: Capture,
         b: int,
         cfg: GroundingConfig,
         timing: dict[str, float],
@@ -142,36 +142,38 @@ class MapStage:
     ) -> ReferentMap:
         """Sample ``b`` of a capture → its ``ReferentMap`` (RefAM read-out, presence features)."""
         s0 = time.perf_counter()
-        tok = tok.padded(cap.text_len)
-        A = cap.sample(b)
-        ref, cleaned = maps.referent_map(A, tok, cap.columns, cap.block_names, cfg)
-        per = (
-            maps.referent_maps_per_component(cleaned, maps.column_weights(tok, cap.columns, cfg))
+        tok = tok.padded(capture.text_len)
+        attention = capture.sample(b)
+        ref, cleaned = maps.referent_map(attention, tok, capture.columns, capture.block_names, cfg)
+        per_component = (
+            maps.referent_maps_per_component(cleaned, maps.column_weights(tok, capture.columns, cfg))
             if components
             else None
         )
-        kinds = tok.kinds[cap.columns]
+        kinds = tok.kinds[capture.columns]
         feats = {
-            "content_share": presence.content_share(A, kinds),
-            **presence.head_features(A, kinds, cap.block_names, None if head_stats else set(cfg.presence.weights)),
+            "content_share": presence.content_share(attention, kinds),
+            **presence.head_features(
+                attention, kinds, capture.block_names, None if head_stats else set(cfg.presence.weights)
+            ),
         }
         return ReferentMap(
             image,
             tok,
             ref,
-            cap.grid,
+            capture.grid,
             {**timing, "maps": (time.perf_counter() - s0) * 1000},
             features=feats,
-            components=per,
-            block_names=cap.block_names,
+            components=per_component,
+            block_names=capture.block_names,
             cleaned=cleaned if detail else None,
-            timesteps=cap.timesteps,
+            timesteps=capture.timesteps,
         )
 
     @staticmethod
-    def finish(it: ReferentMap) -> ReferentMap:
-        return it.replace(
-            features={**it.features, "concentration": views.match_score(it.map), "agreement": it.agreement}
+    def finish(item: ReferentMap) -> ReferentMap:
+        return item.replace(
+            features={**item.features, "concentration": views.match_score(item.map), "agreement": item.agreement}
         )
 
     def require_video(self) -> None:
@@ -192,7 +194,7 @@ class MapStage:
         tok = self.tokens(expression, cfg)
         size = self.backend.input_size(*images[0].size, cfg.resolution)
         t1 = time.perf_counter()
-        cap, groups = self.backend.capture_clip(
+        capture, groups = self.backend.capture_clip(
             images,
             tok.sequence,
             size,
@@ -207,7 +209,7 @@ class MapStage:
         }
         out: list[ReferentMap | None] = [None] * len(images)
         for t, group in enumerate(groups):
-            item = self.finish(self.read(images[group[0]], tok, cap, t, cfg, timing))
+            item = self.finish(self.read(images[group[0]], tok, capture, t, cfg, timing))
             for f in group:
                 out[f] = item.replace(image=images[f])
         return out  # type: ignore[return-value]
@@ -216,28 +218,28 @@ class MapStage:
         """Local pass on prompt-masked views (same seeded noise), then G and L assembled."""
         v = cfg.views
         t0 = time.perf_counter()
-        keeps = [views.keep_tokens(it.map, it.grid, v) for it in items]
-        tokens = [it.tokens for it in items]
+        keeps = [views.keep_tokens(item.map, item.grid, v) for item in items]
+        tokens = [item.tokens for item in items]
         if v.fill == "attention":
-            caps = self.capture([it.image for it in items], tokens, cfg, image_keep=keeps)
+            captures = self.capture([item.image for item in items], tokens, cfg, image_keep=keeps)
         else:
-            caps = self.capture(
-                [views.masked_view(it.image, k, it.grid, v.fill) for it, k in zip(items, keeps)], tokens, cfg
+            captures = self.capture(
+                [views.masked_view(item.image, k, item.grid, v.fill) for item, k in zip(items, keeps)], tokens, cfg
             )
         out = []
         per_item = (time.perf_counter() - t0) * 1000 / len(items)
-        for it, (cap, b) in zip(items, caps):
+        for item, (capture, b) in zip(items, captures):
             local, _ = maps.referent_map(
-                cap.sample(b), it.tokens.padded(cap.text_len), cap.columns, cap.block_names, cfg
+                capture.sample(b), item.tokens.padded(capture.text_len), capture.columns, capture.block_names, cfg
             )
-            g, l_ = maps.normalise(it.map), maps.normalise(local)
+            g, l_ = maps.normalise(item.map), maps.normalise(local)
             out.append(
-                it.replace(
+                item.replace(
                     global_map=g,
                     local_map=l_,
                     agreement=views.agreement(g, l_),
                     map=views.assemble(g, l_, v),
-                    timings_ms={**it.timings_ms, "views": per_item},
+                    timings_ms={**item.timings_ms, "views": per_item},
                 )
             )
         return out
@@ -262,8 +264,8 @@ class AnswerStage:
             items = self.apply_head(items)
         if cfg.answer.contrast:
             items = [
-                it.replace(map=answers.contrast(it.map, generic, cfg.answer.percentile))
-                for it, generic in zip(items, self.generic_maps([it.image for it in items], cfg))
+                item.replace(map=answers.contrast(item.map, generic, cfg.answer.percentile))
+                for item, generic in zip(items, self.generic_maps([item.image for item in items], cfg))
             ]
         return items
 
@@ -274,17 +276,17 @@ class AnswerStage:
 
         if self._sentence_encoder is None:
             self._sentence_encoder = SentenceEncoder()
-        emb = self._sentence_encoder([it.tokens.expression for it in items])
+        emb = self._sentence_encoder([item.tokens.expression for item in items])
         out = []
-        for it, e in zip(items, emb):
-            ch, names = it.components.reshape(-1, *it.grid), it.block_names
+        for item, e in zip(items, emb):
+            ch, names = item.components.reshape(-1, *item.grid), item.block_names
             meta = getattr(self.head, "meta", {})
             if ch.shape[0] != self.head.channels or meta.get("block_names", names) != names:
                 raise ValueError(
                     "the answer head was trained with other blocks / heads / noise levels than this config captures"
                 )
             m, _ = self.head(ch[None], e[None])
-            out.append(it.replace(map=m[0].reshape(-1)))
+            out.append(item.replace(map=m[0].reshape(-1)))
         return out
 
     def generic_maps(self, images: list[Image.Image], cfg: GroundingConfig) -> list[torch.Tensor]:
@@ -294,8 +296,8 @@ class AnswerStage:
         missing = [i for i, k in enumerate(keys) if k not in self.generic_cache]
         if missing:
             prompt = cfg.answer.generic_prompt
-            for i, it in zip(missing, self.map_stage([(images[i], prompt) for i in missing], cfg)):
-                self.generic_cache[keys[i]] = it.map
+            for i, item in zip(missing, self.map_stage([(images[i], prompt) for i in missing], cfg)):
+                self.generic_cache[keys[i]] = item.map
         out = []
         for k in keys:
             self.generic_cache.move_to_end(k)
@@ -396,15 +398,15 @@ class MaskStage:
         (its peak and box as prompts, one batched segmenter call), overlapping masks suppressed,
         as many as the expression asks for (a singular referent: ``best`` alone)."""
         ic = cfg.instances
-        cap = min(requested_count(expression) or ic.max_instances, ic.max_instances)
+        limit = min(requested_count(expression) or ic.max_instances, ic.max_instances)
         if not best.mask.any():
             return []
-        if cap == 1:
+        if limit == 1:
             return [best]
-        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1 : 2 * cap]
+        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1 : 2 * limit]
         prompts = [region_prompts(heatmap, r, cfg.threshold, max(1, cfg.positive_points)) for r in regions]
         segs = segment_many(segmenter, image, heatmap, prompts) if prompts else []
         masks = [best.mask] + [sg.mask for sg in segs]
         scores = [best.score] + [float(heatmap[r].max()) for r in regions]
-        kept = suppress(masks, [np.inf] + scores[1:], ic.nms_iou)[:cap]
+        kept = suppress(masks, [np.inf] + scores[1:], ic.nms_iou)[:limit]
         return [best if i == 0 else Instance(masks[i], box_of(masks[i]), scores[i]) for i in kept]

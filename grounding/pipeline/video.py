@@ -129,7 +129,7 @@ def _clip_maps(grounder, batch: list[tuple[int, Image.Image]], expression: str, 
 
     images = [im for _, im in batch]
     n = clip_length(len(images), grounder.backend.temporal)
-    return grounder.maps.clip(images + [images[-1]] * (n - len(images)), expression, cfg)[: len(images)]
+    return grounder.map_stage.clip(images + [images[-1]] * (n - len(images)), expression, cfg)[: len(images)]
 
 
 def iter_video(
@@ -197,7 +197,7 @@ def iter_video(
     if video.maps == "clip":
         from ..backends.video import latent_frames
 
-        grounder.maps.require_video()
+        grounder.map_stage.require_video()
         latent_frames(video.clip_frames, grounder.backend.temporal)  # a window length the VAE takes
         windows = (
             (w[lo:hi], _clip_maps(grounder, w, expression, cfg)[lo:hi])

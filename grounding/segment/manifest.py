@@ -13,6 +13,7 @@ FORMAT = "dit-grounding/sam-onnx/1"
 
 
 def sha256(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

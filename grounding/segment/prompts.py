@@ -40,6 +40,8 @@ def region_at_peak(
         top = float(mass.max())
 
         def score(k: int) -> float:
+            """Component ``k``'s map mass relative to the largest, plus ``identity_weight`` × its IoU with the
+            previous mask."""
             comp = labels == k
             union = np.logical_or(comp, prev_mask).sum()
             return mass[k - 1] / top + identity_weight * (np.logical_and(comp, prev_mask).sum() / union)

@@ -34,6 +34,8 @@ def choose(
     ``identity_weight`` × its IoU with the previous frame's mask when there is one."""
 
     def key(i: int) -> tuple[float, float]:
+        """Candidate ``i``'s agreement with the map region (plus identity with the previous mask), then the
+        tie-break."""
         agree = mask_iou(candidates[i], region)
         if prev_mask is not None and prev_mask.any():
             agree += identity_weight * mask_iou(candidates[i], prev_mask)
@@ -60,6 +62,7 @@ def combined_score(heatmap: np.ndarray, seg: Segmentation) -> float:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks of one shape (0 when both are empty)."""
     union = np.logical_or(a, b).sum()
     return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
@@ -138,6 +141,7 @@ def _read_state_dict(path: str | Path) -> dict:
 
 
 def sam_type_from_name(path: str | Path) -> str:
+    """The SAM model type (``SAM_TYPES``) named in a checkpoint's file name."""
     name = Path(path).name.lower()
     for t in SAM_TYPES:
         if t in name:
@@ -191,6 +195,7 @@ class SamSegmenterBase:
         self._image_key: str | None = None
 
     def set_image(self, image: np.ndarray) -> None:
+        """Embed ``image`` ``[H, W, 3]`` uint8 unless it is the image embedded last (keyed by content)."""
         key = hashlib.blake2b(image.tobytes(), digest_size=16).hexdigest() + str(image.shape)
         if key != self._image_key:
             self._embed(image)
@@ -268,6 +273,7 @@ class SamSegmenter(SamSegmenterBase):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: str | Path, model_type: str | None = None, device: str = "cpu", **kw):
+        """A segmenter over the SAM checkpoint at ``checkpoint`` (type from its name unless given)."""
         return cls(load_sam(checkpoint, model_type), device, **kw)
 
     def _embed(self, image: np.ndarray) -> None:
@@ -275,6 +281,8 @@ class SamSegmenter(SamSegmenterBase):
             self.predictor.set_image(image)
 
     def predict(self, points, labels, box, return_logits=False, mask_input=None):
+        """SAM's ``predict`` for one prompt set on the embedded image: masks ``[3, H, W]``, IoU ``[3]``, low-res
+        logits ``[3, 256, 256]``."""
         with torch.no_grad():
             return self.predictor.predict(
                 point_coords=points,
@@ -377,6 +385,8 @@ class OnnxSamSegmenter(SamSegmenterBase):
         return masks, iou.astype(np.float32), low_res.astype(np.float32)
 
     def predict(self, points, labels, box, return_logits=False, mask_input=None):
+        """SAM's ``predict`` for one prompt set on the embedded image: masks ``[3, H, W]``, IoU ``[3]``, low-res
+        logits ``[3, 256, 256]``."""
         coords, labs = self._decoder_prompts(points, labels, box)
         masks, iou, low = self._decode(coords[None], labs[None], mask_input, return_logits)
         return masks[0], iou[0], low[0]

@@ -14,16 +14,19 @@ from .schema import Options
 
 
 def png_bytes(arr: np.ndarray) -> bytes:
+    """An ``[H, W]`` or ``[H, W, 3]`` uint8 array as PNG bytes."""
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
     return buf.getvalue()
 
 
 def png_base64(arr: np.ndarray) -> str:
+    """``png_bytes`` as base64 text (JSON bodies)."""
     return base64.b64encode(png_bytes(arr)).decode("ascii")
 
 
 def heatmap_u8(r: GroundingResult) -> np.ndarray:
+    """The result's heatmap ``[H, W]`` in [0, 1] as 8-bit levels."""
     return np.round(r.heatmap * 255).astype(np.uint8)
 
 
@@ -49,6 +52,7 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
     png = png_bytes if binary else png_base64
 
     def segmentation(mask: np.ndarray) -> dict:
+        """``mask`` ``[H, W]`` in the requested ``mask_format``: COCO RLE, polygons or a PNG."""
         h, w = mask.shape
         if opts.mask_format == "rle":
             return mask_to_rle(mask)
@@ -79,6 +83,7 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
 
 
 def heatmap_doc(r: GroundingResult, opts: Options) -> dict:
+    """One /ground heatmap entry: the map as a PNG or as floats (``opts.heatmap_format``), its size and peak."""
     h, w = r.heatmap.shape
     if opts.heatmap_format == "png":
         heat = {"format": "png", "size": [h, w], "data": png_base64(heatmap_u8(r))}
@@ -99,6 +104,7 @@ def merged_timings(results: list[GroundingResult], t_start: float) -> dict[str, 
 
 
 def response(image: Image.Image, docs: list[dict], results: list[GroundingResult], t_start: float) -> dict:
+    """The REST body of an image request: the image's size, one document per result, merged timings."""
     return {
         "image": {"width": image.width, "height": image.height},
         "results": docs,

@@ -144,6 +144,7 @@ class EngineCalls:
         self._asked = -1e9  # monotonic time of the last start-failure probe
 
     async def ready(self) -> bool:
+        """Whether the engine answers (cached for ``READY_TTL_S``; never after a failed start)."""
         if START.failure is not None:  # a failed start is final (startup.py): no probe
             return False
         if time.monotonic() - self._good < self.READY_TTL_S:
@@ -210,9 +211,11 @@ class EngineCalls:
         raise self.unavailable()
 
     async def run(self, jobs: list[dict]) -> list[dict]:
+        """Image jobs (``Job`` dicts) through the engine, bounded by the engine timeout."""
         return await self._call(self.client.to_async.run, jobs)
 
     async def info(self) -> dict:
+        """The engine's ``/info`` document (model, backbone, card, options), bounded by the engine timeout."""
         return await self._call(self.client.to_async.info)
 
     async def video(self, job: dict) -> dict:
@@ -237,6 +240,7 @@ class EngineCalls:
 def jobs_for(
     image: Image.Image, exprs: list[str], opts: Options, use_segmenter: bool, answer: bool = False
 ) -> list[Job]:
+    """One engine ``Job`` per expression over the same image, with the options' config overrides."""
     rgb = np.asarray(image)
     return [Job(rgb, e, opts.overrides(), use_segmenter, answer) for e in exprs]
 

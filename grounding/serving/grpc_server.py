@@ -76,6 +76,7 @@ class GroundingServicer(pb_grpc.GroundingServicer):
         return image, opts, results, merged_timings(results, t0)
 
     def Segment(self, request, context):
+        """``grounding.v1.Grounding/Segment``: masks, boxes, scores (and heatmaps when asked) per expression."""
         image, opts, results, timings = self._run(request, context, True)
         out = []
         for r in results:
@@ -106,6 +107,7 @@ class GroundingServicer(pb_grpc.GroundingServicer):
         )
 
     def Ground(self, request, context):
+        """``grounding.v1.Grounding/Ground``: one heatmap per expression, with its peak and presence."""
         image, opts, results, timings = self._run(request, context, False)
         heatmaps = [
             pb.Heatmap(
@@ -130,6 +132,7 @@ class _ApiKey(grpc.ServerInterceptor):
         self.key = key.encode()
 
         def deny(request, context):
+            """The handler a call without the right API key gets: UNAUTHENTICATED, saying what to send."""
             context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, "missing or wrong API key: send metadata 'authorization: Bearer <key>'"
             )
@@ -137,6 +140,7 @@ class _ApiKey(grpc.ServerInterceptor):
         self._deny = deny
 
     def intercept_service(self, continuation, details):
+        """Let health checks and calls bearing the API key through; deny the rest."""
         if details.method.startswith(f"/{health.SERVICE_NAME}/"):
             return continuation(details)
         auth = dict(details.invocation_metadata or ()).get("authorization", "")

@@ -107,11 +107,13 @@ class _Body:
         self.size = 0
 
     async def chunks(self) -> t.AsyncIterator[bytes]:
+        """The spooled body again, in chunks, from its start."""
         self.file.seek(0)
         while chunk := self.file.read(_CHUNK):
             yield chunk
 
     def read(self) -> bytes:
+        """The whole spooled body, from its start."""
         self.file.seek(0)
         return self.file.read()
 
@@ -237,6 +239,7 @@ class RequestGuard:
     @staticmethod
     def _json(raw: bytes) -> dict[str, list]:
         def pairs(items):
+            """A JSON object's pairs as a dict, refusing a key that appears twice."""
             seen: dict[str, t.Any] = {}
             for k, v in items:
                 if k in seen:
@@ -315,6 +318,7 @@ def _replay(scope, receive, body: bytes | _Body, ctype: str):
     done = False
 
     async def replay():
+        """The ASGI ``receive`` the application sees: the checked body once, then the client's own messages."""
         nonlocal done
         if done:  # the body is consumed: what comes next is the client's (a disconnect)
             return await receive()

@@ -41,6 +41,8 @@ class VideoJobs:
 
     @staticmethod
     def key(video: bytes | Path, expression: str, options: dict) -> str:
+        """The job's folder name: a hash of the video, the expression and the options (same inputs, same folder: a
+        resubmitted job resumes)."""
         import hashlib
 
         h = hashlib.sha256()
@@ -54,6 +56,8 @@ class VideoJobs:
         return h.hexdigest()[:32]
 
     def create(self, task_id: str, video: bytes | Path, suffix: str, expression: str, options: dict) -> dict:
+        """Store the video of task ``task_id`` in its job folder (pruning old ones first) and return the task
+        document."""
         self.prune()
         key = self.key(video, expression, options)
         d = self.root / key
@@ -124,10 +128,12 @@ class VideoJobs:
         return self.root / ref.read_text().strip()
 
     def progress(self, task_id: str) -> dict:
+        """The task's progress document (``state``, ``done``, ``total``); ``queued`` before the first frame."""
         p = self._dir(task_id) / "progress.json"
         return json.loads(p.read_text()) if p.is_file() else {"state": "queued", "done": 0, "total": None}
 
     def cancel(self, task_id: str) -> dict:
+        """Ask the task to stop after its current frame (its finished frames stay on disk)."""
         d = self._dir(task_id)
         (d / "cancel").write_text("1")
         return {"task_id": task_id, "cancel_requested": True, **self.progress(task_id)}
@@ -165,6 +171,7 @@ class VideoJobs:
         total = _count_frames(job["video_path"])
 
         def save_progress(state: str, n: int, **extra) -> None:
+            """Write the progress document atomically (a reader never sees half of it)."""
             tmp = d / "progress.tmp"
             tmp.write_text(json.dumps({"state": state, "done": n, "total": total, "resumed_from": len(done), **extra}))
             tmp.replace(d / "progress.json")
@@ -173,7 +180,7 @@ class VideoJobs:
         options = parse_options(opts, "segment_video")
         if options.maps == "clip":
             try:
-                engine.grounder.maps.require_video()
+                engine.grounder.map_stage.require_video()
             except ValueError as e:
                 raise RequestError(str(e), field="maps") from None
         video = VideoConfig(window=options.window, maps=options.maps)
@@ -181,6 +188,7 @@ class VideoJobs:
         cancelled = False
 
         def cancel() -> bool:
+            """Ask the task to stop after its current frame (its finished frames stay on disk)."""
             nonlocal cancelled
             cancelled = cancelled or (d / "cancel").is_file() or SHUTDOWN.draining
             return cancelled

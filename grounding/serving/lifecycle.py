@@ -45,6 +45,7 @@ class Shutdown:
 
     @property
     def draining(self) -> bool:
+        """True once a shutdown has begun (SIGTERM): no new work is taken."""
         return self.since is not None
 
     def install(self, grace: float) -> bool:
@@ -59,6 +60,7 @@ class Shutdown:
             previous = signal.getsignal(sig)
 
             def handler(signum, frame, previous=previous):
+                """Begin draining, then hand the signal to the handler that was there before."""
                 self.begin()
                 if callable(previous):
                     previous(signum, frame)

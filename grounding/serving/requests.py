@@ -91,6 +91,7 @@ def decode_image(data: bytes | None, settings: Settings, content_type: str | Non
 
 
 def decode_base64(text: str) -> bytes:
+    """Base64 text (a ``data:`` URL's payload too) → bytes; ``RequestError`` when it is not base64."""
     try:
         if "," in text[:100] and text.startswith("data:"):
             text = text.split(",", 1)[1]

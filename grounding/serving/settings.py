@@ -90,6 +90,7 @@ class Settings:
         return self.grpc_port + worker_index - 1 if self.grpc_port > 0 else 0
 
     def engine_timeout(self) -> float:
+        """Seconds a REST call waits for the engine: ``engine_timeout_s``, else the latency budget plus a margin."""
         return float(self.engine_timeout_s or self.max_latency_ms / 1000 + self.engine_margin_s)
 
     def body_limit(self, video: bool) -> int:
@@ -127,6 +128,7 @@ def rest_port(env) -> int:
 
 
 def load_settings(environ: dict | None = None) -> Settings:
+    """``Settings`` from ``GROUNDING_*`` environment variables (empty ones ignored); a bad value names its variable."""
     env = os.environ if environ is None else environ
     values: dict = {}
     for f in dataclasses.fields(Settings):
