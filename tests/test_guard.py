@@ -198,13 +198,16 @@ class _Engine:
 
         self.calls += 1
         delay = self.delays.pop(0)
+        if delay == "reset":  # the engine killed under the call: its connection closes
+            raise ConnectionResetError("engine gone")
         await asyncio.sleep(3600 if delay is None else delay)
         return [{"ok": True}]
 
 
 def test_engine_calls_are_bounded():
-    """An answer that never comes is given up after max_latency + margin and retried once; an
-    engine that is not ready is a 503 at once."""
+    """An answer that never comes is given up after max_latency + margin and retried once (if the
+    engine is ready); an engine that is not ready is a 503 at once; a call cut by a crash is
+    retried within its budget."""
     import asyncio
 
     from grounding.serving.engine import EngineCalls
@@ -224,3 +227,28 @@ def test_engine_calls_are_bounded():
     with pytest.raises(RequestError) as e:
         asyncio.run(EngineCalls(engine, s).run([{}]))
     assert e.value.status == 503 and engine.calls == 0 and time.monotonic() - t0 < 0.5
+    # a call cut by a crash is retried within what is left of its budget: answered (or 503) within it
+    engine = _Engine(["reset", 0.1])
+    t0 = time.monotonic()
+    assert asyncio.run(EngineCalls(engine, s).run([{}])) == [{"ok": True}]
+    assert engine.calls == 2 and time.monotonic() - t0 < 0.3
+    engine = _Engine(["reset", 0.5])  # the retry would end past the budget: 503 at the budget
+    t0 = time.monotonic()
+    with pytest.raises(RequestError) as e:
+        asyncio.run(EngineCalls(engine, s).run([{}]))
+    assert e.value.status == 503 and engine.calls == 2 and 0.25 <= time.monotonic() - t0 < 0.45
+    # an answer that never came is not retried on an engine that is down: 503 after one budget
+    engine = _Engine([None, 0.01])
+    calls = EngineCalls(engine, s)
+
+    async def timeout_then_down():
+        engine.ready = True
+        task = asyncio.ensure_future(calls.run([{}]))
+        await asyncio.sleep(0.1)
+        engine.ready, calls._good = False, 0.0  # the engine goes down during the call
+        return await task
+
+    t0 = time.monotonic()
+    with pytest.raises(RequestError) as e:
+        asyncio.run(timeout_then_down())
+    assert e.value.status == 503 and engine.calls == 1 and 0.3 <= time.monotonic() - t0 < 0.6

@@ -128,10 +128,11 @@ class EngineCalls:
       a call would wait in the backlog), a call is answered 503 at once: readiness is probed with a
       1 s budget, at most once per ``READY_TTL_S`` while answers keep coming.
     - A connection closed under a call (a worker killed, or a pooled keep-alive connection closed)
-      is retried once the engine is ready again, within the call's budget.
+      is retried once the engine is ready again, within what is left of the call's budget: such a
+      call takes at most ``Settings.engine_timeout()`` in all.
     - An answer that never comes is given up after ``Settings.engine_timeout()`` (the batching
-      queue's ``max_latency_ms`` plus the engine's working margin) and the call retried once;
-      jobs are pure, so a repeat is safe.
+      queue's ``max_latency_ms`` plus the engine's working margin) and the call retried once with
+      a budget of its own if the engine is ready (jobs are pure, so a repeat is safe); else 503.
     """
 
     READY_TTL_S = 2.0
@@ -189,19 +190,24 @@ class EngineCalls:
         budget = self.settings.engine_timeout()
         if not await self.ready():
             raise self.unavailable()
+        deadline = time.monotonic() + budget
         for attempt in range(2):
-            deadline = time.monotonic() + budget
             try:
-                out = await asyncio.wait_for(fn(*args), budget)
+                out = await asyncio.wait_for(fn(*args), max(deadline - time.monotonic(), 0.0))
                 self._good = time.monotonic()
                 return out
             except asyncio.TimeoutError:
-                logger.warning("no engine answer in %.0f s; %s", budget, "retrying" if attempt == 0 else "giving up")
+                retry = attempt == 0 and await self.ready()  # never a retry sent to an engine that is down
+                logger.warning("no engine answer in %.0f s; %s", budget, "retrying" if retry else "giving up")
+                if not retry:
+                    break
+                deadline = time.monotonic() + budget  # an answer that never came: the retry has its own budget
             except ServiceUnavailable:
                 raise RequestError(
                     "grounding engine overloaded (batch queue over its latency budget); retry shortly", 503
                 ) from None
             except (aiohttp.ClientError, httpx.TransportError, ConnectionError) as e:
+                # a call cut by a crash is retried once the engine is back, within what is left of its budget
                 logger.warning("engine connection lost (%s); retrying when it is ready", type(e).__name__)
                 self._good = 0.0
                 while not await self.ready():
