@@ -8,7 +8,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 SinkMode = Literal["redirect", "suppress"]
 ViewMode = Literal["global", "assembled"]
@@ -84,7 +84,7 @@ class _Checked:
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):
+        for f in dataclasses.fields(cast(Any, self)):
             name = f"{self._group}.{f.name}" if self._group else f.name
             value = _check(name, hints[f.name], getattr(self, f.name))
             if f.metadata.get("bounds"):
@@ -315,14 +315,15 @@ class GroundingConfig(_Checked):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GroundingConfig":
-        return _from_dict(cls, data, "")
+        out: GroundingConfig = _from_dict(cls, data, "")
+        return out
 
     def replace(self, **changes: Any) -> "GroundingConfig":
         """A checked copy with fields changed: top-level (``seed=1``), dotted or double-underscore
         sub-fields (``"sinks.mode"``, ``sinks__mode``), or a group's shorthand (``views="assembled"``
         is ``views__mode="assembled"``, ``magnets=False`` is ``magnets__enabled=False``)."""
         data = self.to_dict()
-        groups = {
+        groups: dict[str, Any] = {
             f.name: f.default_factory
             for f in dataclasses.fields(self)
             if f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)
@@ -331,7 +332,7 @@ class GroundingConfig(_Checked):
             path = key.replace("__", ".").split(".")
             if len(path) == 1 and path[0] in groups:
                 group, cls = path[0], groups[path[0]]
-                if dataclasses.is_dataclass(value):
+                if dataclasses.is_dataclass(value) and not isinstance(value, type):
                     value = dataclasses.asdict(value)
                 if isinstance(value, dict):
                     unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
@@ -401,7 +402,7 @@ class ConfigError(ValueError):
     """A config value that is not allowed (raised when the config is built)."""
 
 
-def _unknown_option(key: str, data: dict) -> str:
+def _unknown_option(key: str, data: dict[str, Any]) -> str:
     """The error for an unknown option, with the double-underscore spelling when that one exists
     (``sinks_mode`` → ``sinks__mode``)."""
     group, _, leaf = key.partition("_")
@@ -452,7 +453,7 @@ def _check(name: str, hint: Any, value: Any) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{name} must be a string, got {value!r}")
         return value
-    if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and not isinstance(value, hint):
         raise ConfigError(f"{name} must be a {hint.__name__}, got {value!r}")
     return value
 

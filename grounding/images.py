@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -15,7 +16,7 @@ class ImageTooLarge(ValueError):
     """Raised for images over the pixel limit (a decompression-bomb guard)."""
 
 
-def open_image(src, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(src: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read a path, bytes or PIL image and return it upright (EXIF orientation applied) in RGB.
 
     Handled: grayscale, palette, RGBA/LA (composited on white), CMYK, 16-bit and 32-bit integer

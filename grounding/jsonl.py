@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 
-def read_jsonl(path: Path, repair: bool = False) -> list[dict]:
+def read_jsonl(path: Path, repair: bool = False) -> list[dict[str, Any]]:
     """Records of a JSON-lines file. A last line without its newline (a killed write) is dropped,
     and with ``repair`` cut from the file."""
     if not path.is_file():
@@ -26,7 +27,7 @@ class JsonlWriter:
     def __init__(self, path: Path):
         self._f = open(path, "a", encoding="utf-8")
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict[str, Any]) -> None:
         self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
         self._f.flush()
         os.fsync(self._f.fileno())
@@ -37,5 +38,5 @@ class JsonlWriter:
     def __enter__(self) -> "JsonlWriter":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()

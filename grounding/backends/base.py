@@ -43,7 +43,7 @@ class Backend(Protocol):
     """What the engine needs from a backbone. ``DiTBackend`` implements it for diffusers MM-DiTs;
     a model registers its subclass with ``grounding.backends.register_backend``."""
 
-    arch: str
+    arch: ClassVar[str]
     device: torch.device
     dtype: torch.dtype
 
@@ -182,6 +182,19 @@ class DiTBackend:
         return w, h
 
     def layout(self, block: str, q_len: int, k_len: int, text_len: int, image_len: int) -> SequenceLayout:
+        """Where image and text positions sit in block ``block``'s attention (per model)."""
+        raise NotImplementedError
+
+    def tokenize(self, prompts: list[str], max_sequence_length: int) -> list[TokenSequence]:
+        """Each prompt as the sequence the transformer receives (per model)."""
+        raise NotImplementedError
+
+    def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
+        """The transformer's text conditioning for a batch of sequences, as the pipeline makes it (per model)."""
+        raise NotImplementedError
+
+    def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
+        """One transformer forward at noise level ``sigma`` (per model)."""
         raise NotImplementedError
 
     def pad_id(self) -> int:
@@ -200,7 +213,9 @@ class DiTBackend:
     # --- stages ---------------------------------------------------------------------------------
     def pixels(self, images: list[Image.Image], size: tuple[int, int]) -> torch.Tensor:
         """RGB images resized to ``size`` = (W, H) → ``[B, 3, H, W]`` in [-1, 1], on the VAE's device and dtype."""
-        arrays = [np.asarray(im.convert("RGB").resize(size, Image.BICUBIC), dtype=np.float32) for im in images]
+        arrays = [
+            np.asarray(im.convert("RGB").resize(size, Image.Resampling.BICUBIC), dtype=np.float32) for im in images
+        ]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2) / 127.5 - 1.0
         return x.to(self.device, self.vae.dtype)
 

@@ -23,7 +23,7 @@ import contextvars
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -250,7 +250,19 @@ class _Session:
 
 _SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("dit_grounding_capture", default=None)
 _LOCK = threading.Lock()
-_ACTIVE = {"count": 0, "previous": None, "fn": None, "args": frozenset()}  # the backend we stand in for
+
+
+@dataclass
+class _Active:
+    """The dispatcher backend ours stands in for while any capture runs (one per process)."""
+
+    count: int = 0
+    previous: Any = None  # its name (an AttentionBackendName)
+    fn: Callable[..., torch.Tensor] | None = None
+    args: frozenset[str] = frozenset()
+
+
+_ACTIVE = _Active()
 
 
 def _capture_attention(
@@ -267,7 +279,7 @@ def _capture_attention(
     """The registered backend: ``[B, S, H, D]`` in and out, as every diffusers backend."""
     session = _SESSION.get()
     block = session.block if session is not None else None
-    if block is None:  # not a captured block (or not this thread's capture): the previous backend
+    if session is None or block is None:  # not a captured block (or not this thread's capture): the previous backend
         return _call_previous(
             query,
             key,
@@ -288,7 +300,9 @@ def _capture_attention(
 
 
 def _call_previous(query, key, value, **kwargs):
-    return _ACTIVE["fn"](query=query, key=key, value=value, **{k: v for k, v in kwargs.items() if k in _ACTIVE["args"]})
+    """The backend we stand in for, given only the arguments it takes."""
+    assert _ACTIVE.fn is not None
+    return _ACTIVE.fn(query=query, key=key, value=value, **{k: v for k, v in kwargs.items() if k in _ACTIVE.args})
 
 
 @contextlib.contextmanager
@@ -298,19 +312,19 @@ def _backend_active() -> Iterator[None]:
 
     with _LOCK:
         if _BACKEND_NAME not in Registry._backends:
-            Registry.register(_BACKEND_NAME)(_capture_attention)
-        if _ACTIVE["count"] == 0:
+            Registry.register(cast(Any, _BACKEND_NAME))(_capture_attention)  # our own name, not an enum member
+        if _ACTIVE.count == 0:
             name, fn = Registry.get_active_backend()
-            _ACTIVE.update(previous=name, fn=fn, args=frozenset(Registry._supported_arg_names[name]))
+            _ACTIVE.previous, _ACTIVE.fn, _ACTIVE.args = name, fn, frozenset(Registry._supported_arg_names[name])
             Registry.set_active_backend(_BACKEND_NAME)
-        _ACTIVE["count"] += 1
+        _ACTIVE.count += 1
     try:
         yield
     finally:
         with _LOCK:
-            _ACTIVE["count"] -= 1
-            if _ACTIVE["count"] == 0:
-                Registry.set_active_backend(_ACTIVE["previous"])
+            _ACTIVE.count -= 1
+            if _ACTIVE.count == 0:
+                Registry.set_active_backend(_ACTIVE.previous)
 
 
 @contextlib.contextmanager
@@ -332,7 +346,7 @@ def dispatcher_capture(modules: dict[str, torch.nn.Module], recorder: AttentionR
 
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave))
-        proc = getattr(module, "processor", None)
+        proc: Any = getattr(module, "processor", None)
         if getattr(proc, "_attention_backend", None) is not None:
             pinned.append((proc, proc._attention_backend))
             proc._attention_backend = None

@@ -79,10 +79,12 @@ class HunyuanVideoBackend(VideoDiTBackend):
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
         pipe = self.pipe
         enc = pipe.text_encoder
-        ids = torch.from_numpy(np.stack([s.encoder.ids for s in sequences])).to(self.text_device)
-        mask = torch.from_numpy(np.stack([s.encoder.mask for s in sequences]).astype(np.int64)).to(self.text_device)
+        ids = torch.from_numpy(np.stack([s.encoder_input.ids for s in sequences])).to(self.text_device)
+        mask = torch.from_numpy(np.stack([s.encoder_input.mask for s in sequences]).astype(np.int64)).to(
+            self.text_device
+        )
         states = enc(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-(LAYER_SKIP + 1)]
-        keep = torch.from_numpy(sequences[0].encoder.positions).to(states.device)
+        keep = torch.from_numpy(sequences[0].encoder_input.positions).to(states.device)
         embeds = states.to(enc.dtype)[:, keep]
         text_mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]).astype(np.int64))
         pooled = pipe._get_clip_prompt_embeds(

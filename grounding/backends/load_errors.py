@@ -33,7 +33,7 @@ _NETWORK = (
 )
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def _chain(exc: BaseException | None) -> list[BaseException]:
     """``exc`` and every exception behind it (causes first met first), without cycles."""
     out: list[BaseException] = []
     while exc is not None and all(exc is not seen for seen in out):

@@ -67,11 +67,11 @@ class QwenImageBackend(DiTBackend):
         enc = self.pipe.text_encoder
         rows = []
         for s in sequences:
-            ids = torch.from_numpy(s.encoder.ids[s.encoder.mask][None]).to(self.text_device)
+            ids = torch.from_numpy(s.encoder_input.ids[s.encoder_input.mask][None]).to(self.text_device)
             h = enc(input_ids=ids, attention_mask=torch.ones_like(ids), output_hidden_states=True).hidden_states[-1][0]
-            valid = np.flatnonzero(s.encoder.mask)
+            valid = np.flatnonzero(s.encoder_input.mask)
             where = {int(e): i for i, e in enumerate(valid)}
-            take = [where[int(p)] if p >= 0 else -1 for p in s.encoder.positions]
+            take = [where[int(p)] if p >= 0 else -1 for p in s.encoder_input.positions]
             row = torch.zeros(len(take), h.shape[-1], dtype=h.dtype, device=h.device)
             sel = [i for i, t in enumerate(take) if t >= 0]
             row[sel] = h[[take[i] for i in sel]]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -49,6 +49,13 @@ class TokenSequence:
     def __len__(self) -> int:
         return len(self.roles)
 
+    @property
+    def encoder_input(self) -> EncoderInput:
+        """``encoder``, for the backends whose pipelines always build one (a clear error otherwise)."""
+        if self.encoder is None:
+            raise ValueError(f"this sequence of {self.streams} has no separate encoder input")
+        return self.encoder
+
 
 @dataclass(frozen=True)
 class EncoderInput:
@@ -68,7 +75,11 @@ def sequence_key(seq: TokenSequence) -> bytes:
     return b"\x00".join(hashlib.sha1(p).digest() for p in parts)
 
 
-def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[np.ndarray, ...]:
+# One tokenizer's part of a sequence: ids, roles, spans, stream index (per position) and whether it overflowed.
+StreamPart = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, bool]
+
+
+def tokenize_stream(tokenizer: Any, prompt: str, length: int, stream: int) -> StreamPart:
     """One tokenizer's positions for ``prompt``, padded/truncated to ``length`` as diffusers'
     pipelines call it: (ids, roles, spans, stream index) and whether the prompt overflowed."""
     enc = tokenizer(
@@ -85,7 +96,7 @@ def tokenize_stream(tokenizer, prompt: str, length: int, stream: int) -> tuple[n
     return ids, roles, spans, np.full(length, stream, dtype=np.int8), overflow
 
 
-def place_tokens(enc: dict, start: int, char_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def place_tokens(enc: Any, start: int, char_map: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Roles and prompt spans of one tokenizer call's positions from their character offsets: the
     prompt's text begins at ``start`` of the tokenized text and ``char_map`` maps each of its
     characters to the prompt (-1: dropped). Masked → ``PADDING``; no characters (BOS/EOS) →
@@ -110,7 +121,7 @@ def place_tokens(enc: dict, start: int, char_map: np.ndarray) -> tuple[np.ndarra
     return roles, spans
 
 
-def join_streams(prompt: str, names: tuple[str, ...], parts: list[tuple[np.ndarray, ...]]) -> TokenSequence:
+def join_streams(prompt: str, names: tuple[str, ...], parts: list[StreamPart]) -> TokenSequence:
     """A ``TokenSequence`` from per-stream ``tokenize_stream`` parts, concatenated in order."""
     ids, roles, spans, stream = (np.concatenate([p[i] for p in parts]) for i in range(4))
     return TokenSequence(prompt, names, stream, roles, spans, ids, tuple(n for n, p in zip(names, parts) if p[4]))
@@ -207,7 +218,7 @@ class TemplateTokens:
 
 
 def template_tokens(
-    tokenizer, render: Callable[[str], str], prompt: str, add_special_tokens: bool | None = None, **call
+    tokenizer: Any, render: Callable[[str], str], prompt: str, add_special_tokens: bool | None = None, **call: Any
 ) -> TemplateTokens:
     """Tokenize ``render(prompt)`` as a pipeline does (``call``: its padding / truncation /
     max_length), each position placed by its character offsets (see ``locate_prompt``).

@@ -7,8 +7,14 @@ encoded again and a batch can mix cached and new prompts.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
+
+# One sample's part of one ``encode_prompts`` entry: how to join it back ("none", "shared", "list",
+# "tensor") and the value; a row is such a part per entry name.
+RowPart = tuple[str, Any]
+Row = dict[str, RowPart]
 
 
 class TextCache:
@@ -16,7 +22,7 @@ class TextCache:
 
     def __init__(self, size: int = 64):
         self.size = size
-        self._rows: OrderedDict[bytes, dict] = OrderedDict()
+        self._rows: OrderedDict[bytes, Row] = OrderedDict()
 
     def __contains__(self, key: bytes) -> bool:
         return key in self._rows
@@ -24,11 +30,11 @@ class TextCache:
     def __len__(self) -> int:
         return len(self._rows)
 
-    def get(self, key: bytes) -> dict:
+    def get(self, key: bytes) -> Row:
         self._rows.move_to_end(key)
         return self._rows[key]
 
-    def put(self, key: bytes, row: dict) -> None:
+    def put(self, key: bytes, row: Row) -> None:
         self._rows[key] = row
         self._rows.move_to_end(key)
         while len(self._rows) > max(self.size, 0):
@@ -38,7 +44,7 @@ class TextCache:
         self._rows.clear()
 
 
-def cond_row(value, i: int, shared: bool, device: torch.device):
+def cond_row(value: Any, i: int, shared: bool, device: torch.device) -> RowPart:
     """Sample ``i``'s part of one ``encode_prompts`` entry, tagged with how to join it back."""
     if value is None:
         return ("none", None)
@@ -49,9 +55,9 @@ def cond_row(value, i: int, shared: bool, device: torch.device):
     return ("tensor", value[i].to(device))
 
 
-def cond_join(rows: list[dict]) -> dict:
+def cond_join(rows: list[Row]) -> dict[str, Any]:
     """A batch's ``encode_prompts`` dict from per-sample rows (``cond_row``), in order."""
-    out = {}
+    out: dict[str, Any] = {}
     for name, (kind, first) in rows[0].items():
         if kind in ("none", "shared"):
             out[name] = first

@@ -6,7 +6,7 @@ capture as one sample per latent frame. An image is a one-frame clip, so the ima
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 from PIL import Image
@@ -80,7 +80,8 @@ class VideoDiTBackend(DiTBackend):
         with one sample per latent frame (``probs`` ``[L, V, T_latent, H, h·w, C]``, grid
         ``(h, w)``) and the source frames of each latent frame."""
         groups = latent_frames(len(frames), self.temporal)
-        cap = self.capture([list(frames)], [sequence], size, timesteps, seed, guidance_scale, blocks)
+        clip: Any = [list(frames)]  # one sample: a clip (encode_pixels takes clips), not an image
+        cap = self.capture(clip, [sequence], size, timesteps, seed, guidance_scale, blocks)
         t = len(groups)
         rows, cols = cap.grid[0] // t, cap.grid[1]
         L, V, _, H, _, C = cap.probs.shape

@@ -83,11 +83,11 @@ class ZImageBackend(DiTBackend):
     @torch.no_grad()
     def encode_prompts(self, sequences: list[TokenSequence]) -> dict:
         """``_encode_prompt``: hidden_states[-2] of the padded call, its unmasked rows, one tensor per prompt."""
-        ids = torch.from_numpy(np.stack([s.encoder.ids for s in sequences])).to(self.text_device)
-        mask = torch.from_numpy(np.stack([s.encoder.mask for s in sequences])).to(self.text_device)
+        ids = torch.from_numpy(np.stack([s.encoder_input.ids for s in sequences])).to(self.text_device)
+        mask = torch.from_numpy(np.stack([s.encoder_input.mask for s in sequences])).to(self.text_device)
         h = self.pipe.text_encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[-2]
         # the unmasked rows, indexed from the host-side mask (no device sync; works on meta too)
-        rows = [torch.from_numpy(np.flatnonzero(s.encoder.mask)).to(h.device) for s in sequences]
+        rows = [torch.from_numpy(np.flatnonzero(s.encoder_input.mask)).to(h.device) for s in sequences]
         return {"embeds": [h[i, r].to(self.dtype) for i, r in enumerate(rows)]}
 
     def timesteps(self, sigma: float, batch: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 ENTRY_POINT_GROUP = "dit_grounding.synthetic"
 # Shipped in the repository: the FLUX-architecture model trained on the shapes world.
@@ -48,7 +49,7 @@ def resolve(model: str | Path) -> str | Path:
     return model
 
 
-def synthetic_models():
+def synthetic_models() -> Any:
     """The synthetic-model provider installed beside the library (``synthetic.PLUGIN`` of a
     checkout: ``names``, ``archs``, ``save(folder, arch, seed, size)``), or None."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
@@ -56,7 +57,7 @@ def synthetic_models():
     return None
 
 
-def require_synthetic(what: str):
+def require_synthetic(what: str) -> Any:
     """``synthetic_models()``, or a ``FileNotFoundError`` that says why ``what`` is unavailable."""
     found = synthetic_models()
     if found is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
-from typing import Iterator
+from typing import Generator, Iterator
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,7 @@ from PIL import Image
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def read_frames(src) -> Iterator[Image.Image]:
+def read_frames(src) -> Generator[Image.Image, None, None]:
     """RGB frames, one at a time, from a video file (PyAV: mp4, webm, …), a folder or zip of
     images (sorted by name), or a sequence / iterator of images, arrays or paths."""
     if isinstance(src, (str, Path)):

@@ -127,6 +127,7 @@ class Grounder:
         """Normalised referent map of every captured (block, noise level, head): ``[L, V, H, N]``,
         the token grid and the block names (for calibration and the answer head)."""
         item = self.map_stage([(image, text)], cfg.replace(**{"views.mode": "global"}), components=True)[0]
+        assert item.components is not None and item.block_names is not None  # asked for with components=True
         return item.components, item.grid, item.block_names
 
     def generic_maps(self, images: list[Image.Image], cfg: GroundingConfig) -> list[torch.Tensor]:
@@ -151,8 +152,9 @@ class Grounder:
         """Per-word maps, the referent map and the heatmap of one (image, expression)."""
         cfg = self.config_for(overrides)
         item = self.map_stage([(image, expression)], cfg, detail=True)[0]
-        tok, cleaned, grid = item.tokens, item.cleaned, item.grid
-        bw, hw = maps.weights_for(item.block_names, cleaned.A.shape[2], cfg)
+        tok, cleaned, grid, block_names = item.tokens, item.cleaned, item.grid, item.block_names
+        assert cleaned is not None and block_names is not None  # asked for with detail=True
+        bw, hw = maps.weights_for(block_names, cleaned.A.shape[2], cfg)
         word_maps = np.zeros((len(tok.words), *grid), dtype=np.float32)
         for w in range(len(tok.words)):
             sel = torch.from_numpy((tok.word_index[cleaned.columns] == w).astype(np.float32))
@@ -169,7 +171,7 @@ class Grounder:
             referent=maps.normalise(item.map).reshape(grid).numpy(),
             heatmap=refine.heatmap(item.map, grid, item.image, cfg.refine),
             grid=grid,
-            block_names=item.block_names,
+            block_names=block_names,
             timesteps=item.timesteps,
             warnings=tok.warnings,
             attention=cleaned.A if detail else None,

@@ -13,6 +13,7 @@ import json
 import time
 from collections import OrderedDict, defaultdict
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,9 @@ from ..segment.instances import Instance, map_regions, region_prompts, requested
 from ..segment.prompts import box_of, prompts_from_map
 from ..segment.segmenters import MapSegmenter, Segmentation, combined_score, segment_many
 from .result import GroundingResult
+
+if TYPE_CHECKING:
+    from ..readout.answer_head import SentenceEncoder
 
 _MAP_SEGMENTER = MapSegmenter()
 
@@ -151,7 +155,7 @@ class MapStage:
             else None
         )
         kinds = tok.kinds[capture.columns]
-        feats = {
+        feats: dict[str, float | None] = {
             "content_share": presence.content_share(attention, kinds),
             **presence.head_features(
                 attention, kinds, capture.block_names, None if head_stats else set(cfg.presence.weights)
@@ -194,7 +198,8 @@ class MapStage:
         tok = self.tokens(expression, cfg)
         size = self.backend.input_size(*images[0].size, cfg.resolution)
         t1 = time.perf_counter()
-        capture, groups = self.backend.capture_clip(
+        video: Any = self.backend  # a VideoDiTBackend (require_video checked it)
+        capture, groups = video.capture_clip(
             images,
             tok.sequence,
             size,
@@ -254,7 +259,7 @@ class AnswerStage:
         self.head = head  # grounding.readout.answer_head.AnswerHead or None
         self.cache_size = cache_size
         self.generic_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._sentence_encoder = None
+        self._sentence_encoder: SentenceEncoder | None = None
 
     def uses_head(self, cfg: GroundingConfig) -> bool:
         return self.head is not None and cfg.answer.head
@@ -279,6 +284,7 @@ class AnswerStage:
         emb = self._sentence_encoder([item.tokens.expression for item in items])
         out = []
         for item, e in zip(items, emb):
+            assert item.components is not None  # the answer head asks for components
             ch, names = item.components.reshape(-1, *item.grid), item.block_names
             meta = getattr(self.head, "meta", {})
             if ch.shape[0] != self.head.channels or meta.get("block_names", names) != names:

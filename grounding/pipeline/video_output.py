@@ -5,7 +5,7 @@ there, else mpeg4), and the per-frame JSON documents the CLI and the service wri
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from PIL import Image
@@ -32,9 +32,10 @@ class OverlayWriter:
         self.av = av
         self.container = av.open(str(path), "w")
         codec = "libx264" if "libx264" in av.codecs_available else "mpeg4"
-        self.stream = self.container.add_stream(codec, rate=max(1, round(fps)))
-        self.stream.pix_fmt = "yuv420p"
-        self.size = None
+        stream: Any = self.container.add_stream(codec, rate=max(1, round(fps)))  # a VideoStream
+        stream.pix_fmt = "yuv420p"
+        self.stream = stream
+        self.size: tuple[int, int] | None = None
 
     def write(self, image: Image.Image) -> None:
         if self.size is None:
@@ -76,7 +77,7 @@ def write_outputs(results: Iterable[FrameResult], out: Path, fps: float, overlay
     try:
         for f in results:
             save_palette_mask(f.mask, out / "masks" / f"{f.index:05d}.png")
-            if writer is not None:
+            if writer is not None and f.image is not None:
                 r = GroundingResult("", f.mask, f.box, f.score, f.heatmap, f.points, f.point_labels)
                 writer.write(overlay(f.image, r))
             docs.append(frame_doc(f))

@@ -43,17 +43,16 @@ class SentenceAttentionBlock(nn.Module):
 
     def __init__(self, dim: int, channels: int, prior: torch.Tensor | None = None):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, 4 * dim), nn.LayerNorm(4 * dim), nn.ReLU(), nn.Linear(4 * dim, channels)
-        )
-        nn.init.zeros_(self.net[-1].weight)
+        last = nn.Linear(4 * dim, channels)
+        self.net = nn.Sequential(nn.Linear(dim, 4 * dim), nn.LayerNorm(4 * dim), nn.ReLU(), last)
+        nn.init.zeros_(last.weight)
         with torch.no_grad():
             bias = (
                 torch.zeros(channels)
                 if prior is None
                 else torch.where(prior > 0, torch.log(prior.clamp_min(1e-30)), torch.full_like(prior, _NEG))
             )
-            self.net[-1].bias.copy_(bias)
+            last.bias.copy_(bias)
 
     def forward(self, e: torch.Tensor) -> torch.Tensor:
         return self.net(e).softmax(dim=-1)
@@ -78,6 +77,7 @@ class AnswerHead(nn.Module):
         self.coarse = nn.Conv2d(width, width, 3, padding=1)
         self.out = nn.Conv2d(width, 1, 1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None
         nn.init.zeros_(self.out.bias)
         self.threshold = nn.Parameter(torch.tensor(float(threshold)))
         self.scale = nn.Parameter(torch.tensor(12.0))
@@ -162,4 +162,4 @@ def target_cells(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
     from PIL import Image
 
     im = Image.fromarray(mask.astype(np.uint8) * 255)
-    return torch.from_numpy(np.asarray(im.resize((grid[1], grid[0]), Image.BOX), dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.asarray(im.resize((grid[1], grid[0]), Image.Resampling.BOX), dtype=np.float32) / 255.0)

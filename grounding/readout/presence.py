@@ -17,6 +17,7 @@ Features (each in [0, 1]):
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +71,8 @@ def score(features: dict[str, float | None], cfg: PresenceConfig) -> float:
     grounding lacks, are left out. Unfitted: the map's concentration."""
     if not cfg.weights:
         return float(features.get("concentration") or 0.0)
-    z = cfg.bias + sum(w * float(features[k]) for k, w in cfg.weights.items() if features.get(k) is not None)
+    known = {k: v for k, v in features.items() if v is not None}
+    z = cfg.bias + sum(w * float(known[k]) for k, w in cfg.weights.items() if k in known)
     return sigmoid(z)
 
 
@@ -134,7 +136,7 @@ def youden_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def fit(
     features: list[dict[str, float | None]], labels: list[int], l2: float = 1e-2, head_stats: bool = False
-) -> tuple[PresenceConfig, dict]:
+) -> tuple[PresenceConfig, dict[str, Any]]:
     """Fit the logistic model on the features every sample has (``FEATURES``, and with
     ``head_stats`` the per-head ones); threshold by Youden's J. Returns the config and a report
     (features used, ROC AUC of the score and of each named feature)."""

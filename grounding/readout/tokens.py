@@ -91,7 +91,7 @@ class PromptTokens:
         if complement_weight != 1.0:
             for i in complement_words(self.words):
                 w[self.word_index == i] *= complement_weight
-        return w
+        return np.asarray(w)
 
 
 def split_words(text: str) -> list[tuple[str, int, int]]:

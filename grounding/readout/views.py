@@ -62,7 +62,7 @@ def masked_view(image: Image.Image, keep: torch.Tensor, grid: tuple[int, int], f
     rgb = image.convert("RGB")
     w, h = rgb.size
     cells = Image.fromarray(keep.reshape(grid).numpy().astype(np.uint8) * 255)
-    mask = np.asarray(cells.resize((w, h), Image.NEAREST)) > 0
+    mask = np.asarray(cells.resize((w, h), Image.Resampling.NEAREST)) > 0
     arr = np.asarray(rgb)
     if fill == "blur":
         other = np.asarray(rgb.filter(ImageFilter.GaussianBlur(radius=max(w, h) / 16)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 MANIFEST = "manifest.json"
 FORMAT = "dit-grounding/sam-onnx/1"
@@ -21,7 +22,7 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def validate(folder: str | Path, check_hashes: bool = True) -> dict:
+def validate(folder: str | Path, check_hashes: bool = True) -> dict[str, Any]:
     """The manifest of an export folder, after checking every file it lists is there, whole and
     unchanged; raises ``ValueError`` naming the problem."""
     folder = Path(folder)
@@ -45,4 +46,4 @@ def validate(folder: str | Path, check_hashes: bool = True) -> dict:
             )
         if check_hashes and sha256(f) != meta["sha256"]:
             raise ValueError(f"{folder}: {name} does not match its SHA-256 in the manifest")
-    return manifest
+    return dict(manifest)

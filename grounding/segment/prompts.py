@@ -44,11 +44,11 @@ def region_at_peak(
             previous mask."""
             comp = labels == k
             union = np.logical_or(comp, prev_mask).sum()
-            return mass[k - 1] / top + identity_weight * (np.logical_and(comp, prev_mask).sum() / union)
+            return float(mass[k - 1] / top + identity_weight * (np.logical_and(comp, prev_mask).sum() / union))
 
         cands = [k for k in range(1, n + 1) if mass[k - 1] >= 0.5 * top or k == best]
         best = max(cands, key=lambda k: (score(k), k == best))
-    return labels == best
+    return np.asarray(labels == best)
 
 
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:

@@ -23,7 +23,7 @@ from ..readout import maps
 def box_mean(x: np.ndarray, radius: int) -> np.ndarray:
     """Mean over a ``(2r+1)²`` window of each pixel (reflected at the borders); ``[H, W, ...]``."""
     size = (2 * radius + 1, 2 * radius + 1) + (1,) * (x.ndim - 2)
-    return ndimage.uniform_filter(x, size=size, mode="reflect")
+    return np.asarray(ndimage.uniform_filter(x, size=size, mode="reflect"))
 
 
 def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def guided_coefficients(guide: np.ndarray, src: np.ndarray, radius: int, eps: fl
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
     """Colour guided filter ``[H, W, 3]``, ``[H, W]`` → float64 ``[H, W]``."""
     a, b = guided_coefficients(guide, src, radius, eps)
-    return (a * guide).sum(axis=-1) + b
+    return np.asarray((a * guide).sum(axis=-1) + b)
 
 
 def _resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -72,7 +72,7 @@ def refine(image: np.ndarray, heatmap: np.ndarray, cfg: RefineConfig, cell: floa
         out = guided_filter(guide, heatmap, radius, cfg.eps)
     out = np.clip(out, 0.0, None)
     hi = float(out.max())
-    return (out / hi if hi > 0 else out).astype(np.float32)
+    return np.asarray(out / hi if hi > 0 else out, dtype=np.float32)
 
 
 def heatmap(token_map: torch.Tensor, grid: tuple[int, int], image: Image.Image, cfg: RefineConfig) -> np.ndarray:

@@ -106,7 +106,7 @@ class _Body:
         self.file = tempfile.SpooledTemporaryFile(max_size=_SPOOL)
         self.size = 0
 
-    async def chunks(self) -> t.AsyncIterator[bytes]:
+    async def chunks(self) -> t.AsyncGenerator[bytes, None]:
         """The spooled body again, in chunks, from its start."""
         self.file.seek(0)
         while chunk := self.file.read(_CHUNK):
@@ -238,7 +238,7 @@ class RequestGuard:
 
     @staticmethod
     def _json(raw: bytes) -> dict[str, list]:
-        def pairs(items):
+        def pairs(items: list[tuple[str, t.Any]]) -> dict[str, t.Any]:
             """A JSON object's pairs as a dict, refusing a key that appears twice."""
             seen: dict[str, t.Any] = {}
             for k, v in items:

@@ -29,6 +29,7 @@ import os
 import signal
 import threading
 import time
+from typing import Any
 
 logger = logging.getLogger("bentoml.grounding")
 
@@ -39,7 +40,7 @@ class Shutdown:
     def __init__(self) -> None:
         self.since: float | None = None  # monotonic time of the first SIGTERM/SIGINT
         self.grace = 10.0
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._installed = False
 
@@ -59,7 +60,7 @@ class Shutdown:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous = signal.getsignal(sig)
 
-            def handler(signum, frame, previous=previous):
+            def handler(signum: int, frame: Any, previous: Any = previous) -> None:
                 """Begin draining, then hand the signal to the handler that was there before."""
                 self.begin()
                 if callable(previous):
@@ -82,7 +83,7 @@ class Shutdown:
             t.daemon = True
             t.start()
 
-    def track(self, task: asyncio.Task) -> None:
+    def track(self, task: asyncio.Task[Any]) -> None:
         """A request task, cancelled at the deadline (the guard answers it 503)."""
         self._loop = task.get_loop()
         self._tasks.add(task)

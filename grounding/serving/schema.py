@@ -24,7 +24,7 @@ INT32_MAX = 2**31 - 1  # grounding.v1.Options.seed is an int32
 HeatmapFormat = t.Literal["png", "array"]
 
 
-def _config(key: str) -> dict:
+def _config(key: str) -> dict[str, t.Any]:
     """Field metadata: the ``GroundingConfig`` key an option overrides."""
     return {"config": key}
 
@@ -38,7 +38,7 @@ class Options(BaseModel):
     return_mask_png: bool = Field(False, description="mask as a base64 PNG in each result, besides `segmentation`")
     mask_format: MaskFormat = Field("rle", description="segmentation as COCO RLE, polygons, or a base64 PNG")
     heatmap_format: HeatmapFormat = Field("png", description="/ground: base64 8-bit PNG, or floats at image size")
-    threshold: t.Optional[float] = Field(
+    threshold: t.Optional[float] = Field(  # type: ignore[call-overload,misc]  # bounds: gt/ge/lt/le keywords
         None,
         **bounds("threshold"),
         description="fraction of the map's max for the region",
@@ -58,7 +58,7 @@ class Options(BaseModel):
         description="renormalise each image token over the prompt",
         json_schema_extra=_config("redistribution.enabled"),
     )
-    seed: t.Optional[int] = Field(
+    seed: t.Optional[int] = Field(  # type: ignore[call-overload,misc]  # bounds: gt/ge/lt/le keywords
         None,
         **{**bounds("seed"), "le": INT32_MAX},  # the config's range, cut to the proto's int32
         description="noise seed (same seed, same map)",
@@ -83,11 +83,12 @@ class Options(BaseModel):
 
     def overrides(self) -> dict[str, t.Any]:
         """The grounding-config overrides these options ask for (``{"sinks.mode": "suppress"}``)."""
-        out = {}
+        out: dict[str, t.Any] = {}
         for name, f in type(self).model_fields.items():
-            key = (f.json_schema_extra or {}).get("config")
+            extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+            key = extra.get("config")
             value = getattr(self, name)
-            if key and value is not None:
+            if isinstance(key, str) and value is not None:
                 out[key] = value
         return out
 

@@ -37,6 +37,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,8 @@ def load_settings(environ: dict | None = None) -> Settings:
         if unknown:
             raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
         values.update(doc)
-    out = {}
-    casts = {"int": int, "float": float}
+    out: dict[str, Any] = {}
+    casts: dict[str, type] = {"int": int, "float": float}
     for f in dataclasses.fields(Settings):
         if f.name in values:
             v, cast = values[f.name], casts.get(str(f.type))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from typing import Any
 
 from .settings import Settings
 
@@ -55,7 +56,7 @@ def _port_message(settings: Settings, port: int) -> str:
     )
 
 
-def start_engine(settings: Settings, worker_index: int = 1):
+def start_engine(settings: Settings, worker_index: int = 1) -> tuple[Any, Any, int]:
     """``(engine, grpc_server or None, grpc_port or 0)`` for worker ``worker_index`` (1-based), or
     ``EngineStartError`` with one line. The full traceback of a failed load is logged at DEBUG."""
     from ..backends.load_errors import load_error_message
