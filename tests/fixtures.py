@@ -21,6 +21,26 @@ def save_tiny_models(root: Path, archs: list[str]) -> dict[str, Path]:
     return {a: save_tiny_model(root / a, a) for a in archs}
 
 
+def run_bench(*args: str, timeout: float = 300) -> dict:
+    """``python bench/<args>`` offline from the repository root; its final JSON line (a failure
+    shows the end of its stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run(
+        [sys.executable, *args],
+        cwd=root,
+        env=dict(os.environ, HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def write_refer_fixture(root: Path, dataset: str = "refcoco", split_by: str = "unc", n_images: int = 3) -> Path:
     """``root/<dataset>/refs(<split_by>).p`` + ``instances.json`` and images under the refer layout.
 

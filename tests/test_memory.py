@@ -57,25 +57,10 @@ def test_early_exit_keeps_the_grounder_maps(dirs):
     img = scene(80, 60)
     a = g.attention_maps(img, "the red circle", blocks=blocks)
     g.backend.text_cache.clear()
-    b = g.backend.capture(
-        [img],
-        [g.tokens("the red circle").sequence],
-        g.backend.input_size(80, 60, 64),
-        g.config.timesteps,
-        g.config.seed,
-        g.config.guidance_scale,
-        list(blocks),
-        early_exit=False,
-    )
-    ref = g.backend.capture(
-        [img],
-        [g.tokens("the red circle").sequence],
-        g.backend.input_size(80, 60, 64),
-        g.config.timesteps,
-        g.config.seed,
-        g.config.guidance_scale,
-        list(blocks),
-    )
+    seq, size = g.tokens("the red circle").sequence, g.backend.input_size(80, 60, 64)
+    args = ([img], [seq], size, g.config.timesteps, g.config.seed, g.config.guidance_scale, list(blocks))
+    b = g.backend.capture(*args, early_exit=False)
+    ref = g.backend.capture(*args)
     assert torch.equal(b.probs, ref.probs) and a.heatmap.shape == (60, 80)
 
 
@@ -252,23 +237,9 @@ def test_engine_batch_encodes_each_expression_once(dirs):
 
 def test_gpu_suite_runs_small_on_cpu():
     """``bench/gpu_suite.py --small`` runs the real-size script's code end to end, so it cannot rot."""
-    import json
-    import os
-    import subprocess
-    import sys
+    from fixtures import run_bench
 
-    from conftest import ROOT
-
-    p = subprocess.run(
-        [sys.executable, "bench/gpu_suite.py", "--small", "--device", "cpu", "--reps", "1"],
-        cwd=ROOT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    doc = run_bench("bench/gpu_suite.py", "--small", "--device", "cpu", "--reps", "1")
     assert doc["bench"] == "gpu_suite" and doc["small"] is True
     for arch in ("flux", "zimage"):
         cap = doc[arch]["capture"]

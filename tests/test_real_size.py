@@ -11,13 +11,11 @@ tokens, 30 × 52 per latent frame and (17 − 1) / 4 + 1 = 5 latent frames for t
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from conftest import ROOT
+from fixtures import run_bench
 
 # released model → (published transformer size, published text-encoder size, billions; blocks; heads)
 PUBLISHED = {
@@ -41,16 +39,7 @@ RELEASED_VOCAB = {"clip", "qwen", "llama3", "tekken"}
 
 @pytest.fixture(scope="module")
 def walked():
-    p = subprocess.run(
-        [sys.executable, "bench/gpu_suite.py", "--dry-run"],
-        cwd=ROOT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    doc = run_bench("bench/gpu_suite.py", "--dry-run", timeout=400)
     assert doc["dry_run"] is True and doc["device"] == "meta"
     return doc["models"]
 
