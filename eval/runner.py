@@ -5,6 +5,9 @@ finished sample, flushed and fsynced as it is written), and, at the end, ``summa
 ``summary.md``. A killed run resumes where it stopped: finished samples are skipped, a torn last
 line is discarded, nothing is counted twice. ``--shard i/n`` takes every n-th sample from i;
 ``merge`` joins shard directories and recomputes the summary from their lines.
+
+One module (~480 lines): the per-sample function, the resumable local loop and the summary are
+what both the local and the Ray runs share.
 """
 
 from __future__ import annotations

@@ -9,6 +9,9 @@ of the yellow circle"). Captions listing every object are what the demo model is
 
 ``write_refer`` writes scenes in the RefCOCO refer format (``refs(unc).p``, ``instances.json``
 with RLE masks, PNG images) so the same runner and metrics evaluate them.
+
+One module (~430 lines): the scene generator, the expression grammar and the writers share the
+world's vocabulary and must change together.
 """
 
 from __future__ import annotations

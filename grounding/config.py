@@ -1,4 +1,8 @@
-"""Engine settings as dataclasses, stored beside a model as ``grounding.json``."""
+"""Engine settings as dataclasses, stored beside a model as ``grounding.json``.
+
+Every option group and its checks live here (~470 lines) so that ``grounding.json``'s whole schema
+— types, ``Literal`` choices and the ranges the request schema also reads (``bounded``) — is
+declared in one place."""
 
 from __future__ import annotations
 

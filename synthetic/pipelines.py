@@ -6,6 +6,8 @@ tokenizer types and the real loading path, offline. ``save_tiny_model`` writes o
 folder with a ``grounding.json`` sized for it; the zoo's ``tiny-*`` names and ``python -m
 grounding tiny-model`` reach it through the ``dit_grounding.synthetic`` entry point
 (``synthetic.PLUGIN``), so the inference package never imports this one.
+
+One builder per architecture, side by side in one module (~560 lines) so they stay alike.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ the FluxTransformer2DModel together with small T5 and CLIP text encoders (word-l
 on scene captions. Both stages checkpoint to ``<out>/train/`` and resume from there, so a killed
 run loses at most ``checkpoint_every`` steps. The result is a complete ``FluxPipeline`` folder that
 loads through ``Grounder.from_pretrained`` like FLUX.1 does.
+
+One module (~640 lines): the two training stages, their checkpoints and the export are one
+resumable recipe, read top to bottom.
 """
 
 from __future__ import annotations

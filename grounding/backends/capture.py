@@ -10,6 +10,9 @@ in the process) pass straight through to the backend that was active before. A m
 processor calls SDPA itself (SD3's ``JointAttnProcessor2_0``) gets :class:`SD3CaptureProcessor`,
 which calls the same core, :meth:`AttentionStore.attend`.
 
+One module (~400 lines) on purpose: the store, the exact-probability kernels and the two routes
+into them are one mechanism, and every number a map is made of passes through it.
+
 The core computes the block's output with the fused SDPA kernel that SDPA itself would pick and,
 from the same kernel, the row log-sum-exp over ALL keys; the probabilities of image queries on
 the kept text keys are then ``exp(q·k·scale − lse)``: exact softmax values, and the transformer's

@@ -1,4 +1,6 @@
-"""Segmenters: prompts + map → mask. SAM (segment-anything) or the map-threshold fallback."""
+"""Segmenters: prompts + map → mask. SAM (segment-anything), its ONNX export, or the map-threshold
+fallback, behind one ``Segmentation`` interface with the candidate choice they share
+(``choose``); kept together (~400 lines) so the three answer alike."""
 
 from __future__ import annotations
 
