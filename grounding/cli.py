@@ -41,7 +41,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--segmenter",
         default=os.environ.get("GROUNDING_SEGMENTER") or None,
-        help="SAM checkpoint (.pth/.safetensors, type from the name: vit_h/vit_l/vit_b); omit for map-threshold masks",
+        help="SAM checkpoint (.pth/.safetensors, type from the name: vit_h/vit_l/vit_b), an ONNX export folder, "
+        "or a SAM 2 / SAM 3 tracker / EdgeTAM model (transformers folder or hub id); omit for map-threshold masks",
     )
     p.add_argument(
         "--device", default=os.environ.get("GROUNDING_DEVICE"), help="cpu / cuda (default: cuda if available)"

@@ -167,7 +167,16 @@ def guarded(tiny_flux_dir, tmp_path_factory, tls):
 # Fixtures that start a real server or browser: a test using one is an integration test.
 PROCESS_FIXTURES = {"server", "demo_server", "guarded", "browser", "walked"}
 # A test whose own code starts a process (a subprocess CLI, a bentoml serve, a Ray cluster).
-PROCESS_CALLS = ("subprocess.", "run_bench(", "Server(", "LocalServer(", "ray.init(")
+PROCESS_CALLS = (
+    "subprocess.",
+    "run_python(",
+    "run_module(",
+    "run_bench(",
+    "run(",
+    "Server(",
+    "LocalServer(",
+    "ray.init(",
+)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,10 +1,6 @@
 """The sentence-attention answer head: shapes, the untrained head equals the training-free path,
 a short training run on generated data lowers the loss, the VizWiz-layout loader, CLI end to end."""
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +8,7 @@ import pytest
 import torch
 
 from eval.answers import VizWizGrounding, write_shapes_vizwiz
+from fixtures import last_json, run_module
 from grounding.config import GroundingConfig
 from grounding.readout import maps
 from grounding.readout.answer_head import AnswerHead, SentenceAttentionBlock, loss_fn, prior_weights, target_cells
@@ -71,28 +68,7 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
     import shutil
 
     shutil.copytree(tiny_flux_dir, model)
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "training",
-            "train-answer-head",
-            "--model",
-            str(model),
-            "--data",
-            str(data),
-            "--epochs",
-            "40",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    report = json.loads(p.stdout.strip().splitlines()[-1])
+    report = last_json(run_module("training", "train-answer-head", "--model", model, "--data", data, "--epochs", 40))
     assert report["samples"] == 12 and report["loss_after"] < report["loss_before"] * 0.9, report
     assert (model / "answer_head.safetensors").is_file()
 
@@ -108,31 +84,10 @@ def test_training_lowers_the_loss_and_the_cli_saves_a_head_the_grounder_uses(tmp
     run = tmp_path / "run"
     results = []
     for _ in range(2):  # the second run finds every sample done (resumable results.jsonl)
-        e = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "eval",
-                "vizwiz",
-                "--data-root",
-                str(data),
-                "--split",
-                "train",
-                "--model",
-                str(model),
-                "--limit",
-                "4",
-                "--out",
-                str(run),
-            ],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
+        e = run_module(
+            "eval", "vizwiz", "--data-root", data, "--split", "train", "--model", model, "--limit", 4, "--out", run
         )
-        assert e.returncode == 0, e.stderr[-3000:]
-        results.append(json.loads(e.stdout.strip().splitlines()[-1]))
+        results.append(last_json(e))
         assert len((run / "results.jsonl").read_text().splitlines()) == 4
     assert results[0] == results[1]
     assert results[0]["n"] == 4 and 0.0 <= results[0]["miou"] <= 1.0 and "pointing" in results[0]

@@ -1,29 +1,20 @@
 """The CLI end to end, in a subprocess, on tiny models and a refer-format fixture."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from fixtures import scene, write_refer_fixture
+from fixtures import run_module, scene, write_refer_fixture
 from grounding.pipeline.result import rle_to_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(*args, check=True, package="grounding"):
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    p = subprocess.run(
-        [sys.executable, "-m", package, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert p.returncode == 0, p.stderr[-3000:]
-    return p
+def run_cli(*args, check=True, package="grounding"):
+    return run_module(package, *args, check=check)
 
 
 class _Done:
@@ -46,8 +37,8 @@ def _run_in_process(*args):
 @pytest.mark.parametrize(
     "arch, how",
     [
-        ("sd3", "subprocess"),
-        ("zimage", "subprocess"),
+        pytest.param("sd3", "subprocess", marks=pytest.mark.integration),
+        pytest.param("zimage", "subprocess", marks=pytest.mark.integration),
         ("flux2", "in-process"),
         ("flux2-klein", "in-process"),
         ("qwenimage", "in-process"),
@@ -56,7 +47,7 @@ def _run_in_process(*args):
 def test_tiny_model_then_segment(arch, how, tmp_path):
     """``python -m grounding tiny-model`` then ``segment`` for each backbone; three of them through
     ``grounding.cli.main`` in this process (what ``python -m grounding`` runs), to save start-ups."""
-    call = _run_in_process if how == "in-process" else run
+    call = _run_in_process if how == "in-process" else run_cli
     model = tmp_path / "m"
     p = call("tiny-model", "--arch", arch, model)
     assert "meaningless" in p.stdout and (model / "model_index.json").is_file() and (model / "grounding.json").is_file()
@@ -89,10 +80,10 @@ def test_a_model_that_cannot_load_is_one_line(tmp_path):
     (tmp_path / "not-a-pipeline").mkdir()
     for model, cause in [
         (tmp_path / "not-a-pipeline", "not a diffusers pipeline folder"),
-        ("some-org/some-model", "HF_HUB_OFFLINE=1 forbids downloads"),  # run() sets it
+        ("some-org/some-model", "HF_HUB_OFFLINE=1 forbids downloads"),  # run_cli() sets it
         ("./no/such/folder", "neither a local folder nor a valid Hugging Face repository id"),
     ]:
-        p = run(
+        p = run_cli(
             "segment", "--model", model, tmp_path / "img.png", "the red circle", "--out", tmp_path / "o", check=False
         )
         assert p.returncode == 1, p.stderr[-2000:]
@@ -105,7 +96,9 @@ def test_segment_prints_presence_and_the_card(tmp_path):
     """On the shipped model the summary line says present / presence / best guess, the card is
     printed once, and a photograph (outside the model's domain) is "not present", no instance."""
     out = tmp_path / "out"
-    p = run("segment", "--model", "shapes-demo", ROOT / "examples" / "hopper.jpg", "the woman in uniform", "--out", out)
+    p = run_cli(
+        "segment", "--model", "shapes-demo", ROOT / "examples" / "hopper.jpg", "the woman in uniform", "--out", out
+    )
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["present"] is False and summary["best_guess"] is True and summary["instances"] == 0
     assert 0.0 <= summary["presence_score"] < 0.5
@@ -116,14 +109,16 @@ def test_segment_prints_presence_and_the_card(tmp_path):
 
 def test_segment_bad_expression_exits_with_message(tmp_path, tiny_flux_dir):
     scene().save(tmp_path / "img.png")
-    p = run("segment", "--model", tiny_flux_dir, tmp_path / "img.png", "the of", "--out", tmp_path / "o", check=False)
+    p = run_cli(
+        "segment", "--model", tiny_flux_dir, tmp_path / "img.png", "the of", "--out", tmp_path / "o", check=False
+    )
     assert p.returncode == 2 and "no content words" in p.stderr
 
 
 def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
     data = write_refer_fixture(tmp_path / "data")
     out = tmp_path / "cal"
-    p = run(
+    p = run_cli(
         "calibrate",
         "--model",
         tiny_flux_dir,
@@ -153,7 +148,7 @@ def test_calibrate_writes_grounding_json(tmp_path, tiny_flux_dir):
 
 def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
     out = tmp_path / "presence"
-    p = run("calibrate-presence", "--model", tiny_flux_dir, "--n", 12, "--out", out, package="training")
+    p = run_cli("calibrate-presence", "--model", tiny_flux_dir, "--n", 12, "--out", out, package="training")
     report = json.loads(p.stdout.strip().splitlines()[-1])
     assert report["samples"] == 12 and report["present"] == 6 and 0.0 <= report["roc_auc"] <= 1.0
     assert report["features"] == ["content_share", "concentration"]
@@ -166,5 +161,5 @@ def test_calibrate_presence_writes_the_model(tmp_path, tiny_flux_dir):
 
 
 def test_training_commands_are_not_in_the_inference_cli(tmp_path, tiny_flux_dir):
-    p = run("calibrate", "--model", tiny_flux_dir, "--data", tmp_path, check=False)
+    p = run_cli("calibrate", "--model", tiny_flux_dir, "--data", tmp_path, check=False)
     assert p.returncode == 2 and "python -m training calibrate" in p.stderr

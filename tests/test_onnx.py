@@ -3,15 +3,13 @@ segmenter inside the Grounder."""
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from exporters.sam import validate
-from fixtures import scene
+from fixtures import run_module, scene
 from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter, load_sam
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,14 +19,7 @@ SIZES = [(1024, 1024), (480, 640), (1500, 2250), (720, 405)]
 @pytest.fixture(scope="module")
 def onnx_dir(sam_tiny_path, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx") / "sam_tiny"
-    p = subprocess.run(
-        [sys.executable, "-m", "exporters", "sam", "--checkpoint", str(sam_tiny_path), "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    run_module("exporters", "sam", "--checkpoint", sam_tiny_path, "--out", out)
     return out
 
 
@@ -117,25 +108,7 @@ def test_bad_exports_are_clear_errors(onnx_dir, tmp_path):
 
 def test_int8_export_runs(sam_tiny_path, tmp_path):
     out = tmp_path / "int8"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "exporters",
-            "sam",
-            "--checkpoint",
-            str(sam_tiny_path),
-            "--out",
-            str(out),
-            "--quantize",
-            "int8",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
+    run_module("exporters", "sam", "--checkpoint", sam_tiny_path, "--out", out, "--quantize", "int8")
     assert json.loads((out / "manifest.json").read_text())["precision"] == "int8"
     seg = OnnxSamSegmenter(out)
     img = np.asarray(scene(80, 60))

@@ -176,7 +176,7 @@ GLUED = [
 
 
 def _byte_bpe_tokenizer(texts: list[str]):
-    """A byte-level BPE fast tokenizer with the real pre-tokenizer (Llama 3's split regex — Qwen and
+    r"""A byte-level BPE fast tokenizer with the real pre-tokenizer (Llama 3's split regex — Qwen and
     Tekken share its letter rule ``[^\r\n\p{L}\p{N}]?\p{L}+``, which glues one punctuation mark to
     the next word — and the byte level) whose
     vocabulary holds every pre-token of ``texts`` whole — as large real vocabularies hold

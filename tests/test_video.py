@@ -2,9 +2,6 @@
 pipeline, frame readers, outputs and bad files on real models."""
 
 import json
-import os
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -13,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
-from fixtures import moving_video
+from fixtures import moving_video, run_module
 from grounding.pipeline.frames import read_frames
 from grounding.pipeline.motion import aggregate, translate
 from grounding.pipeline.video import VideoConfig, iter_video
@@ -160,26 +156,9 @@ def test_sam_video_path_uses_mask_prompts(tiny_flux_dir, sam_tiny_path, tmp_path
 def test_cli_segment_video(tmp_path, tiny_flux_dir):
     _write_video(tmp_path / "v.mp4", 5)
     out = tmp_path / "out"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grounding",
-            "segment-video",
-            "--model",
-            str(tiny_flux_dir),
-            str(tmp_path / "v.mp4"),
-            "the red circle",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    run_module(
+        "grounding", "segment-video", "--model", tiny_flux_dir, tmp_path / "v.mp4", "the red circle", "--out", out
     )
-    assert p.returncode == 0, p.stderr[-3000:]
     doc = json.loads((out / "result.json").read_text())
     assert len(doc["frames"]) == 5 and doc["fps"] == pytest.approx(8.0)
     pngs = sorted((out / "masks").glob("*.png"))
@@ -187,24 +166,16 @@ def test_cli_segment_video(tmp_path, tiny_flux_dir):
     im = Image.open(pngs[0])
     assert im.mode == "P" and im.size == (96, 64) and set(np.unique(np.asarray(im))) <= {0, 1}
     assert len(list(read_frames(out / "overlay.mp4"))) == 5
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grounding",
-            "segment-video",
-            "--model",
-            str(tiny_flux_dir),
-            str(tmp_path / "missing.mp4"),
-            "red circle",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, HF_HUB_OFFLINE="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
+    p = run_module(
+        "grounding",
+        "segment-video",
+        "--model",
+        tiny_flux_dir,
+        tmp_path / "missing.mp4",
+        "red circle",
+        "--out",
+        out,
+        check=False,
     )
     assert p.returncode == 2 and "not found" in p.stderr
 

@@ -17,7 +17,7 @@ from PIL import Image
 from fixtures import RecordSDPA, save_tiny_models, scene, write_davis_fixture
 from grounding.backends import AttentionStore, load_backend, pipeline_class_name
 from grounding.backends.sequences import PADDING, TEXT
-from grounding.backends.video import clip_length, latent_frames
+from grounding.backends.video_dit import clip_length, latent_frames
 from grounding.pipeline.video import VideoConfig, clip_windows
 
 MAX_LEN = 32

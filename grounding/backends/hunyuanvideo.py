@@ -18,7 +18,7 @@ import torch
 
 from .capture import SequenceLayout
 from .sequences import PADDING, TokenSequence, template_tokens
-from .video import VideoDiTBackend
+from .video_dit import VideoDiTBackend
 
 LAYER_SKIP = 2  # encode_prompt's num_hidden_layers_to_skip
 

@@ -24,7 +24,7 @@ import torch
 from .base import Capture
 from .capture import SequenceLayout
 from .sequences import PADDING, TokenSequence, join_streams, tokenize_stream
-from .video import VideoDiTBackend
+from .video_dit import VideoDiTBackend
 
 
 class WanBackend(VideoDiTBackend):

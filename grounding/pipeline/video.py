@@ -125,7 +125,7 @@ def clip_windows(
 def _clip_maps(grounder, batch: list[tuple[int, Image.Image]], expression: str, cfg) -> list:
     """One clip through the video DiT: a ``ReferentMap`` per frame of ``batch`` (the clip padded to
     the VAE's ``4k + 1`` frames by repeating its last frame; the padding's maps dropped)."""
-    from ..backends.video import clip_length
+    from ..backends.video_dit import clip_length
 
     images = [im for _, im in batch]
     n = clip_length(len(images), grounder.backend.temporal)
@@ -195,7 +195,7 @@ def iter_video(
         return pair[0] >= context_from
 
     if video.maps == "clip":
-        from ..backends.video import latent_frames
+        from ..backends.video_dit import latent_frames
 
         grounder.map_stage.require_video()
         latent_frames(video.clip_frames, grounder.backend.temporal)  # a window length the VAE takes

@@ -405,12 +405,28 @@ class OnnxSamSegmenter(SamSegmenterBase):
 
 
 def make_segmenter(spec, device: str = "cpu"):
-    """``None``/"" → map threshold; a folder with ``manifest.json`` → SAM through onnxruntime;
-    a file → SAM checkpoint in torch; a segmenter object passes through."""
+    """``None``/"" → map threshold; a segmenter object passes through; a folder with
+    ``manifest.json`` → SAM through onnxruntime; a folder of a transformers SAM 2 / SAM 3 tracker /
+    EdgeTAM model → that model (``transformers_sam``); a file → a SAM checkpoint in torch; a hub id
+    (``org/name``, not a local path) → a transformers SAM 2-family model from the hub."""
     if spec is None or spec == "":
         return MapSegmenter()
     if callable(spec):
         return spec
-    if Path(spec).is_dir():
-        return OnnxSamSegmenter(spec)
-    return SamSegmenter.from_checkpoint(spec, device=device)
+    from .transformers_sam import TransformersSamSegmenter, transformers_sam_type
+
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "manifest.json").is_file():
+            return OnnxSamSegmenter(spec)
+        if transformers_sam_type(path):
+            return TransformersSamSegmenter.from_pretrained(path, device=device)
+        raise ValueError(
+            f"{path.name} is not a segmenter folder: it has neither an ONNX export's manifest.json nor the "
+            "config.json of a SAM 2 / SAM 3 tracker / EdgeTAM model"
+        )
+    if path.is_file():
+        return SamSegmenter.from_checkpoint(spec, device=device)
+    if str(spec).count("/") == 1 and not str(spec).endswith((".pth", ".pt", ".safetensors", ".onnx")):
+        return TransformersSamSegmenter.from_pretrained(str(spec), device=device)
+    raise FileNotFoundError(f"SAM checkpoint not found: {path}")

@@ -3,7 +3,7 @@
 | variable | meaning | default |
 |---|---|---|
 | ``GROUNDING_MODEL`` | hub id, folder or zoo name | the offline default (``shapes-demo``, the shipped model; ``tiny-flux`` in a checkout without it) |
-| ``GROUNDING_SEGMENTER`` | SAM checkpoint path; empty = map-threshold masks | empty |
+| ``GROUNDING_SEGMENTER`` | SAM checkpoint path, ONNX export folder, or a SAM 2 / SAM 3 tracker / EdgeTAM folder or hub id; empty = map-threshold masks | empty |
 | ``GROUNDING_DEVICE`` | ``cpu`` / ``cuda`` | cuda when available |
 | ``GROUNDING_DTYPE`` | ``float32`` / ``bfloat16`` / ``float16`` | bf16 on cuda, fp32 on cpu |
 | ``GROUNDING_GRPC_PORT`` | gRPC port (engine worker *i* of several: port + *i* − 1); 0 = off | the REST port + 1 (3001 under ``make serve``) |

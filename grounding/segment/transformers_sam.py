@@ -1,0 +1,159 @@
+"""SAM 2 / 2.1 and SAM 3's tracker through transformers, behind the same contract as SAM.
+
+A folder or hub id of a transformers ``Sam2Model`` (SAM 2 / 2.1), ``Sam3TrackerModel`` (SAM 3's
+promptable tracker; a full SAM 3 checkpoint, ``model_type`` ``sam3``, is loaded as its tracker, as
+transformers' docs do) or ``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the class its
+``config.json`` names (``CLASSES``), with the family's processor, which does the resizing and
+normalisation. The image embedding is cached per image as for SAM, so several expressions on one
+image pay for the encoder once. Prompts are in image pixels, as the map gives them: points with
+labels (1 foreground, 0 background) and the map region's box.
+
+Multimask and scores, per family (all three share SAM 2's mask decoder): with
+``multimask_output=True`` the decoder returns 3 candidate masks per prompt set and a predicted IoU
+for each (``iou_scores``); the candidate that agrees best with the map region is chosen
+(``segmenters.choose``, the predicted IoU breaking ties) — exactly as for SAM. SAM 2's "dynamic
+multimask via stability" applies only when one mask is asked for, so it never changes our
+candidates. Low-res logits (``Segmentation.low_res``) are the decoder's own mask size (4 × the
+embedding side: 256 for the released models); passed back as ``input_masks`` they are the next
+frame's mask prompt, as SAM's are.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .segmenters import SamSegmenterBase
+
+# config.json ``model_type`` → (model class, processor class) in transformers, and the family's name
+# in results and /info.
+CLASSES = {
+    "sam2": ("Sam2Model", "Sam2Processor"),
+    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
+    "sam3": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
+    "edgetam": ("EdgeTamModel", "Sam2Processor"),
+}
+MODEL_TYPES = {"sam2": "sam2", "sam3_tracker": "sam3-tracker", "sam3": "sam3-tracker", "edgetam": "edgetam"}
+
+
+def transformers_sam_type(spec: str | Path) -> str | None:
+    """The ``model_type`` of a local transformers SAM-family folder, or None when ``spec`` is not one."""
+    config = Path(spec) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        model_type = json.loads(config.read_text()).get("model_type")
+    except (ValueError, OSError):
+        return None
+    return model_type if model_type in MODEL_TYPES else None
+
+
+class TransformersSamSegmenter(SamSegmenterBase):
+    """A transformers SAM 2-family model and its processor: ``predict`` / ``predict_many`` as SAM's."""
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        use_box: bool = True,
+    ):
+        super().__init__(use_box)
+        self.device = torch.device(device)
+        self.model = model.to(self.device, dtype) if dtype is not None else model.to(self.device)
+        self.model.eval()
+        self.dtype = next(self.model.parameters()).dtype
+        self.processor = processor
+        self.name = MODEL_TYPES.get(getattr(model.config, "model_type", ""), "sam2")
+        self._embedding: list[torch.Tensor] | None = None
+        self._original_size: tuple[int, int] = (0, 0)
+
+    @classmethod
+    def from_pretrained(
+        cls, name_or_path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None, **kw: Any
+    ) -> "TransformersSamSegmenter":
+        """Model and processor from a hub id or local folder (the classes read from its config)."""
+        import transformers
+
+        model_type = transformers.AutoConfig.from_pretrained(str(name_or_path)).model_type
+        if model_type not in CLASSES:
+            raise ValueError(
+                f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(CLASSES)})"
+            )
+        model_cls, processor_cls = (getattr(transformers, c) for c in CLASSES[model_type])
+        model = model_cls.from_pretrained(str(name_or_path))
+        return cls(model, processor_cls.from_pretrained(str(name_or_path)), device, dtype, **kw)
+
+    def _embed(self, image: np.ndarray) -> None:
+        inputs = self.processor(images=np.array(image), return_tensors="pt")  # a writable copy
+        self._original_size = (int(image.shape[0]), int(image.shape[1]))
+        with torch.no_grad():
+            self._embedding = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+
+    def _decode(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None = None,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``B`` prompt sets on the embedded image (``points`` ``[B, K, 2]``, ``labels`` ``[B, K]``,
+        ``boxes`` ``[B, 4]``, ``mask_input`` ``[B, h, w]`` low-res logits) → masks ``[B, 3, H, W]``
+        (bool, or logits), predicted IoU ``[B, 3]``, low-res logits ``[B, 3, h, w]``."""
+        assert self._embedding is not None, "set_image first"
+        h, w = self._original_size
+        prompts = self.processor(
+            input_points=[[[[float(x), float(y)] for x, y in pts] for pts in points]],
+            input_labels=[[[int(v) for v in labs] for labs in labels]],
+            input_boxes=None if boxes is None else [[[float(v) for v in box] for box in boxes]],
+            original_sizes=[[h, w]],
+            return_tensors="pt",
+        )
+        kwargs: dict[str, Any] = {
+            "image_embeddings": self._embedding,
+            "input_points": prompts["input_points"].to(self.device, self.dtype),
+            "input_labels": prompts["input_labels"].to(self.device),
+            "multimask_output": True,
+        }
+        if boxes is not None:
+            kwargs["input_boxes"] = prompts["input_boxes"].to(self.device, self.dtype)
+        if mask_input is not None:
+            kwargs["input_masks"] = torch.as_tensor(mask_input, dtype=self.dtype, device=self.device)[:, None]
+        with torch.no_grad():
+            out = self.model(**kwargs)
+        low = out.pred_masks[0].float()  # [B, 3, h, w]
+        masks = self.processor.post_process_masks(low[None].cpu(), torch.tensor([[h, w]]), binarize=not return_logits)[
+            0
+        ]  # [B, 3, H, W]
+        return masks.numpy(), out.iou_scores[0].float().cpu().numpy(), low.cpu().numpy()
+
+    def predict(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        box: np.ndarray | None,
+        return_logits: bool = False,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One prompt set: masks ``[3, H, W]``, IoU ``[3]``, low-res logits ``[3, h, w]``;
+        ``mask_input`` ``[1, h, w]`` is a low-res mask prompt (the previous frame's)."""
+        masks, iou, low = self._decode(
+            np.asarray(points, dtype=np.float32)[None],
+            np.asarray(labels)[None],
+            None if box is None else np.asarray(box, dtype=np.float32)[None],
+            mask_input,
+            return_logits,
+        )
+        return masks[0], iou[0], low[0]
+
+    def predict_many(
+        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All ``B`` prompt sets in one decoder call (the model's "objects" axis)."""
+        return self._decode(points, labels, boxes)
