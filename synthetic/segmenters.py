@@ -12,6 +12,16 @@ from pathlib import Path
 import torch
 
 FAMILIES = ("sam2", "sam3_tracker")
+# What both families share at this size: the mask decoder (32 wide, one two-way layer) and the
+# prompt encoder's width; masks come out at 32 × 32 (4 × the 8 × 8 embedding).
+DECODER = dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32)
+PROMPT = dict(hidden_size=32, mask_input_channels=4)
+
+
+def _image_processor(side: int):
+    from transformers import Sam2ImageProcessor
+
+    return Sam2ImageProcessor(size={"height": side, "width": side}, mask_size={"height": 32, "width": 32})
 
 
 def build_tiny_sam2(seed: int = 0):
@@ -61,7 +71,6 @@ def build_tiny_sam2(seed: int = 0):
 def build_tiny_sam3_tracker(seed: int = 0):
     """A ``Sam3TrackerModel`` (ViT 32 wide, 2 layers, 14 px patches) and its processor at 112 px."""
     from transformers import (
-        Sam2ImageProcessor,
         Sam3TrackerConfig,
         Sam3TrackerMaskDecoderConfig,
         Sam3TrackerModel,
@@ -88,17 +97,10 @@ def build_tiny_sam3_tracker(seed: int = 0):
     )
     config = Sam3TrackerConfig(
         vision_config=vision,
-        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(
-            hidden_size=32, image_size=112, patch_size=14, mask_input_channels=4
-        ),
-        mask_decoder_config=Sam3TrackerMaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32
-        ),
+        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
+        mask_decoder_config=Sam3TrackerMaskDecoderConfig(**DECODER),
     )
-    processor = Sam3TrackerProcessor(
-        image_processor=Sam2ImageProcessor(size={"height": 112, "width": 112}, mask_size={"height": 32, "width": 32})
-    )
-    return Sam3TrackerModel(config).eval(), processor
+    return Sam3TrackerModel(config).eval(), Sam3TrackerProcessor(image_processor=_image_processor(112))
 
 
 def save_tiny_segmenter(folder: str | Path, family: str = "sam2", seed: int = 0) -> Path:

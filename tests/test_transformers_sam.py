@@ -93,3 +93,28 @@ def test_not_a_segmenter_folder_is_a_clear_error(tmp_path, tiny_flux_dir):
         make_segmenter(str(tmp_path))
     with pytest.raises(ValueError, match="not a segmenter folder"):
         make_segmenter(str(tiny_flux_dir))  # a DiT pipeline folder: no config.json of a SAM model
+
+
+def test_the_service_segments_with_it(folders, tiny_flux_dir, tmp_path):
+    """The real ``bentoml serve`` with ``GROUNDING_SEGMENTER`` = a SAM 2 folder: /info names it and
+    /segment answers with its masks (REST; gRPC runs the same engine)."""
+    import httpx
+
+    from conftest import Server
+    from fixtures import encode
+
+    srv = Server(tiny_flux_dir, tmp_path / "srv", GROUNDING_SEGMENTER=str(folders["sam2"]))
+    try:
+        info = httpx.post(srv.url + "/info", json={}, timeout=30).json()
+        assert info["segmenter"] == "sam2"
+        r = httpx.post(
+            srv.url + "/segment",
+            files={"image": ("a.png", encode(scene(80, 60)), "image/png")},
+            data={"expression": "red circle", "instances": "all"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        (res,) = r.json()["results"]
+        assert res["segmentation"]["size"] == [60, 80] and 0.0 <= res["score"] <= 1.0
+    finally:
+        srv.stop()
