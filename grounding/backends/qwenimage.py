@@ -77,7 +77,7 @@ class QwenImageBackend(DiTBackend):
             row[sel] = h[[take[i] for i in sel]]
             rows.append(row)
         embeds = torch.stack(rows).to(self.dtype)
-        mask = torch.from_numpy(np.stack([s.roles != PADDING for s in sequences]))
+        mask = np.stack([s.roles != PADDING for s in sequences])  # host-side: forward reads it without a sync
         return {"embeds": embeds, "mask": mask}
 
     @torch.no_grad()
@@ -92,16 +92,14 @@ class QwenImageBackend(DiTBackend):
     def forward(self, latents: torch.Tensor, sigma: float, cond: dict, guidance_scale: float) -> torch.Tensor:
         b = latents.shape[0]
         rows, cols = self.grid(latents)
-        mask = cond["mask"]
-        # None when every position is real, as encode_prompt does; a meta tensor (the real-size walk)
-        # has no values to ask, so its mask is passed (all-real and None attend alike)
-        all_real = not mask.is_meta and bool(mask.all())
+        mask = cond["mask"]  # bool [B, T] on the host
         return self.transformer(
             hidden_states=FluxBackend.pack(latents),
             timestep=self.timesteps(sigma, b),
             guidance=self.guidance(b, guidance_scale),
             encoder_hidden_states=cond["embeds"],
-            encoder_hidden_states_mask=None if all_real else mask,
+            # None when every position is real, as encode_prompt does
+            encoder_hidden_states_mask=None if mask.all() else torch.from_numpy(mask).to(self.device),
             img_shapes=[[(1, rows, cols)]] * b,
             return_dict=False,
         )[0]

@@ -1,7 +1,9 @@
 """The prompt-conditioning cache of ``DiTBackend.conditioning``: an LRU of per-sample rows of
 ``encode_prompts``' output, split off a batch (``cond_row``) and joined into a new one
 (``cond_join``, per-token rows of shorter prompts zero-padded), so a prompt seen recently is never
-encoded again and a batch can mix cached and new prompts.
+encoded again and a batch can mix cached and new prompts. Tensors are moved to the model's device;
+numpy arrays (host-side facts such as which positions are real) stay on the host, so reading them
+never waits on the device.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+import numpy as np
 import torch
 
 # One sample's part of one ``encode_prompts`` entry: how to join it back ("none", "shared", "list",
@@ -48,6 +51,8 @@ def cond_row(value: Any, i: int, shared: bool, device: torch.device) -> RowPart:
     """Sample ``i``'s part of one ``encode_prompts`` entry, tagged with how to join it back."""
     if value is None:
         return ("none", None)
+    if isinstance(value, np.ndarray):
+        return ("host", value[i])
     if shared:
         return ("shared", value.to(device))
     if isinstance(value, (list, tuple)):
@@ -63,6 +68,12 @@ def cond_join(rows: list[Row]) -> dict[str, Any]:
             out[name] = first
         elif kind == "list":
             out[name] = [r[name][1] for r in rows]
+        elif kind == "host":  # per-token host rows, padded like the tensors below
+            parts = [r[name][1] for r in rows]
+            n = max(p.shape[0] for p in parts)
+            out[name] = np.stack(
+                [np.concatenate([p, np.zeros((n - p.shape[0], *p.shape[1:]), p.dtype)]) for p in parts]
+            )
         else:  # per-token rows of prompts of different lengths: zero (False) padded at the end
             parts = [r[name][1] for r in rows]
             n = max(p.shape[0] for p in parts)
