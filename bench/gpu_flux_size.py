@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from attention_capture import build, flux_store, inputs, modules  # noqa: E402
 from grounding.backends.capture import dispatcher_capture  # noqa: E402
+from real_size import built_on  # noqa: E402
 
 
 def main() -> None:
@@ -41,11 +42,8 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     dev = torch.device(args.device)
 
-    with torch.device(dev):
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
+    with built_on(dev, dtype):
         model = build(3072, 24, args.dual, args.single, joint_dim=4096, pooled_dim=768)
-        torch.set_default_dtype(prev)
     kw = inputs(args.side, args.text, 4096, 768, dev, dtype)
 
     def sync():

@@ -43,7 +43,7 @@ from grounding.backends import AttentionStore, backend_class  # noqa: E402
 from synthetic import BUILDERS  # noqa: E402
 
 # The suite's short names → the released models they stand for.
-RELEASED = {"flux": "flux1-dev", "zimage": "z-image-turbo"}
+SUITE_MODELS = {"flux": "flux1-dev", "zimage": "z-image-turbo"}
 
 GIB = 2**30
 
@@ -69,15 +69,10 @@ def peak_gib(device: torch.device) -> float | None:
 def build(arch: str, small: bool, device: torch.device, dtype: torch.dtype):
     """The backend of the released-size (or, ``small``, tiny) pipeline of ``arch``, built on ``device``."""
     if not small:
-        pipe, _ = real_size.build_pipeline(RELEASED[arch], device, dtype)
+        pipe, _ = real_size.build_pipeline(SUITE_MODELS[arch], device, dtype)
     else:
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            with torch.device(device):
-                pipe = BUILDERS[arch](0, "tiny")
-        finally:
-            torch.set_default_dtype(prev)
+        with real_size.built_on(device, dtype):
+            pipe = BUILDERS[arch](0, "tiny")
     cls, _ = backend_class(type(pipe).__name__)
     return cls(pipe.to(device), device)
 
@@ -345,7 +340,7 @@ def main() -> None:
 def dry_run(archs: str | None) -> None:
     """``real_size.walk`` of each released model (all when ``archs`` is None): table, then JSON."""
     started = time.perf_counter()
-    names = [RELEASED.get(a, a) for a in archs.split(",")] if archs else real_size.released_names()
+    names = [SUITE_MODELS.get(a, a) for a in archs.split(",")] if archs else real_size.released_names()
     result: dict = {"bench": "gpu_suite", "dry_run": True, "device": "meta", "dtype": "bfloat16", "models": {}}
     print(real_size.HEADER)
     for name in names:

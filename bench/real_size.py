@@ -27,6 +27,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -35,6 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 RELEASED = Path(__file__).resolve().parent / "released"
 EXPRESSION = "the red circle on the left of the blue square, next to a tall tree"
+# The pipeline components that hold weights (text encoders and transformers are what quantization maps).
+MODULES = ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3", "vae")
 
 
 def released_names() -> list[str]:
@@ -58,28 +61,27 @@ def tokenizer(entry: dict) -> tuple[object, str]:
 
     kind = entry["vocabulary"]
     template = small.QWEN3_CHAT_TEMPLATE if entry.get("chat_template") == "qwen3" else None
+    # vocabulary → (the released tokenizer, or None where no package ships it; the synthetic one)
+    builders = {
+        "clip": (
+            lambda: vocabularies.clip_tokenizer(pad_token=entry.get("pad_token", "<|endoftext|>")),
+            small.clip_tokenizer,
+        ),
+        "qwen": (lambda: vocabularies.qwen_tokenizer(chat_template=template), lambda: small.qwen_tokenizer(template)),
+        "llama3": (vocabularies.llama3_tokenizer, small.llama3_tokenizer),
+        "tekken": (
+            lambda: vocabularies.tekken_tokenizer(chat_template=small.MISTRAL3_CHAT_TEMPLATE),
+            small.mistral_tokenizer,
+        ),
+        "t5": (None, small.t5_tokenizer),
+    }
+    if kind not in builders:
+        raise ValueError(f"unknown vocabulary {kind!r}")
+    released, synthetic = builders[kind]
     try:
-        if kind == "clip":
-            tok = vocabularies.clip_tokenizer(pad_token=entry.get("pad_token", "<|endoftext|>"))
-        elif kind == "qwen":
-            tok = vocabularies.qwen_tokenizer(chat_template=template)
-        elif kind == "llama3":
-            tok = vocabularies.llama3_tokenizer()
-        elif kind == "tekken":
-            tok = vocabularies.tekken_tokenizer(chat_template=small.MISTRAL3_CHAT_TEMPLATE)
-        elif kind == "t5":
-            return small.t5_tokenizer(), "synthetic"
-        else:
-            raise ValueError(f"unknown vocabulary {kind!r}")
-        source = "released"
+        tok, source = (released(), "released") if released else (synthetic(), "synthetic")
     except vocabularies.Unavailable:
-        tok = {
-            "clip": small.clip_tokenizer,
-            "qwen": lambda: small.qwen_tokenizer(template),
-            "llama3": small.llama3_tokenizer,
-            "tekken": small.mistral_tokenizer,
-        }[kind]()
-        source = "synthetic"
+        tok, source = synthetic(), "synthetic"
     if entry.get("processor") == "PixtralProcessor":
         from transformers import PixtralImageProcessor, PixtralProcessor
 
@@ -113,6 +115,18 @@ def _model(entry: dict, device: torch.device) -> torch.nn.Module:
     return model.eval()
 
 
+@contextmanager
+def built_on(device: str | torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Within: new tensors are made on ``device`` in ``dtype`` (weights initialised there, not copied)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_pipeline(name: str, device: str | torch.device = "meta", dtype: torch.dtype = torch.bfloat16, seed: int = 0):
     """The released pipeline ``name`` with random weights on ``device`` in ``dtype``, and which
     vocabulary each tokenizer has (``{"tokenizer": "released", ...}``)."""
@@ -122,17 +136,12 @@ def build_pipeline(name: str, device: str | torch.device = "meta", dtype: torch.
     torch.manual_seed(seed)
     components: dict[str, object] = {"scheduler": diffusers.FlowMatchEulerDiscreteScheduler()}
     vocab: dict[str, str] = {}
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            for key, entry in s["components"].items():
-                if key.startswith("tokenizer"):
-                    components[key], vocab[key] = tokenizer(entry)
-                else:
-                    components[key] = _model(entry, device)
-    finally:
-        torch.set_default_dtype(previous)
+    with built_on(device, dtype):
+        for key, entry in s["components"].items():
+            if key.startswith("tokenizer"):
+                components[key], vocab[key] = tokenizer(entry)
+            else:
+                components[key] = _model(entry, device)
     pipe = getattr(diffusers, s["pipeline"])(**components, **s.get("pipeline_kwargs", {}))
     return pipe, vocab
 
@@ -159,7 +168,7 @@ def sizes(b) -> dict:
     """Parameters per component (billions) and the weights' GiB in bf16 and int8 (Linear weights
     at one byte, the rest at two) of the transformer(s) and text encoders."""
     out = {}
-    for key in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3", "vae"):
+    for key in MODULES:
         m = getattr(b.pipe, key, None)
         if isinstance(m, torch.nn.Module):
             total, linear = _count(m)
@@ -224,13 +233,9 @@ def _walk(name: str) -> dict:
         )
     if (rows, cols) != (height // b.patch, width // b.patch):
         raise AssertionError(f"{name}: token grid {(rows, cols)} for {height}×{width} with patch {b.patch}")
-    components = [
-        k
-        for k in ("transformer", "transformer_2", "text_encoder", "text_encoder_2", "text_encoder_3")
-        if isinstance(getattr(b.pipe, k, None), torch.nn.Module)
-    ]
+    components = [k for k in MODULES if isinstance(getattr(b.pipe, k, None), torch.nn.Module)]
     quantized = sorted(quantization_config("int8", components, torch.bfloat16).quant_mapping)
-    if quantized != sorted(components):
+    if quantized != sorted(k for k in components if k != "vae"):  # every transformer and text encoder, never the VAE
         raise AssertionError(f"{name}: int8 quantization maps {quantized}, the pipeline has {components}")
     size = sizes(b)
     return {

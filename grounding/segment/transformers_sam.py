@@ -3,7 +3,7 @@
 A folder or hub id of a transformers ``Sam2Model`` (SAM 2 / 2.1), ``Sam3TrackerModel`` (SAM 3's
 promptable tracker; a full SAM 3 checkpoint, ``model_type`` ``sam3``, is loaded as its tracker, as
 transformers' docs do) or ``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the class its
-``config.json`` names (``CLASSES``), with the family's processor, which does the resizing and
+``config.json`` names (``FAMILIES``), with the family's processor, which does the resizing and
 normalisation. The image embedding is cached per image as for SAM, so several expressions on one
 image pay for the encoder once. Prompts are in image pixels, as the map gives them: points with
 labels (1 foreground, 0 background) and the map region's box.
@@ -31,13 +31,12 @@ from .segmenters import SamSegmenterBase
 
 # config.json ``model_type`` → (model class, processor class) in transformers, and the family's name
 # in results and /info.
-CLASSES = {
-    "sam2": ("Sam2Model", "Sam2Processor"),
-    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
-    "sam3": ("Sam3TrackerModel", "Sam3TrackerProcessor"),
-    "edgetam": ("EdgeTamModel", "Sam2Processor"),
+FAMILIES = {
+    "sam2": ("Sam2Model", "Sam2Processor", "sam2"),
+    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3-tracker"),
+    "sam3": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3-tracker"),
+    "edgetam": ("EdgeTamModel", "Sam2Processor", "edgetam"),
 }
-MODEL_TYPES = {"sam2": "sam2", "sam3_tracker": "sam3-tracker", "sam3": "sam3-tracker", "edgetam": "edgetam"}
 
 
 def transformers_sam_type(spec: str | Path) -> str | None:
@@ -49,7 +48,7 @@ def transformers_sam_type(spec: str | Path) -> str | None:
         model_type = json.loads(config.read_text()).get("model_type")
     except (ValueError, OSError):
         return None
-    return model_type if model_type in MODEL_TYPES else None
+    return model_type if model_type in FAMILIES else None
 
 
 class TransformersSamSegmenter(SamSegmenterBase):
@@ -69,7 +68,7 @@ class TransformersSamSegmenter(SamSegmenterBase):
         self.model.eval()
         self.dtype = next(self.model.parameters()).dtype
         self.processor = processor
-        self.name = MODEL_TYPES.get(getattr(model.config, "model_type", ""), "sam2")
+        self.name = FAMILIES.get(getattr(model.config, "model_type", ""), FAMILIES["sam2"])[2]
         self._embedding: list[torch.Tensor] | None = None
         self._original_size: tuple[int, int] = (0, 0)
 
@@ -81,11 +80,11 @@ class TransformersSamSegmenter(SamSegmenterBase):
         import transformers
 
         model_type = transformers.AutoConfig.from_pretrained(str(name_or_path)).model_type
-        if model_type not in CLASSES:
+        if model_type not in FAMILIES:
             raise ValueError(
-                f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(CLASSES)})"
+                f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(FAMILIES)})"
             )
-        model_cls, processor_cls = (getattr(transformers, c) for c in CLASSES[model_type])
+        model_cls, processor_cls = (getattr(transformers, c) for c in FAMILIES[model_type][:2])
         model = model_cls.from_pretrained(str(name_or_path))
         return cls(model, processor_cls.from_pretrained(str(name_or_path)), device, dtype, **kw)
 
