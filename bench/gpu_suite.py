@@ -140,22 +140,21 @@ def capture_section(b, image, seq, size, reps: int) -> dict:
     }
 
 
+def free(device: torch.device) -> None:
+    """Collect garbage and return cached GPU memory to the driver."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def one_capture_peak(b, image, seq, size, clear_cache: bool = True) -> float | None:
     """Peak GPU memory of one capture; ``clear_cache``: text encoding included."""
     if clear_cache:
         b.text_cache.clear()
-    gc.collect()
-    if b.device.type == "cuda":
-        torch.cuda.empty_cache()
+    free(b.device)
     reset_peak(b.device)
     b.capture([image], [seq], size, (0.5,), 0)
     return peak_gib(b.device)
-
-
-def free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def memory_section(arch: str, small: bool, device: torch.device, dtype: torch.dtype, side: int, text: int) -> dict:
@@ -311,9 +310,7 @@ def main() -> None:
             image, seq, size = inputs(b, side, text if arch == "flux" else min(text, 512))
             row["capture"] = capture_section(b, image, seq, size, args.reps)
             del b
-            gc.collect()
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            free(device)
         if "memory" not in skip and arch in args.memory_archs.split(","):
             row["memory_gib"] = memory_section(arch, args.small, device, dtype, side, text)
         if "throughput" not in skip:
