@@ -1,10 +1,14 @@
 """Benchmark: video referring segmentation throughput (frames per second) with and without
 frame batching, on the medium CPU config (random FLUX, 4 dual + 4 single blocks, width 512); then
 clip maps against per-frame maps on one video DiT (a medium random Wan 2.x, 4 blocks of 4 × 32) at
-the same resolution: frames per second and the peak memory a run adds (resident set on the CPU,
-``torch.cuda.max_memory_allocated`` on a GPU).
+the same resolution; then propagation (maps at keyframes, a SAM 2 video model's memory between
+them) against per-frame maps with the same backbone (the medium FLUX), clip and segmenter family
+(a tiny random SAM 2 saved as a released-style ``sam2_video`` folder), with the cost of one DiT
+map and of one tracked segmenter frame printed beside them: frames per second, DiT forwards per
+frame and the peak memory a run adds (resident set on the CPU, ``torch.cuda.max_memory_allocated``
+on a GPU).
 
-    python bench/video.py [--frames 32] [--resolution 64] [--batches 1,4,8] [--clip-frames 17]
+    python bench/video.py [--frames 32] [--resolution 64] [--batches 1,4,8] [--clip-frames 17] [--keyframe-every 8]
 """
 
 from __future__ import annotations
@@ -29,6 +33,16 @@ def main() -> None:
     ap.add_argument("--video-model", default=None, help="video DiT folder (default: a medium random Wan in a temp dir)")
     ap.add_argument("--clip-frames", type=int, default=17)
     ap.add_argument("--clip-overlap", type=int, default=4)
+    ap.add_argument("--keyframe-every", type=int, default=8)
+    ap.add_argument(
+        "--propagate-resolution",
+        type=int,
+        default=128,
+        help="the DiT's resolution in the propagation rows: one map must cost ≥ 5× one tracked frame",
+    )
+    ap.add_argument(
+        "--segmenter", default=None, help="SAM 2-family folder (default: a tiny random SAM 2 in a temp dir)"
+    )
     args = ap.parse_args()
 
     from fixtures import moving_video  # the tests' synthetic moving-disc video
@@ -73,6 +87,7 @@ def main() -> None:
     for name, (fps, mib) in video_rows.items():
         print(f"{name:<28} {fps:>7.2f} {mib:>9.1f}")
     (frame_fps, frame_mib), (clip_fps, clip_mib) = video_rows.values()
+    prop = propagation_rows(model, args, bouncing_clip(args.frames, 128, 96))
     print(
         json.dumps(
             {
@@ -86,9 +101,94 @@ def main() -> None:
                 "frame_peak_mib": round(frame_mib, 1),
                 "frames": args.frames,
                 "resolution": args.resolution,
+                **prop,
             }
         )
     )
+
+
+def bouncing_clip(n: int, w: int, h: int) -> list:
+    """A red disc bouncing left and right past a static blue square: in every frame."""
+    import numpy as np
+    from PIL import Image
+
+    yy, xx = np.mgrid[:h, :w]
+    frames = []
+    for t in range(n):
+        phase = (6 * t) % (2 * (w - 32))
+        cx = 16 + (phase if phase < w - 32 else 2 * (w - 32) - phase)
+        arr = np.full((h, w, 3), 225, np.uint8)
+        arr[(xx - cx) ** 2 + (yy - h // 3) ** 2 < 81] = (220, 30, 30)
+        arr[(abs(xx - w // 2) < 8) & (abs(yy - 3 * h // 4) < 8)] = (30, 40, 220)
+        frames.append(Image.fromarray(arr))
+    return frames
+
+
+def propagation_rows(model: str, args, frames: list) -> dict:
+    """Per-frame maps against propagation (maps at keyframes, the tracker between) with one
+    backbone and one SAM 2 segmenter; the costs of one DiT map and one tracked frame."""
+    import numpy as np
+
+    from grounding import Grounder
+    from grounding.pipeline.video import VideoConfig, iter_video
+    from synthetic.segmenters import save_tiny_segmenter
+
+    seg = args.segmenter or str(save_tiny_segmenter(Path(tempfile.mkdtemp()) / "sam2", "sam2"))
+    g = Grounder.from_pretrained(model, segmenter=seg, device="cpu", resolution=args.propagate_resolution)
+    expr = "the red circle"
+    # the two unit costs, each the median of 5 after a warm-up
+    cfg = g.config_for({})
+    g.referent_maps([(frames[0], expr)], cfg)
+    map_ms = 1000 * float(np.median([_timed(lambda f=f: g.referent_maps([(f, expr)], cfg)) for f in frames[:5]]))
+    session = g.segmenter.tracker().start()
+    anchor = np.zeros(np.asarray(frames[0]).shape[:2], bool)
+    anchor[10:30, 10:30] = True
+    session.step(0, np.asarray(frames[0]), anchor=anchor)
+    track_ms = 1000 * float(
+        np.median([_timed(lambda t=t: session.step(t, np.asarray(frames[t]))) for t in range(1, 6)])
+    )
+    paths = {
+        "per-frame maps (batch 4)": VideoConfig(batch_frames=4),
+        f"propagate (keyframe every {args.keyframe_every})": VideoConfig(
+            propagate=True, keyframe_every=args.keyframe_every
+        ),
+    }
+    for v in paths.values():  # warm-up
+        list(iter_video(g, frames[:3], expr, v))
+    rows = {}
+    for name, v in paths.items():
+        with PeakMemory() as mem:
+            t = time.perf_counter()
+            out = list(iter_video(g, frames, expr, v))
+            fps = len(out) / (time.perf_counter() - t)
+        rows[name] = (fps, sum(f.dit for f in out) / len(out), mem.peak_mib)
+    print(
+        f"\nmedium FLUX at {args.propagate_resolution} px + a tiny SAM 2 ({g.segmenter.name}), "
+        f"{len(frames)} frames of a bouncing disc"
+    )
+    print(f"one DiT map {map_ms:.1f} ms, one tracked segmenter frame {track_ms:.1f} ms: ratio {map_ms / track_ms:.1f}")
+    print(f"{'path':<30} {'fps':>7} {'DiT/frame':>10} {'peak MiB':>9}")
+    for name, (fps, dit, mib) in rows.items():
+        print(f"{name:<30} {fps:>7.2f} {dit:>10.3f} {mib:>9.1f}")
+    (base_fps, base_dit, base_mib), (prop_fps, prop_dit, prop_mib) = rows.values()
+    return {
+        "map_ms": round(map_ms, 2),
+        "tracked_frame_ms": round(track_ms, 2),
+        "map_over_tracked_frame": round(map_ms / track_ms, 2),
+        "per_frame_fps": round(base_fps, 3),
+        "propagate_fps": round(prop_fps, 3),
+        "propagate_over_per_frame": round(prop_fps / base_fps, 3),
+        "dit_per_frame": {"per_frame": round(base_dit, 3), "propagate": round(prop_dit, 3)},
+        "peak_mib": {"per_frame": round(base_mib, 1), "propagate": round(prop_mib, 1)},
+        "keyframe_every": args.keyframe_every,
+        "propagate_resolution": args.propagate_resolution,
+    }
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 class PeakMemory:

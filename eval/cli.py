@@ -77,6 +77,12 @@ def main(argv: list[str] | None = None) -> int:
             default="frame",
             help="frame: the model over each frame; clip: a video DiT (Wan, HunyuanVideo) over windows of frames",
         )
+        p.add_argument(
+            "--propagate",
+            action="store_true",
+            help="maps at keyframes only, the SAM 2-family --segmenter's video memory carrying the mask between them",
+        )
+        p.add_argument("--keyframe-every", type=int, default=8, help="--propagate: a map at least every N frames")
         p.set_defaults(default_split=default_split)
     p = sub.add_parser("vizwiz", help="answer grounding, VizWiz-VQA-Grounding layout (mask IoU)")
     _common(p)
@@ -135,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             shard=args.shard,
             overrides=overrides,
             video_maps=getattr(args, "maps", "frame"),
+            propagate=getattr(args, "propagate", False),
+            keyframe_every=getattr(args, "keyframe_every", 8),
         )
         if args.ray:
             from .ray_runner import ModelSpec, RayOptions, run_ray
@@ -161,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
 
             torch.set_num_threads(args.threads)
         g = Grounder.from_pretrained(args.model, segmenter=args.segmenter or None, device=args.device, dtype=args.dtype)
+        if cfg.propagate:
+            from grounding.pipeline.propagate import require_tracker
+
+            require_tracker(g)  # a segmenter without a video model fails before the first video
         if args.cmd == "vizwiz":
             summary = run_answers(cfg, g, Path(args.out))
         elif args.cmd == "refcoco":

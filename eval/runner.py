@@ -46,14 +46,18 @@ class RunConfig:
     shard: tuple[int, int] = (0, 1)
     overrides: dict = field(default_factory=dict)
     video_maps: str = "frame"  # video sets: "frame" (per-frame maps) or "clip" (a video DiT over windows)
+    propagate: bool = False  # video sets: maps at keyframes, the SAM 2-family segmenter's memory between
+    keyframe_every: int = 8
 
     def identity(self) -> dict:
-        """Fields that must match for a run directory to be resumed (``video_maps`` only when not
-        the default, so runs written before it existed still resume)."""
+        """Fields that must match for a run directory to be resumed (the video fields only when not
+        their defaults, so runs written before they existed still resume)."""
         d = asdict(self)
         d["shard"] = list(self.shard)
         if d["video_maps"] == "frame":
             del d["video_maps"]
+        if not d["propagate"]:
+            del d["propagate"], d["keyframe_every"]
         return d
 
 
@@ -374,7 +378,12 @@ def video_record(cfg: RunConfig, grounder, s, run_dir: Path, frame_batch: int = 
     out_dir = run_dir / "Annotations" / s.video / s.exp_id.replace("/", "_")
     out_dir.mkdir(parents=True, exist_ok=True)
     js, fs = [], []
-    video = VideoConfig(batch_frames=frame_batch, maps=cfg.video_maps)  # type: ignore[arg-type]
+    video = VideoConfig(
+        batch_frames=frame_batch,
+        maps=cfg.video_maps,  # type: ignore[arg-type]
+        propagate=cfg.propagate,
+        keyframe_every=cfg.keyframe_every,
+    )
     for f in iter_video(grounder, s.frames(), s.expression, video, **cfg.overrides):
         Image.fromarray(f.mask.astype(np.uint8) * 255).save(out_dir / f"{s.frame_names[f.index]}.png")
         if s.has_gt:

@@ -157,6 +157,8 @@ def cmd_segment_video(args) -> int:
         maps=args.maps,
         clip_frames=args.clip_frames,
         clip_overlap=args.clip_overlap,
+        propagate=args.propagate,
+        keyframe_every=args.keyframe_every,
     )
     out = Path(args.out)
     doc = write_outputs(
@@ -214,6 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--clip-frames", type=int, default=17, help="--maps clip: frames per window (4k + 1 for Wan)")
     p.add_argument("--clip-overlap", type=int, default=4, help="--maps clip: frames shared by neighbouring windows")
+    p.add_argument(
+        "--propagate",
+        action="store_true",
+        help="maps at keyframes only; the SAM 2-family --segmenter's video memory carries the mask between them",
+    )
+    p.add_argument("--keyframe-every", type=int, default=8, help="--propagate: a map at least every N frames")
     p.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
     p.set_defaults(func=cmd_segment_video)
 

@@ -1,8 +1,11 @@
 """Tiny randomly initialised segmenters of the transformers SAM 2 family, saved as model folders
-(``config.json`` + weights + the processor), for tests: ``Sam2Model`` (SAM 2 / 2.1, a Hiera backbone)
-and ``Sam3TrackerModel`` (SAM 3's tracker, a windowed ViT), at 128 / 112 px input with 32 × 32
-low-res masks. EdgeTAM's ``EdgeTamModel`` needs ``timm`` for its RepViT backbone and is not built
-here. Their masks are meaningless; the contract (shapes, prompts, batching) is what they test.
+(``config.json`` + weights + the processor), for tests. Each is saved from its *video* model, as
+the released checkpoints are: ``Sam2VideoModel`` (SAM 2 / 2.1, a Hiera backbone) and
+``Sam3TrackerVideoModel`` (SAM 3's tracker, a windowed ViT), at 128 / 112 px input with 32 × 32
+low-res masks, and ``EdgeTamVideoModel`` (EdgeTAM: a timm RepViT backbone and a perceiver
+memory; needs ``timm``); the image classes (``Sam2Model``, ``Sam3TrackerModel``, ``EdgeTamModel``)
+load the same folders. Their masks are meaningless; the contract (shapes, prompts, batching,
+tracking mechanics) is what they test.
 """
 
 from __future__ import annotations
@@ -11,29 +14,58 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("sam2", "sam3_tracker")
-# What both families share at this size: the mask decoder (32 wide, one two-way layer) and the
-# prompt encoder's width; masks come out at 32 × 32 (4 × the 8 × 8 embedding).
-DECODER = dict(hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32)
-PROMPT = dict(hidden_size=32, mask_input_channels=4)
+FAMILIES = ("sam2", "sam3_tracker", "edgetam")
+# What both families share at this size: the mask decoder (one two-way layer) and the prompt
+# encoder, 128 wide — the video models' memory is 64 channels and must be narrower than the decoder
+# (transformers splits each object pointer into hidden / 64 memory tokens); masks come out at
+# 32 × 32 (4 × the 8 × 8 embedding).
+WIDTH = 128
+DECODER = dict(hidden_size=WIDTH, mlp_dim=128, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32)
+PROMPT = dict(hidden_size=WIDTH, mask_input_channels=4)
+# The memory (attention, encoder, fuser) at the same width, one memory-attention layer.
+MEMORY = dict(
+    memory_attention_hidden_size=WIDTH,
+    memory_attention_num_layers=1,
+    memory_attention_feed_forward_hidden_size=128,
+    memory_attention_rope_feat_sizes=[8, 8],
+    memory_encoder_hidden_size=WIDTH,
+    memory_encoder_output_channels=64,
+    mask_downsampler_embed_dim=WIDTH,
+    memory_fuser_embed_dim=WIDTH,
+    memory_fuser_intermediate_dim=128,
+)
+FEATURES = [[32, 32], [16, 16], [8, 8]]
 
 
-def _image_processor(side: int):
-    from transformers import Sam2ImageProcessor
+def _processors(side: int):
+    """The image processor and the video processor at ``side`` px, 32 × 32 masks."""
+    from transformers import Sam2ImageProcessor, Sam2VideoVideoProcessor
 
-    return Sam2ImageProcessor(size={"height": side, "width": side}, mask_size={"height": 32, "width": 32})
+    return (
+        Sam2ImageProcessor(size={"height": side, "width": side}, mask_size={"height": 32, "width": 32}),
+        Sam2VideoVideoProcessor(size={"height": side, "width": side}),
+    )
+
+
+def _present_by_default(model) -> None:
+    """Bias the random object-score head towards "present" (logit ≈ +4), so tracked frames carry a
+    mask: with a zero-mean head every tracked frame would be declared empty."""
+    head = model.mask_decoder.pred_obj_score_head
+    with torch.no_grad():
+        head.proj_out.bias.fill_(4.0)
 
 
 def build_tiny_sam2(seed: int = 0):
-    """A ``Sam2Model`` (Hiera 12 → 96 wide, 12 blocks, FPN 32) and its ``Sam2Processor`` at 128 px."""
+    """A ``Sam2VideoModel`` (Hiera 12 → 96 wide, FPN 128, a one-layer memory) and its
+    ``Sam2VideoProcessor`` at 128 px — saved, it is a folder like the released ones
+    (``model_type`` ``sam2_video``), which ``Sam2Model`` loads for images."""
     from transformers import (
-        Sam2Config,
         Sam2HieraDetConfig,
-        Sam2ImageProcessor,
-        Sam2MaskDecoderConfig,
-        Sam2Model,
-        Sam2Processor,
-        Sam2PromptEncoderConfig,
+        Sam2VideoConfig,
+        Sam2VideoMaskDecoderConfig,
+        Sam2VideoModel,
+        Sam2VideoProcessor,
+        Sam2VideoPromptEncoderConfig,
         Sam2VisionConfig,
     )
 
@@ -50,32 +82,31 @@ def build_tiny_sam2(seed: int = 0):
     vision = Sam2VisionConfig(
         backbone_config=hiera,
         backbone_channel_list=[96, 48, 24, 12],
-        backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]],
-        fpn_hidden_size=32,
+        backbone_feature_sizes=FEATURES,
+        fpn_hidden_size=WIDTH,
     )
-    config = Sam2Config(
+    config = Sam2VideoConfig(
         vision_config=vision,
-        prompt_encoder_config=Sam2PromptEncoderConfig(
-            hidden_size=32, image_size=128, patch_size=16, mask_input_channels=4
-        ),
-        mask_decoder_config=Sam2MaskDecoderConfig(
-            hidden_size=32, mlp_dim=64, num_hidden_layers=1, num_attention_heads=2, iou_head_hidden_dim=32
-        ),
+        prompt_encoder_config=Sam2VideoPromptEncoderConfig(image_size=128, patch_size=16, **PROMPT),
+        mask_decoder_config=Sam2VideoMaskDecoderConfig(**DECODER),
+        image_size=128,
+        **MEMORY,
     )
-    processor = Sam2Processor(
-        image_processor=Sam2ImageProcessor(size={"height": 128, "width": 128}, mask_size={"height": 32, "width": 32})
-    )
-    return Sam2Model(config).eval(), processor
+    model = Sam2VideoModel(config).eval()
+    _present_by_default(model)
+    image, video = _processors(128)
+    return model, Sam2VideoProcessor(image_processor=image, video_processor=video)
 
 
 def build_tiny_sam3_tracker(seed: int = 0):
-    """A ``Sam3TrackerModel`` (ViT 32 wide, 2 layers, 14 px patches) and its processor at 112 px."""
+    """A ``Sam3TrackerVideoModel`` (ViT 32 wide, 2 layers, 14 px patches, FPN 128, a one-layer
+    memory) and its processor at 112 px (``model_type`` ``sam3_tracker_video``)."""
     from transformers import (
-        Sam3TrackerConfig,
-        Sam3TrackerMaskDecoderConfig,
-        Sam3TrackerModel,
-        Sam3TrackerProcessor,
-        Sam3TrackerPromptEncoderConfig,
+        Sam3TrackerVideoConfig,
+        Sam3TrackerVideoMaskDecoderConfig,
+        Sam3TrackerVideoModel,
+        Sam3TrackerVideoProcessor,
+        Sam3TrackerVideoPromptEncoderConfig,
         Sam3VisionConfig,
         Sam3ViTConfig,
     )
@@ -92,20 +123,76 @@ def build_tiny_sam3_tracker(seed: int = 0):
         global_attn_indexes=[1],
         pretrain_image_size=112,
     )
-    vision = Sam3VisionConfig(
-        backbone_config=vit, fpn_hidden_size=32, backbone_feature_sizes=[[32, 32], [16, 16], [8, 8]]
-    )
-    config = Sam3TrackerConfig(
+    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=WIDTH, backbone_feature_sizes=FEATURES)
+    config = Sam3TrackerVideoConfig(
         vision_config=vision,
-        prompt_encoder_config=Sam3TrackerPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
-        mask_decoder_config=Sam3TrackerMaskDecoderConfig(**DECODER),
+        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
+        mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(**DECODER),
+        image_size=112,
+        **MEMORY,
     )
-    return Sam3TrackerModel(config).eval(), Sam3TrackerProcessor(image_processor=_image_processor(112))
+    model = Sam3TrackerVideoModel(config).eval()
+    _present_by_default(model)
+    image, video = _processors(112)
+    return model, Sam3TrackerVideoProcessor(image_processor=image, video_processor=video)
+
+
+def build_tiny_edgetam(seed: int = 0):
+    """An ``EdgeTamVideoModel`` (timm's RepViT at 8 → 64 wide, one block per stage, FPN 128, a
+    16-latent perceiver and a one-layer memory) and its ``Sam2VideoProcessor`` at 128 px
+    (``model_type`` ``edgetam_video``). Needs ``timm`` (EdgeTAM's backbone is a timm model)."""
+    from transformers import (
+        EdgeTamVideoConfig,
+        EdgeTamVideoMaskDecoderConfig,
+        EdgeTamVideoModel,
+        EdgeTamVideoPromptEncoderConfig,
+        EdgeTamVisionConfig,
+        Sam2VideoProcessor,
+        TimmWrapperConfig,
+    )
+
+    torch.manual_seed(seed)
+    repvit = TimmWrapperConfig(
+        architecture="repvit_m1",
+        model_args={
+            "in_chans": 3,
+            "features_only": True,
+            "out_indices": [0, 1, 2, 3],
+            "embed_dim": (8, 16, 32, 64),
+            "depth": (1, 1, 1, 1),
+        },
+        do_pooling=False,
+    )
+    vision = EdgeTamVisionConfig(
+        backbone_config=repvit,
+        backbone_channel_list=[64, 32, 16, 8],
+        backbone_feature_sizes=FEATURES,
+        fpn_hidden_size=WIDTH,
+    )
+    memory = {k: v for k, v in MEMORY.items() if k != "memory_attention_feed_forward_hidden_size"}
+    config = EdgeTamVideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=EdgeTamVideoPromptEncoderConfig(image_size=128, patch_size=16, **PROMPT),
+        mask_decoder_config=EdgeTamVideoMaskDecoderConfig(**DECODER),
+        image_size=128,
+        memory_attention_mlp_hidden_size=128,
+        memory_attention_rope_k_sizes=[4, 4],  # the perceiver's 16 latents as a 4 × 4 grid
+        perceiver_resampler_num_latents=16,
+        perceiver_resampler_num_latents_2d=16,
+        perceiver_resampler_num_layers=1,
+        perceiver_resampler_mlp_intermediate_size=64,
+        **memory,
+    )
+    model = EdgeTamVideoModel(config).eval()
+    _present_by_default(model)
+    image, video = _processors(128)
+    return model, Sam2VideoProcessor(image_processor=image, video_processor=video)
 
 
 def save_tiny_segmenter(folder: str | Path, family: str = "sam2", seed: int = 0) -> Path:
-    """Write a tiny ``family`` (one of ``FAMILIES``) model folder that ``make_segmenter`` loads."""
-    builders = {"sam2": build_tiny_sam2, "sam3_tracker": build_tiny_sam3_tracker}
+    """Write a tiny ``family`` (one of ``FAMILIES``) model folder that ``make_segmenter`` loads for
+    images and ``Tracker`` for video."""
+    builders = {"sam2": build_tiny_sam2, "sam3_tracker": build_tiny_sam3_tracker, "edgetam": build_tiny_edgetam}
     if family not in builders:
         raise ValueError(f"unknown segmenter family {family!r}; choose one of {', '.join(FAMILIES)}")
     model, processor = builders[family](seed)

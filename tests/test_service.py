@@ -364,6 +364,12 @@ def test_clip_maps_on_an_image_model_fail_with_the_reason(server, tmp_path):
     assert "needs a video diffusion transformer" in _progress(server, task)["error"]
 
 
+def test_propagate_without_a_sam2_segmenter_fails_with_the_reason(server, tmp_path):
+    task = _submit(server, video_bytes(tmp_path, 3), expression="red circle", propagate="true")
+    assert _wait(server, task) == "failed"
+    assert "needs a SAM 2-family segmenter" in _progress(server, task)["error"]
+
+
 def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):
     """A zip whose first frame reads (so it passes the submit check) and whose second does not."""
     import zipfile

@@ -16,7 +16,7 @@ from grounding.segment.segmenters import make_segmenter
 from grounding.segment.transformers_sam import TransformersSamSegmenter
 from synthetic.segmenters import FAMILIES, save_tiny_segmenter
 
-NAMES = {"sam2": "sam2", "sam3_tracker": "sam3-tracker"}
+NAMES = {"sam2": "sam2", "sam3_tracker": "sam3-tracker", "edgetam": "edgetam"}
 
 
 @pytest.fixture(scope="module")
@@ -96,12 +96,15 @@ def test_not_a_segmenter_folder_is_a_clear_error(tmp_path, tiny_flux_dir):
 
 
 def test_the_service_segments_with_it(folders, tiny_flux_dir, tmp_path):
-    """The real ``bentoml serve`` with ``GROUNDING_SEGMENTER`` = a SAM 2 folder: /info names it and
-    /segment answers with its masks (REST; gRPC runs the same engine)."""
+    """The real ``bentoml serve`` with ``GROUNDING_SEGMENTER`` = a SAM 2 folder: /info names it,
+    /segment answers with its masks (REST; gRPC runs the same engine) and a video job with
+    ``propagate`` runs on its video model."""
+    import time
+
     import httpx
 
     from conftest import Server
-    from fixtures import encode
+    from fixtures import encode, video_bytes
 
     srv = Server(tiny_flux_dir, tmp_path / "srv", GROUNDING_SEGMENTER=str(folders["sam2"]))
     try:
@@ -116,5 +119,19 @@ def test_the_service_segments_with_it(folders, tiny_flux_dir, tmp_path):
         assert r.status_code == 200, r.text
         (res,) = r.json()["results"]
         assert res["segmentation"]["size"] == [60, 80] and 0.0 <= res["score"] <= 1.0
+        # a video job with propagate: maps at keyframes, the SAM 2 video model between them
+        task = httpx.post(
+            srv.url + "/segment_video/submit",
+            files={"video": ("v.mp4", video_bytes(tmp_path, 5), "video/mp4")},
+            data={"expression": "red circle", "propagate": "true", "keyframe_every": "3"},
+            timeout=60,
+        ).json()["task_id"]
+        deadline = time.time() + 120
+        while httpx.get(srv.url + "/segment_video/status", params={"task_id": task}).json()["status"] == "in_progress":
+            assert time.time() < deadline
+            time.sleep(0.2)
+        doc = httpx.get(srv.url + "/segment_video/get", params={"task_id": task}).json()
+        assert len(doc["frames"]) == 5 and doc["frames"][0]["dit"], doc
+        assert {f["source"] for f in doc["frames"]} <= {"map", "tracked", "search"}
     finally:
         srv.stop()

@@ -207,11 +207,21 @@ class Grounder:
         items = self.answer_stage(self.map_stage(pairs, cfg, components=self.answer_stage.uses_head(cfg)), cfg)
         return [self.mask_stage(it, cfg, use_segmenter)[0] for it in items]
 
-    def segment_video(self, frames, expression: str, video=None, maps: str | None = None, **overrides):
+    def segment_video(
+        self,
+        frames,
+        expression: str,
+        video=None,
+        maps: str | None = None,
+        propagate: bool | None = None,
+        **overrides,
+    ):
         """Referring segmentation over a video (path, frame folder, zip of frames, or a sequence /
         iterator of images): a ``VideoResult`` with a ``FrameResult`` per frame. ``maps``:
         "frame" (the model over each frame) or "clip" (a video DiT over windows of frames; sets
-        ``video.maps``). For long videos use ``grounding.pipeline.video.iter_video`` to stream
+        ``video.maps``). ``propagate=True``: maps at keyframes only, the SAM 2-family segmenter's
+        video memory carrying the mask between them (``pipeline.propagate``; sets
+        ``video.propagate``). For long videos use ``grounding.pipeline.video.iter_video`` to stream
         results instead of keeping them."""
         import dataclasses
 
@@ -219,5 +229,7 @@ class Grounder:
 
         if maps is not None:
             video = dataclasses.replace(video or VideoConfig(), maps=maps)
+        if propagate is not None:
+            video = dataclasses.replace(video or VideoConfig(), propagate=propagate)
 
         return segment_video(self, frames, expression, video, **overrides)

@@ -44,6 +44,17 @@ class VideoConfig:
     maps: VideoMaps = "frame"
     clip_frames: int = 17
     clip_overlap: int = 4
+    # Propagation (``propagate``): the map at keyframes only, a SAM 2-family tracker's memory between
+    # them — the first frame where the referent is present (searched every ``search_every`` frames),
+    # then every ``keyframe_every`` frames and wherever the tracker's presence flips; a keyframe whose
+    # map and tracked masks overlap less than ``reanchor_iou`` re-anchors the tracker on the map's
+    # mask; ``anchors`` conditioning frames stay in its memory. ``window`` / ``motion`` /
+    # ``mask_prompt`` apply to per-frame maps only.
+    propagate: bool = False
+    keyframe_every: int = 8
+    search_every: int = 1
+    reanchor_iou: float = 0.5
+    anchors: int = 4
 
     def __post_init__(self):
         if self.maps not in ("frame", "clip"):
@@ -53,6 +64,15 @@ class VideoConfig:
                 f"clip_frames must be ≥ 1 and 0 ≤ clip_overlap < clip_frames, got "
                 f"{self.clip_frames} / {self.clip_overlap}"
             )
+        if self.keyframe_every < 1 or self.search_every < 1 or self.anchors < 1:
+            raise ValueError(
+                f"keyframe_every, search_every and anchors must be ≥ 1, got "
+                f"{self.keyframe_every} / {self.search_every} / {self.anchors}"
+            )
+        if not 0.0 <= self.reanchor_iou <= 1.0:
+            raise ValueError(f"reanchor_iou must be in [0, 1], got {self.reanchor_iou}")
+        if self.propagate and self.maps != "frame":
+            raise ValueError("propagation takes per-frame maps at keyframes; maps='clip' cannot be combined with it")
 
 
 @dataclass
@@ -68,6 +88,8 @@ class FrameResult:
     point_labels: np.ndarray
     timings_ms: dict[str, float] = field(default_factory=dict)
     image: Image.Image | None = None  # the frame (set by ``iter_video``; dropped by ``segment_video``)
+    source: str = "map"  # "map": the map's segmentation; "tracked": carried by the tracker (propagation)
+    dit: bool = True  # a DiT forward ran on this frame
 
 
 @dataclass
@@ -142,12 +164,18 @@ def iter_video(
     prev_mask: np.ndarray | None = None,
     **overrides,
 ) -> Iterator[FrameResult]:
-    """Stream ``FrameResult``s. ``cancel()`` (optional) is checked between batches; when it
+    """Stream ``FrameResult``s (``video.propagate``: maps at keyframes, ``propagate.iter_propagated``).
+    ``cancel()`` (optional) is checked between batches; when it
     returns True the stream stops. ``start`` resumes at that frame: earlier frames are skipped,
     except the ``window`` before it, whose maps are recomputed as temporal context;
     ``prev_mask`` is the mask of frame ``start - 1`` (the first resumed frame gets no SAM mask
     prompt)."""
     video = video or VideoConfig()
+    if video.propagate:
+        from .propagate import iter_propagated
+
+        yield from iter_propagated(grounder, frames, expression, video, cancel, start, prev_mask, **overrides)
+        return
     cfg = grounder.config_for(overrides)
     grounder.tokens(expression, cfg)  # a bad expression fails before any frame is read
     pending: deque = deque()  # ReferentMap items not yet finished, with their global index

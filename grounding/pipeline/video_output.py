@@ -63,6 +63,8 @@ def frame_doc(f: FrameResult) -> dict:
         "box": [round(float(v), 2) for v in f.box],
         "segmentation": mask_to_rle(f.mask),
         "points": [[round(float(x), 2), round(float(y), 2)] for x, y in f.points],
+        "source": f.source,
+        "dit": f.dit,
     }
 
 

@@ -2,11 +2,14 @@
 
 A folder or hub id of a transformers ``Sam2Model`` (SAM 2 / 2.1), ``Sam3TrackerModel`` (SAM 3's
 promptable tracker; a full SAM 3 checkpoint, ``model_type`` ``sam3``, is loaded as its tracker, as
-transformers' docs do) or ``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the class its
+transformers' docs do) or ``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the family its
 ``config.json`` names (``FAMILIES``), with the family's processor, which does the resizing and
-normalisation. The image embedding is cached per image as for SAM, so several expressions on one
-image pay for the encoder once. Prompts are in image pixels, as the map gives them: points with
-labels (1 foreground, 0 background) and the map region's box.
+normalisation. Released checkpoints are saved from the *video* model (``sam2_video``, …); the
+image class loads them and skips the memory weights, and ``tracker()`` loads the video model from
+the same checkpoint (``tracker.Tracker``) for propagation. The image embedding is cached per image
+as for SAM, so several expressions on one image pay for the encoder once. Prompts are in image
+pixels, as the map gives them: points with labels (1 foreground, 0 background) and the map
+region's box.
 
 Multimask and scores, per family (all three share SAM 2's mask decoder): with
 ``multimask_output=True`` the decoder returns 3 candidate masks per prompt set and a predicted IoU
@@ -21,6 +24,7 @@ frame's mask prompt, as SAM's are.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,35 @@ import torch
 
 from .segmenters import SamSegmenterBase
 
-# config.json ``model_type`` → (model class, processor class) in transformers, and the family's name
-# in results and /info.
+
+@dataclass(frozen=True)
+class Family:
+    """One SAM 2-family model in transformers: its image and video classes and its name in results."""
+
+    name: str  # in results and /info
+    model: str  # image model class (``predict``)
+    processor: str
+    video_model: str  # video model class (``Tracker``: masks carried by its memory)
+    video_processor: str
+
+
+SAM2 = Family("sam2", "Sam2Model", "Sam2Processor", "Sam2VideoModel", "Sam2VideoProcessor")
+SAM3_TRACKER = Family(
+    "sam3-tracker", "Sam3TrackerModel", "Sam3TrackerProcessor", "Sam3TrackerVideoModel", "Sam3TrackerVideoProcessor"
+)
+EDGETAM = Family("edgetam", "EdgeTamModel", "Sam2Processor", "EdgeTamVideoModel", "Sam2VideoProcessor")
+# config.json ``model_type`` → family. Released checkpoints are saved from the video model
+# (``sam2_video``, ``sam3_video``, ``edgetam_video``: the image classes load them and skip the memory
+# weights); folders saved from an image model name the image type.
 FAMILIES = {
-    "sam2": ("Sam2Model", "Sam2Processor", "sam2"),
-    "sam3_tracker": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3-tracker"),
-    "sam3": ("Sam3TrackerModel", "Sam3TrackerProcessor", "sam3-tracker"),
-    "edgetam": ("EdgeTamModel", "Sam2Processor", "edgetam"),
+    "sam2": SAM2,
+    "sam2_video": SAM2,
+    "sam3_tracker": SAM3_TRACKER,
+    "sam3_tracker_video": SAM3_TRACKER,
+    "sam3": SAM3_TRACKER,
+    "sam3_video": SAM3_TRACKER,
+    "edgetam": EDGETAM,
+    "edgetam_video": EDGETAM,
 }
 
 
@@ -68,7 +94,10 @@ class TransformersSamSegmenter(SamSegmenterBase):
         self.model.eval()
         self.dtype = next(self.model.parameters()).dtype
         self.processor = processor
-        self.name = FAMILIES.get(getattr(model.config, "model_type", ""), FAMILIES["sam2"])[2]
+        self.family = FAMILIES.get(getattr(model.config, "model_type", ""), SAM2)
+        self.name = self.family.name
+        self.source: str | None = None  # hub id or folder (``from_pretrained``): where ``tracker`` loads from
+        self._tracker: Any = None
         self._embedding: list[torch.Tensor] | None = None
         self._original_size: tuple[int, int] = (0, 0)
 
@@ -84,9 +113,26 @@ class TransformersSamSegmenter(SamSegmenterBase):
             raise ValueError(
                 f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(FAMILIES)})"
             )
-        model_cls, processor_cls = (getattr(transformers, c) for c in FAMILIES[model_type][:2])
-        model = model_cls.from_pretrained(str(name_or_path))
-        return cls(model, processor_cls.from_pretrained(str(name_or_path)), device, dtype, **kw)
+        family = FAMILIES[model_type]
+        model = getattr(transformers, family.model).from_pretrained(str(name_or_path))
+        seg = cls(
+            model, getattr(transformers, family.processor).from_pretrained(str(name_or_path)), device, dtype, **kw
+        )
+        seg.family, seg.name, seg.source = family, family.name, str(name_or_path)
+        return seg
+
+    def tracker(self) -> Any:
+        """The family's video model from the same checkpoint (loaded once, its image encoder shared
+        with this segmenter's): a ``tracker.Tracker`` that carries masks from frame to frame."""
+        if self._tracker is None:
+            if self.source is None:
+                raise ValueError(
+                    f"this {self.name} segmenter was built in memory; load it from a folder or hub id to track"
+                )
+            from .tracker import Tracker
+
+            self._tracker = Tracker.from_pretrained(self.source, self.device, self.dtype, share_encoder=self.model)
+        return self._tracker
 
     def _embed(self, image: np.ndarray) -> None:
         inputs = self.processor(images=np.array(image), return_tensors="pt")  # a writable copy

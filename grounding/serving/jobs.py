@@ -160,6 +160,7 @@ class VideoJobs:
     def _run(self, engine: "Engine", job: dict) -> dict:
         from ..jsonl import JsonlWriter, read_jsonl
         from ..pipeline.frames import video_fps
+        from ..pipeline.propagate import require_tracker
         from ..pipeline.result import rle_to_mask
         from ..pipeline.video import VideoConfig, iter_video
         from ..pipeline.video_output import frame_doc, overlay_video_from_docs
@@ -183,7 +184,16 @@ class VideoJobs:
                 engine.grounder.map_stage.require_video()
             except ValueError as e:
                 raise RequestError(str(e), field="maps") from None
-        video = VideoConfig(window=options.window, maps=options.maps)
+        if options.propagate:
+            if options.maps == "clip":
+                raise RequestError("propagate takes per-frame maps; it cannot be combined with maps=clip", field="maps")
+            try:
+                require_tracker(engine.grounder)
+            except ValueError as e:
+                raise RequestError(f"{e} (GROUNDING_SEGMENTER)", field="propagate") from None
+        video = VideoConfig(
+            window=options.window, maps=options.maps, propagate=options.propagate, keyframe_every=options.keyframe_every
+        )
         overrides = options.overrides()
         cancelled = False
 

@@ -79,6 +79,12 @@ class Options(BaseModel):
         description='video: "frame" — the model over each frame; "clip" — a video '
         "diffusion transformer (Wan, HunyuanVideo) over windows of frames",
     )
+    propagate: bool = Field(
+        False,
+        description="video: the map at keyframes only, the SAM 2-family segmenter's video memory carrying "
+        "the mask between them (needs a transformers SAM 2 / SAM 3 tracker / EdgeTAM segmenter)",
+    )
+    keyframe_every: int = Field(8, ge=1, le=1024, description="video, propagate: a map at least every N frames")
     return_overlay: bool = Field(False, description="video: a base64 overlay mp4 in the result")
 
     def overrides(self) -> dict[str, t.Any]:
@@ -100,7 +106,7 @@ ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
     "ground": ("heatmap_format", *_REFAM, "seed", "views"),
     "answer_ground": (*_RESULT, "threshold", "seed", "views"),
     "render": ("threshold", "seed", "views"),
-    "segment_video": ("window", "maps", "return_overlay", "threshold", "seed"),
+    "segment_video": ("window", "maps", "propagate", "keyframe_every", "return_overlay", "threshold", "seed"),
 }
 
 
