@@ -187,6 +187,7 @@ def test_cli_segment_video_propagate(folders, tmp_path):
     assert (out / "overlay.mp4").stat().st_size > 0
     assert {f["source"] for f in doc["frames"]} <= {"map", "tracked", "search"}
     assert doc["frames"][0]["dit"] and sum(f["dit"] for f in doc["frames"]) < 10
+    assert doc["frames"][doc["keyframe"]]["dit"]  # the keyframe is a frame a map decided
 
 
 def test_eval_davis_propagate_scores_the_fixture(folders, tmp_path):

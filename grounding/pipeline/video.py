@@ -96,7 +96,7 @@ class FrameResult:
 class VideoResult:
     expression: str
     frames: list[FrameResult]
-    keyframe: int  # the frame whose map was most confident
+    keyframe: int  # the frame whose map was most confident (among frames with a DiT forward)
 
     @property
     def masks(self) -> list[np.ndarray]:
@@ -260,5 +260,7 @@ def segment_video(grounder, frames, expression: str, video: VideoConfig | None =
         results.append(f)
     if not results:
         raise ValueError("the video has no frames")
-    key = max(range(len(results)), key=lambda i: results[i].confidence)
+    # the most confident frame among those a map decided (propagation: tracked frames' confidence
+    # is the tracker's object probability, not a map's)
+    key = max(range(len(results)), key=lambda i: (results[i].dit, results[i].confidence))
     return VideoResult(grounder.tokens(expression).expression, results, key)

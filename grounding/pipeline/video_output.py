@@ -75,7 +75,7 @@ def write_outputs(results: Iterable[FrameResult], out: Path, fps: float, overlay
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     writer = OverlayWriter(out / "overlay.mp4", fps) if overlay_video else None
-    docs, best = [], (-1.0, 0)
+    docs, best = [], (False, -1.0, 0)  # (a map decided it, its confidence, -index): see segment_video
     try:
         for f in results:
             save_palette_mask(f.mask, out / "masks" / f"{f.index:05d}.png")
@@ -83,11 +83,11 @@ def write_outputs(results: Iterable[FrameResult], out: Path, fps: float, overlay
                 r = GroundingResult("", f.mask, f.box, f.score, f.heatmap, f.points, f.point_labels)
                 writer.write(overlay(f.image, r))
             docs.append(frame_doc(f))
-            best = max(best, (f.confidence, -f.index))
+            best = max(best, (f.dit, f.confidence, -f.index))
     finally:
         if writer is not None:
             writer.close()
-    return {"frames": docs, "keyframe": -best[1], "fps": fps}
+    return {"frames": docs, "keyframe": -best[2], "fps": fps}
 
 
 def overlay_video_from_docs(video, docs: list[dict], out: Path, fps: float) -> Path:

@@ -234,7 +234,11 @@ class VideoJobs:
             "frames": [{k: v for k, v in r.items() if k != "id"} for r in records],
             "fps": video_fps(job["video_path"]),
         }
-        best = max(range(len(records)), key=lambda i: records[i]["confidence"]) if records else 0
+        best = (  # the most confident frame a map decided (see pipeline.video.segment_video)
+            max(range(len(records)), key=lambda i: (records[i].get("dit", True), records[i]["confidence"]))
+            if records
+            else 0
+        )
         result["keyframe"] = best
         if options.return_overlay:
             path = overlay_video_from_docs(job["video_path"], records, d / "overlay.mp4", result["fps"])
