@@ -46,6 +46,16 @@ def sam_tiny_path(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def sam_folders(tmp_path_factory):
+    """A tiny random folder of each transformers SAM 2 family (``synthetic.segmenters.FAMILIES``),
+    saved from its video model as released checkpoints are."""
+    from synthetic.segmenters import FAMILIES, save_tiny_segmenter
+
+    root = tmp_path_factory.mktemp("sam-folders")
+    return {f: save_tiny_segmenter(root / f, f) for f in FAMILIES}
+
+
 @pytest.fixture
 def scene_image():
     return scene()

@@ -14,7 +14,7 @@ from PIL import Image
 
 from grounding.pipeline.propagate import Keyframes, decide, mask_iou
 from grounding.pipeline.video import VideoConfig, iter_video
-from synthetic.segmenters import FAMILIES, save_tiny_segmenter
+from synthetic.segmenters import FAMILIES
 
 DEMO = "models/shapes-demo"
 
@@ -68,9 +68,8 @@ def test_video_config_checks():
 
 # --- the tracker of each family ------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trackers")
-    return {f: save_tiny_segmenter(root / f, f) for f in FAMILIES}
+def folders(sam_folders):
+    return sam_folders
 
 
 @pytest.mark.parametrize("family", FAMILIES)

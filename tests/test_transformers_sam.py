@@ -14,15 +14,14 @@ import pytest
 from fixtures import scene
 from grounding.segment.segmenters import make_segmenter
 from grounding.segment.transformers_sam import TransformersSamSegmenter
-from synthetic.segmenters import FAMILIES, save_tiny_segmenter
+from synthetic.segmenters import FAMILIES
 
 NAMES = {"sam2": "sam2", "sam3_tracker": "sam3-tracker", "edgetam": "edgetam"}
 
 
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tsam")
-    return {f: save_tiny_segmenter(root / f, f) for f in FAMILIES}
+def folders(sam_folders):
+    return sam_folders
 
 
 @pytest.mark.parametrize("family", FAMILIES)

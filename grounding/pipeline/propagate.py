@@ -147,25 +147,11 @@ def iter_propagated(
         if not schedule.wants_map(idx, tracked_present):
             schedule.tracked_present = tracked_present
             if track is None:  # searching between search frames: nothing anchored, nothing found
-                yield _absent(idx, pixels, timings, image)
+                yield _unmapped(idx, np.zeros(pixels.shape[:2], bool), 0.0, False, timings, image, SEARCH)
                 continue
             mask = track.mask if track.present else np.zeros_like(track.mask)
             last_mask = mask if track.present else last_mask
-            yield FrameResult(
-                idx,
-                mask,
-                box_of(mask) if mask.any() else (0.0, 0.0, 0.0, 0.0),
-                track.probability,
-                np.zeros(mask.shape, np.float32),
-                track.present,
-                track.probability,
-                np.zeros((0, 2), np.float32),
-                np.zeros(0, np.int32),
-                timings,
-                image,
-                source=TRACKED,
-                dit=False,
-            )
+            yield _unmapped(idx, mask, track.probability, track.present, timings, image, TRACKED)
             continue
 
         item = grounder.referent_maps([(image, expression)], cfg)[0]
@@ -222,20 +208,21 @@ def iter_propagated(
         )
 
 
-def _absent(idx: int, pixels: np.ndarray, timings: dict, image) -> FrameResult:
-    h, w = pixels.shape[:2]
+def _unmapped(idx: int, mask: np.ndarray, probability: float, present: bool, timings: dict, image, source: str):
+    """A frame no map decided: the tracker's mask (or none while searching), its object
+    probability as score and confidence, no heatmap, no prompt points."""
     return FrameResult(
         idx,
-        np.zeros((h, w), bool),
-        (0.0, 0.0, 0.0, 0.0),
-        0.0,
-        np.zeros((h, w), np.float32),
-        False,
-        0.0,
+        mask,
+        box_of(mask) if mask.any() else (0.0, 0.0, 0.0, 0.0),
+        probability,
+        np.zeros(mask.shape, np.float32),
+        present,
+        probability,
         np.zeros((0, 2), np.float32),
         np.zeros(0, np.int32),
         timings,
         image,
-        source=SEARCH,
+        source=source,
         dit=False,
     )
