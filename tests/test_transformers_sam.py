@@ -94,6 +94,7 @@ def test_not_a_segmenter_folder_is_a_clear_error(tmp_path, tiny_flux_dir):
         make_segmenter(str(tiny_flux_dir))  # a DiT pipeline folder: no config.json of a SAM model
 
 
+@pytest.mark.slow  # a second real server (≈ 17 s): run by make test-slow and .ci/run
 def test_the_service_segments_with_it(folders, tiny_flux_dir, tmp_path):
     """The real ``bentoml serve`` with ``GROUNDING_SEGMENTER`` = a SAM 2 folder: /info names it,
     /segment answers with its masks (REST; gRPC runs the same engine) and a video job with
