@@ -60,7 +60,7 @@ def test_mask_calibration_picks_what_scores_best(demo, tmp_path):
     """``fit_masks`` on real maps: it never hands back a worse config, and the chosen threshold /
     refinement score what the report says when rerun through ``segment``."""
     from eval.refcoco import RefDataset
-    from grounding.segment.segmenters import mask_iou
+    from grounding.segment.prompts import mask_iou
     from training.calibrate import fit_masks
 
     write_refer(tmp_path, n=16, seed=13, size=64)

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from grounding.pipeline.propagate import Keyframes, decide, mask_iou
+from grounding.pipeline.propagate import Keyframes, decide
 from grounding.pipeline.video import VideoConfig, iter_video
+from grounding.segment.prompts import mask_iou
 from synthetic.segmenters import FAMILIES
 
 DEMO = "models/shapes-demo"
@@ -50,7 +51,7 @@ def test_the_iou_rule():
     a = np.zeros((10, 10), bool)
     a[2:6, 2:6] = True
     b = np.roll(a, 1, axis=1)  # IoU 12 / 20 = 0.6
-    assert mask_iou(a, b) == pytest.approx(0.6) and mask_iou(a & False, b & False) == 1.0
+    assert mask_iou(a, b) == pytest.approx(0.6) and mask_iou(a & False, b & False) == 0.0  # the shared helper
     assert decide(True, a, True, b, 0.5) == "agree"
     assert decide(True, a, True, b, 0.7) == "anchor"  # they disagree: the map's mask re-anchors
     assert decide(True, a, False, b, 0.5) == "anchor"  # the tracker lost it

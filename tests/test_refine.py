@@ -7,8 +7,7 @@ from PIL import Image
 
 from grounding.config import RefineConfig
 from grounding.segment import refine
-from grounding.segment.prompts import region_at_peak
-from grounding.segment.segmenters import mask_iou
+from grounding.segment.prompts import mask_iou, region_at_peak
 
 
 def _disc_scene(size: int = 64, grid: int = 16):

@@ -44,18 +44,12 @@ from typing import Iterator
 
 import numpy as np
 
-from ..segment.prompts import box_of
+from ..segment.prompts import box_of, mask_iou
 from ..segment.segmenters import map_confidence
 from .frames import read_frames
 from .video import FrameResult, VideoConfig
 
 MAP, TRACKED, SEARCH = "map", "tracked", "search"
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool masks (1.0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 1.0
 
 
 @dataclass

@@ -9,7 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..readout.tokens import CONTENT, Word, head_noun, split_words, word_kind
-from .prompts import Prompts, _spread, box_of
+from .prompts import Prompts, _spread, box_of, mask_iou
 
 _NUMBERS = {
     "one": 1,
@@ -113,11 +113,6 @@ def suppress(masks: list[np.ndarray], scores: list[float], iou: float) -> list[i
     for i in sorted(range(len(masks)), key=lambda i: -scores[i]):
         if not masks[i].any():
             continue
-        if all(_iou(masks[i], masks[j]) <= iou for j in kept):
+        if all(mask_iou(masks[i], masks[j]) <= iou for j in kept):
             kept.append(i)
     return kept
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    u = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / u) if u else 0.0

@@ -51,6 +51,12 @@ def region_at_peak(
     return np.asarray(labels == best)
 
 
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two bool masks of one shape (0 when both are empty)."""
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0
+
+
 def box_of(mask: np.ndarray) -> tuple[float, float, float, float]:
     """Tight (x0, y0, x1, y1) box of a bool mask, x1/y1 exclusive; (0, 0, 0, 0) when empty."""
     ys, xs = np.nonzero(mask)

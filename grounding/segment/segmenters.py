@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .prompts import Prompts
+from .prompts import Prompts, mask_iou
 
 SAM_TYPES = ("vit_h", "vit_l", "vit_b", "tiny")
 
@@ -61,12 +61,6 @@ def combined_score(heatmap: np.ndarray, seg: Segmentation) -> float:
     if seg.predicted_iou is None:
         return conf
     return float(np.sqrt(conf * float(np.clip(seg.predicted_iou, 0.0, 1.0))))
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two bool masks of one shape (0 when both are empty)."""
-    union = np.logical_or(a, b).sum()
-    return float(np.logical_and(a, b).sum() / union) if union else 0.0
 
 
 class MapSegmenter:
