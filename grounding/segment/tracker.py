@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .transformers_sam import family_of, placed
+
 OBJECT = 1
 
 
@@ -50,7 +52,7 @@ class Tracker:
         self, model: Any, processor: Any, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
     ):
         self.device = torch.device(device)
-        self.model = (model.to(self.device, dtype) if dtype is not None else model.to(self.device)).eval()
+        self.model = placed(model, self.device, dtype)
         self.dtype = next(self.model.parameters()).dtype
         self.processor = processor
 
@@ -66,12 +68,7 @@ class Tracker:
         model of the same checkpoint whose vision encoder the tracker reuses (one copy in memory)."""
         import transformers
 
-        from .transformers_sam import FAMILIES
-
-        model_type = transformers.AutoConfig.from_pretrained(name_or_path).model_type
-        if model_type not in FAMILIES:
-            raise ValueError(f"{name_or_path} is a {model_type!r} model, not a SAM 2-family tracker")
-        family = FAMILIES[model_type]
+        family = family_of(name_or_path)
         model = getattr(transformers, family.video_model).from_pretrained(name_or_path)
         encoder = getattr(share_encoder, "vision_encoder", None)
         if encoder is not None and type(encoder) is type(model.vision_encoder):

@@ -77,6 +77,23 @@ def transformers_sam_type(spec: str | Path) -> str | None:
     return model_type if model_type in FAMILIES else None
 
 
+def family_of(name_or_path: str | Path) -> Family:
+    """The family a hub id's or folder's ``config.json`` names; ``ValueError`` for any other model."""
+    import transformers
+
+    model_type = transformers.AutoConfig.from_pretrained(str(name_or_path)).model_type
+    if model_type not in FAMILIES:
+        raise ValueError(
+            f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(FAMILIES)})"
+        )
+    return FAMILIES[model_type]
+
+
+def placed(model: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
+    """``model`` on ``device`` (in ``dtype`` when given, else its own), in eval mode."""
+    return (model.to(device, dtype) if dtype is not None else model.to(device)).eval()
+
+
 class TransformersSamSegmenter(SamSegmenterBase):
     """A transformers SAM 2-family model and its processor: ``predict`` / ``predict_many`` as SAM's."""
 
@@ -87,16 +104,16 @@ class TransformersSamSegmenter(SamSegmenterBase):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         use_box: bool = True,
+        source: str | None = None,
     ):
         super().__init__(use_box)
         self.device = torch.device(device)
-        self.model = model.to(self.device, dtype) if dtype is not None else model.to(self.device)
-        self.model.eval()
+        self.model = placed(model, self.device, dtype)
         self.dtype = next(self.model.parameters()).dtype
         self.processor = processor
         self.family = FAMILIES.get(getattr(model.config, "model_type", ""), SAM2)
         self.name = self.family.name
-        self.source: str | None = None  # hub id or folder (``from_pretrained``): where ``tracker`` loads from
+        self.source = source  # hub id or folder (``from_pretrained``): where ``tracker`` loads from
         self._tracker: Any = None
         self._embedding: list[torch.Tensor] | None = None
         self._original_size: tuple[int, int] = (0, 0)
@@ -108,18 +125,10 @@ class TransformersSamSegmenter(SamSegmenterBase):
         """Model and processor from a hub id or local folder (the classes read from its config)."""
         import transformers
 
-        model_type = transformers.AutoConfig.from_pretrained(str(name_or_path)).model_type
-        if model_type not in FAMILIES:
-            raise ValueError(
-                f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(FAMILIES)})"
-            )
-        family = FAMILIES[model_type]
+        family = family_of(name_or_path)
         model = getattr(transformers, family.model).from_pretrained(str(name_or_path))
-        seg = cls(
-            model, getattr(transformers, family.processor).from_pretrained(str(name_or_path)), device, dtype, **kw
-        )
-        seg.family, seg.name, seg.source = family, family.name, str(name_or_path)
-        return seg
+        processor = getattr(transformers, family.processor).from_pretrained(str(name_or_path))
+        return cls(model, processor, device, dtype, source=str(name_or_path), **kw)
 
     def tracker(self) -> Any:
         """The family's video model from the same checkpoint (loaded once, its image encoder shared
