@@ -368,6 +368,9 @@ def test_propagate_without_a_sam2_segmenter_fails_with_the_reason(server, tmp_pa
     task = _submit(server, video_bytes(tmp_path, 3), expression="red circle", propagate="true")
     assert _wait(server, task) == "failed"
     assert "needs a SAM 2-family segmenter" in _progress(server, task)["error"]
+    task = _submit(server, video_bytes(tmp_path, 3), expression="red circle", propagate="true", maps="clip")
+    assert _wait(server, task) == "failed"
+    assert "maps='clip' cannot be combined" in _progress(server, task)["error"]
 
 
 def test_video_task_failing_mid_run_says_failed_with_reason(server, tmp_path):

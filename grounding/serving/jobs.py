@@ -179,21 +179,25 @@ class VideoJobs:
 
         prev = rle_to_mask(done[-1]["segmentation"]) if done else None
         options = parse_options(opts, "segment_video")
+        try:  # the options' ranges are the schema's; what VideoConfig refuses is their combination
+            video = VideoConfig(
+                window=options.window,
+                maps=options.maps,
+                propagate=options.propagate,
+                keyframe_every=options.keyframe_every,
+            )
+        except ValueError as e:
+            raise RequestError(str(e), field="maps") from None
         if options.maps == "clip":
             try:
                 engine.grounder.map_stage.require_video()
             except ValueError as e:
                 raise RequestError(str(e), field="maps") from None
         if options.propagate:
-            if options.maps == "clip":
-                raise RequestError("propagate takes per-frame maps; it cannot be combined with maps=clip", field="maps")
             try:
                 require_tracker(engine.grounder)
             except ValueError as e:
                 raise RequestError(f"{e} (GROUNDING_SEGMENTER)", field="propagate") from None
-        video = VideoConfig(
-            window=options.window, maps=options.maps, propagate=options.propagate, keyframe_every=options.keyframe_every
-        )
         overrides = options.overrides()
         cancelled = False
 
