@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from grounding.pipeline.propagate import Keyframes, decide
-from grounding.pipeline.video import VideoConfig, iter_video
+from grounding.pipeline.video import VideoConfig, iter_video, keyframe_of
 from grounding.segment.prompts import mask_iou
 from synthetic.segmenters import FAMILIES
 
@@ -56,6 +56,8 @@ def test_the_iou_rule():
     assert decide(True, a, True, b, 0.7) == "anchor"  # they disagree: the map's mask re-anchors
     assert decide(True, a, False, b, 0.5) == "anchor"  # the tracker lost it
     assert decide(False, a, True, b, 0.5) == "absent"  # the map decides presence
+    # the keyframe: the most confident map-decided frame, the first on ties
+    assert keyframe_of([(False, 0.99), (True, 0.2), (True, 0.5), (True, 0.5)]) == 2 and keyframe_of([]) == 0
 
 
 def test_video_config_checks():

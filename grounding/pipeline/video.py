@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -253,6 +253,17 @@ def iter_video(
         yield finish(item, idx, [it.map for _, it in list(pending)[: video.window]])
 
 
+def keyframe_of(ranks: Iterable[tuple[bool, float]]) -> int:
+    """The keyframe's position among per-frame ``(dit, confidence)`` pairs: the most confident frame
+    a map decided (propagation: a tracked frame's confidence is the tracker's object probability,
+    not a map's), the first on ties; 0 when there are none."""
+    best, key = (False, -1.0), 0
+    for i, rank in enumerate(ranks):
+        if rank > best:
+            best, key = rank, i
+    return key
+
+
 def segment_video(grounder, frames, expression: str, video: VideoConfig | None = None, **overrides) -> VideoResult:
     results = []
     for f in iter_video(grounder, frames, expression, video, **overrides):
@@ -260,7 +271,5 @@ def segment_video(grounder, frames, expression: str, video: VideoConfig | None =
         results.append(f)
     if not results:
         raise ValueError("the video has no frames")
-    # the most confident frame among those a map decided (propagation: tracked frames' confidence
-    # is the tracker's object probability, not a map's)
-    key = max(range(len(results)), key=lambda i: (results[i].dit, results[i].confidence))
+    key = keyframe_of((f.dit, f.confidence) for f in results)
     return VideoResult(grounder.tokens(expression).expression, results, key)

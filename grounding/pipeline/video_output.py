@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from .frames import read_frames
-from .video import FrameResult
+from .video import FrameResult, keyframe_of
 
 DAVIS_PALETTE = [0, 0, 0, 128, 0, 0] + [0, 0, 0] * 254
 
@@ -75,7 +75,7 @@ def write_outputs(results: Iterable[FrameResult], out: Path, fps: float, overlay
     out.mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(exist_ok=True)
     writer = OverlayWriter(out / "overlay.mp4", fps) if overlay_video else None
-    docs, best = [], (False, -1.0, 0)  # (a map decided it, its confidence, -index): see segment_video
+    docs, ranks = [], []
     try:
         for f in results:
             save_palette_mask(f.mask, out / "masks" / f"{f.index:05d}.png")
@@ -83,11 +83,11 @@ def write_outputs(results: Iterable[FrameResult], out: Path, fps: float, overlay
                 r = GroundingResult("", f.mask, f.box, f.score, f.heatmap, f.points, f.point_labels)
                 writer.write(overlay(f.image, r))
             docs.append(frame_doc(f))
-            best = max(best, (f.dit, f.confidence, -f.index))
+            ranks.append((f.dit, f.confidence))
     finally:
         if writer is not None:
             writer.close()
-    return {"frames": docs, "keyframe": -best[2], "fps": fps}
+    return {"frames": docs, "keyframe": docs[keyframe_of(ranks)]["frame"] if docs else 0, "fps": fps}
 
 
 def overlay_video_from_docs(video, docs: list[dict], out: Path, fps: float) -> Path:

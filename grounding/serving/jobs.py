@@ -162,7 +162,7 @@ class VideoJobs:
         from ..pipeline.frames import video_fps
         from ..pipeline.propagate import require_tracker
         from ..pipeline.result import rle_to_mask
-        from ..pipeline.video import VideoConfig, iter_video
+        from ..pipeline.video import VideoConfig, iter_video, keyframe_of
         from ..pipeline.video_output import frame_doc, overlay_video_from_docs
 
         d = self.root / job["key"]
@@ -238,11 +238,7 @@ class VideoJobs:
             "frames": [{k: v for k, v in r.items() if k != "id"} for r in records],
             "fps": video_fps(job["video_path"]),
         }
-        best = (  # the most confident frame a map decided (see pipeline.video.segment_video)
-            max(range(len(records)), key=lambda i: (records[i].get("dit", True), records[i]["confidence"]))
-            if records
-            else 0
-        )
+        best = keyframe_of((r.get("dit", True), r["confidence"]) for r in records)
         result["keyframe"] = best
         if options.return_overlay:
             path = overlay_video_from_docs(job["video_path"], records, d / "overlay.mp4", result["fps"])
