@@ -40,7 +40,7 @@ def test_keyframe_schedule():
     assert k.wants_map(0, None)  # nothing anchored, never mapped: search
     k.last_map = 0
     assert not k.wants_map(1, None) and k.wants_map(2, None)  # searching every 2 frames
-    k.anchored, k.last_map, k.tracked_present = True, 2, True
+    k.last_map, k.tracked_present = 2, True  # anchored: the tracker reports on every frame
     assert [k.wants_map(t, True) for t in (3, 4, 5, 6)] == [False, False, False, True]  # every 4
     assert k.wants_map(3, False)  # the tracker's presence flipped: checked at once
     with pytest.raises(ValueError, match="≥ 1"):

@@ -59,7 +59,6 @@ class Keyframes:
     every: int = 8
     search_every: int = 1
     last_map: int | None = None
-    anchored: bool = False
     tracked_present: bool | None = None  # the tracker's presence on the previous frame
 
     def __post_init__(self):
@@ -70,9 +69,9 @@ class Keyframes:
 
     def wants_map(self, index: int, tracked_present: bool | None) -> bool:
         """Whether frame ``index`` gets a map; ``tracked_present``: the tracker's view of it (None
-        when nothing is anchored)."""
+        when nothing is anchored: the search)."""
         since = None if self.last_map is None else index - self.last_map
-        if not self.anchored:
+        if tracked_present is None:
             return since is None or since >= self.search_every
         flipped = self.tracked_present is not None and tracked_present != self.tracked_present
         return since is None or since >= self.every or flipped
@@ -132,9 +131,9 @@ def iter_propagated(
             continue
         if idx == start and start > 0 and prev_mask is not None and prev_mask.any() and prev_image is not None:
             session.step(start - 1, prev_image, anchor=prev_mask)  # resume: the last recorded mask re-anchors
-            schedule.anchored, schedule.last_map = True, start - 1
+            schedule.last_map = start - 1
         t0 = time.perf_counter()
-        track = session.step(idx, pixels) if schedule.anchored else None
+        track = session.step(idx, pixels) if session.anchored else None
         t1 = time.perf_counter()
         timings = {"tracker": (t1 - t0) * 1000} if track is not None else {}
         tracked_present = None if track is None else track.present
@@ -177,13 +176,11 @@ def iter_propagated(
                 track = session.reanchor(idx, result.mask)
             timings["tracker"] = timings.get("tracker", 0.0) + (time.perf_counter() - t2) * 1000
             mask, source, present = result.mask, MAP, True
-            schedule.anchored = True
         else:  # the map says the referent is not there: drop the anchor
             mask, source, present = np.zeros_like(result.mask), MAP, False
-            if schedule.anchored:
+            if session.anchored:
                 session = tracker.start(video.anchors)
-            schedule.anchored = False
-        schedule.tracked_present = present if schedule.anchored else None
+        schedule.tracked_present = present if session.anchored else None
         last_mask = mask if present else last_mask
         yield FrameResult(
             idx,
