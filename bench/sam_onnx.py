@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,16 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from exporters.sam import export_sam  # noqa: E402
 from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter  # noqa: E402
-
-
-def median_time(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from timing import median_time  # noqa: E402  (bench/, this script's folder)
 
 
 def main() -> None:

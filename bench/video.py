@@ -132,21 +132,21 @@ def propagation_rows(model: str, args, frames: list) -> dict:
     from grounding import Grounder
     from grounding.pipeline.video import VideoConfig, iter_video
     from synthetic.segmenters import save_tiny_segmenter
+    from timing import median_time  # bench/, this script's folder
 
     seg = args.segmenter or str(save_tiny_segmenter(Path(tempfile.mkdtemp()) / "sam2", "sam2"))
     g = Grounder.from_pretrained(model, segmenter=seg, device="cpu", resolution=args.propagate_resolution)
     expr = "the red circle"
-    # the two unit costs, each the median of 5 after a warm-up
+    # the two unit costs, each the median of 5 frames after a warm-up frame
     cfg = g.config_for({})
-    g.referent_maps([(frames[0], expr)], cfg)
-    map_ms = 1000 * float(np.median([_timed(lambda f=f: g.referent_maps([(f, expr)], cfg)) for f in frames[:5]]))
+    images = iter(frames)
+    map_ms = 1000 * median_time(lambda: g.referent_maps([(next(images), expr)], cfg), 5)
     session = g.segmenter.tracker().start()
     anchor = np.zeros(np.asarray(frames[0]).shape[:2], bool)
     anchor[10:30, 10:30] = True
     session.step(0, np.asarray(frames[0]), anchor=anchor)
-    track_ms = 1000 * float(
-        np.median([_timed(lambda t=t: session.step(t, np.asarray(frames[t]))) for t in range(1, 6)])
-    )
+    steps = ((t, np.asarray(frames[t])) for t in range(1, 7))
+    track_ms = 1000 * median_time(lambda: session.step(*next(steps)), 5)
     paths = {
         "per-frame maps (batch 4)": VideoConfig(batch_frames=4),
         f"propagate (keyframe every {args.keyframe_every})": VideoConfig(
@@ -183,12 +183,6 @@ def propagation_rows(model: str, args, frames: list) -> dict:
         "keyframe_every": args.keyframe_every,
         "propagate_resolution": args.propagate_resolution,
     }
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 class PeakMemory:
