@@ -66,23 +66,14 @@ def test_grounder_segments_with_it(folders, family, tiny_flux_dir):
 
 
 def test_cli_segment_with_a_transformers_segmenter(folders, tiny_flux_dir, tmp_path):
-    from fixtures import run_module
+    """``python -m grounding segment --segmenter FOLDER``, run in process (test_cli's subprocess
+    case already checks that ``python -m grounding`` itself starts)."""
+    from grounding.cli import main
 
     scene(80, 60).save(tmp_path / "img.png")
     out = tmp_path / "out"
-    seg = folders["sam2"]
-    run_module(
-        "grounding",
-        "segment",
-        "--model",
-        tiny_flux_dir,
-        "--segmenter",
-        seg,
-        tmp_path / "img.png",
-        "the red circle",
-        "--out",
-        out,
-    )
+    args = ["segment", "--model", tiny_flux_dir, "--segmenter", folders["sam2"], tmp_path / "img.png"]
+    assert main([str(a) for a in args] + ["the red circle", "--out", str(out)]) == 0
     doc = json.loads((out / "result.json").read_text())
     assert doc["segmenter"] == "sam2" and (out / "mask.png").is_file()
 
