@@ -18,18 +18,26 @@ SHA-256 hashes; loading checks it.
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
-from grounding.segment.manifest import FORMAT, MANIFEST, sha256, validate  # noqa: F401  (validate: re-exported)
+from grounding.segment.manifest import FORMAT, MANIFEST, validate  # noqa: F401  (validate: re-exported)
+
+from .onnx_graphs import export_graph, file_table, optimize_graph, quantize_graph, too_large
 
 ENCODER_INPUTS, ENCODER_OUTPUTS = ["image"], ["image_embeddings"]
 DECODER_INPUTS = ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"]
 DECODER_OUTPUTS = ["low_res_masks", "iou_predictions"]
-TWO_GB = 2 * 1024**3
+# The transformer optimizer's fusion family for the ViT encoder (``onnx_graphs.optimize_graph``), and
+# the fusion left out: its layer-norm fusions misread segment-anything's channel-first LayerNorm2d in
+# the neck (as an RMS norm under ``vit`` / ``bert``, with the wrong broadcast under ``sam2``: outputs
+# off by 36–100 % of their scale, measured on vit_b and the tiny SAM); the blocks' LayerNorms export
+# as the native operator at opset 17 and need no fusion.
+OPTIMIZER_MODEL_TYPE = "sam2"
+OPTIMIZER_DISABLED = ("layer_norm",)
 
 
 class EncoderGraph(nn.Module):
@@ -77,45 +85,17 @@ class DecoderGraph(nn.Module):
         return masks[:, 1:], iou[:, 1:]
 
 
-def _export(
-    module: nn.Module,
-    args: tuple,
-    path: Path,
-    inputs: list[str],
-    outputs: list[str],
-    opset: int,
-    dynamic_axes: dict | None,
-    large: bool,
-) -> list[str]:
-    """Export; graphs over 2 GB keep their weights as ONNX external data. Returns files written."""
-    import onnx
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            module,
-            args,
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            opset_version=opset,
-            dynamic_axes=dynamic_axes,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    files = [path.name]
-    if large:
-        model = onnx.load(str(path))
-        data = path.name + ".data"
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=data)
-        files.append(data)
-    return files
-
-
 def export_sam(
-    sam, out: str | Path, model_type: str, opset: int = 17, fp16: bool = False, quantize: str | None = None
+    sam,
+    out: str | Path,
+    model_type: str,
+    opset: int = 17,
+    fp16: bool = False,
+    quantize: str | None = None,
+    optimize: bool = False,
 ) -> dict:
-    """Write ``encoder.onnx``, ``decoder.onnx`` (+ external data) and ``manifest.json`` to ``out``."""
+    """Write ``encoder.onnx``, ``decoder.onnx`` (+ external data) and ``manifest.json`` to ``out``;
+    ``optimize``: the encoder through onnxruntime's transformer optimizer (before quantizing)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     sam = sam.eval().cpu()
@@ -125,12 +105,15 @@ def export_sam(
     size = sam.image_encoder.img_size
     embed_dim = sam.prompt_encoder.embed_dim
     grid = sam.prompt_encoder.image_embedding_size
-    n_params = sum(p.numel() for p in sam.image_encoder.parameters())
-    large = n_params * (2 if fp16 else 4) > TWO_GB - 64 * 2**20
+    large = too_large(sam.image_encoder, 2 if fp16 else 4)
+    if quantize not in (None, "int8"):
+        raise ValueError(f"unknown quantization {quantize!r}; only int8 is supported")
+    if optimize and large:
+        raise ValueError("the transformer optimizer is not applied to graphs with external data (over 2 GB)")
     files: dict[str, list[str]] = {}
     with torch.no_grad():
-        files["encoder"] = _export(
-            EncoderGraph(sam),
+        files["encoder"] = export_graph(
+            EncoderGraph(sam).eval(),
             (torch.zeros(1, 3, size, size, dtype=dtype),),
             out / "encoder.onnx",
             ENCODER_INPUTS,
@@ -153,23 +136,24 @@ def export_sam(
             "low_res_masks": {0: "prompts"},
             "iou_predictions": {0: "prompts"},
         }
-        files["decoder"] = _export(
-            DecoderGraph(sam), dec_args, out / "decoder.onnx", DECODER_INPUTS, DECODER_OUTPUTS, opset, prompts, False
+        files["decoder"] = export_graph(
+            DecoderGraph(sam).eval(),
+            dec_args,
+            out / "decoder.onnx",
+            DECODER_INPUTS,
+            DECODER_OUTPUTS,
+            opset,
+            prompts,
+            False,
         )
     precision = "fp16" if fp16 else "fp32"
+    optimized = None
+    if optimize:
+        probe = {"image": np.random.RandomState(0).randn(1, 3, size, size).astype(np.float16 if fp16 else np.float32)}
+        optimized = optimize_graph(out / "encoder.onnx", OPTIMIZER_MODEL_TYPE, probe, OPTIMIZER_DISABLED)
     if quantize:
-        if quantize != "int8":
-            raise ValueError(f"unknown quantization {quantize!r}; only int8 is supported")
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         for part in ("encoder", "decoder"):
-            src = out / f"{part}.onnx"
-            dst = out / f"{part}.int8.onnx"
-            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
-            for f in files[part]:
-                (out / f).unlink()
-            dst.rename(src)
-            files[part] = [src.name]
+            files[part] = quantize_graph(out / f"{part}.onnx", files[part])
         precision = "int8"
     manifest = {
         "format": FORMAT,
@@ -187,9 +171,8 @@ def export_sam(
             "encoder": {"inputs": ENCODER_INPUTS, "outputs": ENCODER_OUTPUTS},
             "decoder": {"inputs": DECODER_INPUTS, "outputs": DECODER_OUTPUTS},
         },
-        "files": {
-            f: {"sha256": sha256(out / f), "bytes": (out / f).stat().st_size} for part in files.values() for f in part
-        },
+        "optimized": optimized,
+        "files": file_table(out, [f for part in files.values() for f in part]),
         "torch": torch.__version__,
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")

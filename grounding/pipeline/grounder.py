@@ -64,7 +64,7 @@ class Grounder:
         self.config = config or GroundingConfig()
         self.model_id = model_id
         self.map_stage = MapStage(backend)
-        self.mask_stage = MaskStage(make_segmenter(segmenter, str(backend.device)))
+        self.mask_stage = MaskStage(make_segmenter(segmenter, str(backend.device), backend.dtype))
         self.answer_stage = AnswerStage(self.map_stage, answer_head)
 
     @property

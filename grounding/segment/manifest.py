@@ -1,6 +1,7 @@
-"""The ONNX SAM export's manifest (written by ``python -m exporters sam``): its name, format and
-the check that every file it lists is there, whole and unchanged. The segmenter checks it on load;
-the exporter writes it."""
+"""The ONNX segmenter exports' manifest (written by ``python -m exporters sam`` / ``sam2``): its
+name, the two formats (SAM's graphs; a SAM 2-family model's graphs with its processor) and the
+check that every file it lists is there, whole and unchanged. The segmenters check it on load; the
+exporters write it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
-FORMAT = "dit-grounding/sam-onnx/1"
+FORMAT = "dit-grounding/sam-onnx/1"  # SAM (segment-anything): exporters/sam.py
+FORMAT_SAM2 = "dit-grounding/sam2-onnx/1"  # SAM 2 / SAM 3 tracker / EdgeTAM (transformers): exporters/sam2.py
+FORMATS = (FORMAT, FORMAT_SAM2)
 
 
 def sha256(path: Path) -> str:
@@ -22,19 +25,28 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def validate(folder: str | Path, check_hashes: bool = True) -> dict[str, Any]:
-    """The manifest of an export folder, after checking every file it lists is there, whole and
-    unchanged; raises ``ValueError`` naming the problem."""
+def read(folder: str | Path) -> dict[str, Any]:
+    """The manifest of an export folder as written, its format checked, its files not (``validate``)."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
-        raise ValueError(f"{folder} has no {MANIFEST}: not a SAM ONNX export (python -m exporters sam ...)")
+        raise ValueError(f"{folder} has no {MANIFEST}: not an ONNX segmenter export (python -m exporters ...)")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {manifest.get('format')!r}")
+    if not isinstance(manifest, dict) or manifest.get("format") not in FORMATS:
+        raise ValueError(f"{path}: unknown format {manifest.get('format') if isinstance(manifest, dict) else None!r}")
+    return manifest
+
+
+def validate(folder: str | Path, check_hashes: bool = True, format: str | None = None) -> dict[str, Any]:
+    """The manifest of an export folder, after checking it is of ``format`` (when given) and every file
+    it lists is there, whole and unchanged; raises ``ValueError`` naming the problem."""
+    folder = Path(folder)
+    manifest = read(folder)
+    if format is not None and manifest["format"] != format:
+        raise ValueError(f"{folder} is a {manifest['format']} export, not {format}")
     for name, meta in manifest["files"].items():
         f = folder / name
         if not f.is_file():

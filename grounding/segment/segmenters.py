@@ -315,23 +315,31 @@ def ort_providers() -> list[str]:
     return providers
 
 
+def ort_session(path: Path, providers: list[str]):
+    """An onnxruntime session on the graph at ``path`` with the given providers only, every graph
+    optimization on, warnings off (an export's shape-merge notices are not the user's concern)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=providers)
+
+
 class OnnxSamSegmenter(SamSegmenterBase):
     """SAM through onnxruntime on graphs from ``python -m exporters sam``; same outputs as the
     torch path (the masks are upscaled outside the graphs, with the same ops)."""
 
     def __init__(self, folder: str | Path, providers: list[str] | None = None, use_box: bool = True):
-        import onnxruntime as ort
-
-        from .manifest import validate
+        from .manifest import FORMAT, validate
 
         super().__init__(use_box)
         self.folder = Path(folder)
-        self.manifest = validate(self.folder)
-        opts = ort.SessionOptions()
+        self.manifest = validate(self.folder, format=FORMAT)
         providers = providers or ort_providers()
         try:
-            self.encoder = ort.InferenceSession(str(self.folder / "encoder.onnx"), opts, providers=providers)
-            self.decoder = ort.InferenceSession(str(self.folder / "decoder.onnx"), opts, providers=providers)
+            self.encoder = ort_session(self.folder / "encoder.onnx", providers)
+            self.decoder = ort_session(self.folder / "decoder.onnx", providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ValueError(f"cannot load the ONNX graphs in {self.folder}: {e}") from None
         self.provider = self.encoder.get_providers()[0]
@@ -398,11 +406,12 @@ class OnnxSamSegmenter(SamSegmenterBase):
         return self._decode(np.stack([c for c, _ in sets]), np.stack([lab for _, lab in sets]), None, False)
 
 
-def make_segmenter(spec, device: str = "cpu"):
+def make_segmenter(spec, device: str = "cpu", dtype: torch.dtype | None = None):
     """``None``/"" → map threshold; a segmenter object passes through; a folder with
-    ``manifest.json`` → SAM through onnxruntime; a folder of a transformers SAM 2 / SAM 3 tracker /
-    EdgeTAM model → that model (``transformers_sam``); a file → a SAM checkpoint in torch; a hub id
-    (``org/name``, not a local path) → a transformers SAM 2-family model from the hub."""
+    ``manifest.json`` → SAM or a SAM 2-family model through onnxruntime (by the manifest's format);
+    a folder of a transformers SAM 2 / SAM 3 tracker / EdgeTAM model → that model
+    (``transformers_sam``, on ``device`` in ``dtype``: the DiT's); a file → a SAM checkpoint in
+    torch; a hub id (``org/name``, not a local path) → a transformers SAM 2-family model from the hub."""
     if spec is None or spec == "":
         return MapSegmenter()
     if callable(spec):
@@ -412,9 +421,15 @@ def make_segmenter(spec, device: str = "cpu"):
     path = Path(spec)
     if path.is_dir():
         if (path / "manifest.json").is_file():
+            from .manifest import FORMAT_SAM2, read
+
+            if read(path)["format"] == FORMAT_SAM2:
+                from .onnx_sam2 import OnnxSam2Segmenter
+
+                return OnnxSam2Segmenter(spec)
             return OnnxSamSegmenter(spec)
         if transformers_sam_type(path):
-            return TransformersSamSegmenter.from_pretrained(path, device=device)
+            return TransformersSamSegmenter.from_pretrained(path, device=device, dtype=dtype)
         raise ValueError(
             f"{path.name} is not a segmenter folder: it has neither an ONNX export's manifest.json nor the "
             "config.json of a SAM 2 / SAM 3 tracker / EdgeTAM model"
@@ -422,5 +437,5 @@ def make_segmenter(spec, device: str = "cpu"):
     if path.is_file():
         return SamSegmenter.from_checkpoint(spec, device=device)
     if str(spec).count("/") == 1 and not str(spec).endswith((".pth", ".pt", ".safetensors", ".onnx")):
-        return TransformersSamSegmenter.from_pretrained(str(spec), device=device)
+        return TransformersSamSegmenter.from_pretrained(str(spec), device=device, dtype=dtype)
     raise FileNotFoundError(f"SAM checkpoint not found: {path}")

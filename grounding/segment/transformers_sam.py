@@ -94,7 +94,91 @@ def placed(model: Any, device: torch.device, dtype: torch.dtype | None) -> Any:
     return (model.to(device, dtype) if dtype is not None else model.to(device)).eval()
 
 
-class TransformersSamSegmenter(SamSegmenterBase):
+class ProcessorSegmenter(SamSegmenterBase):
+    """A SAM 2-family segmenter around its processor: the processor resizes and normalises images,
+    scales prompts to the model's frame and upscales masks; subclasses run the model — in torch
+    (``TransformersSamSegmenter``) or onnxruntime (``onnx_sam2.OnnxSam2Segmenter``) — on what it gives."""
+
+    def __init__(self, processor: Any, use_box: bool = True):
+        super().__init__(use_box)
+        self.processor = processor
+        self._embedding: Any = None
+        self._original_size: tuple[int, int] = (0, 0)
+
+    def _embed(self, image: np.ndarray) -> None:
+        inputs = self.processor(images=np.array(image), return_tensors="pt")  # a writable copy
+        self._original_size = (int(image.shape[0]), int(image.shape[1]))
+        self._embedding = self._encode(inputs["pixel_values"])
+
+    def _encode(self, pixel_values: torch.Tensor) -> Any:
+        """The image embedding the decoder reads, from ``pixel_values`` ``[1, 3, S, S]``."""
+        raise NotImplementedError
+
+    def _run_decoder(
+        self,
+        points: torch.Tensor,
+        labels: torch.Tensor,
+        boxes: torch.Tensor | None,
+        mask_input: np.ndarray | None,
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Prompts in the model's frame (``points`` ``[1, B, K, 2]``, ``labels`` ``[1, B, K]``,
+        ``boxes`` ``[1, B, 4]``; ``mask_input`` ``[B, h, w]`` low-res logits) on the embedded image →
+        low-res logits ``[B, 3, h, w]`` (float32, CPU) and predicted IoU ``[B, 3]``."""
+        raise NotImplementedError
+
+    def _decode(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        boxes: np.ndarray | None,
+        mask_input: np.ndarray | None = None,
+        return_logits: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``B`` prompt sets on the embedded image (``points`` ``[B, K, 2]``, ``labels`` ``[B, K]``,
+        ``boxes`` ``[B, 4]``, ``mask_input`` ``[B, h, w]`` low-res logits) → masks ``[B, 3, H, W]``
+        (bool, or logits), predicted IoU ``[B, 3]``, low-res logits ``[B, 3, h, w]``."""
+        assert self._embedding is not None, "set_image first"
+        h, w = self._original_size
+        prompts = self.processor(
+            input_points=[[[[float(x), float(y)] for x, y in pts] for pts in points]],
+            input_labels=[[[int(v) for v in labs] for labs in labels]],
+            input_boxes=None if boxes is None else [[[float(v) for v in box] for box in boxes]],
+            original_sizes=[[h, w]],
+            return_tensors="pt",
+        )
+        low, iou = self._run_decoder(
+            prompts["input_points"], prompts["input_labels"], prompts.get("input_boxes"), mask_input
+        )
+        masks = self.processor.post_process_masks(low[None], torch.tensor([[h, w]]), binarize=not return_logits)[0]
+        return masks.numpy(), np.asarray(iou, dtype=np.float32), low.numpy()
+
+    def predict(
+        self,
+        points: np.ndarray,
+        labels: np.ndarray,
+        box: np.ndarray | None,
+        return_logits: bool = False,
+        mask_input: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One prompt set: masks ``[3, H, W]``, IoU ``[3]``, low-res logits ``[3, h, w]``;
+        ``mask_input`` ``[1, h, w]`` is a low-res mask prompt (the previous frame's)."""
+        masks, iou, low = self._decode(
+            np.asarray(points, dtype=np.float32)[None],
+            np.asarray(labels)[None],
+            None if box is None else np.asarray(box, dtype=np.float32)[None],
+            mask_input,
+            return_logits,
+        )
+        return masks[0], iou[0], low[0]
+
+    def predict_many(
+        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All ``B`` prompt sets in one decoder call (the model's "objects" axis)."""
+        return self._decode(points, labels, boxes)
+
+
+class TransformersSamSegmenter(ProcessorSegmenter):
     """A transformers SAM 2-family model and its processor: ``predict`` / ``predict_many`` as SAM's."""
 
     def __init__(
@@ -106,17 +190,14 @@ class TransformersSamSegmenter(SamSegmenterBase):
         use_box: bool = True,
         source: str | None = None,
     ):
-        super().__init__(use_box)
+        super().__init__(processor, use_box)
         self.device = torch.device(device)
         self.model = placed(model, self.device, dtype)
         self.dtype = next(self.model.parameters()).dtype
-        self.processor = processor
         self.family = FAMILIES.get(getattr(model.config, "model_type", ""), SAM2)
         self.name = self.family.name
         self.source = source  # hub id or folder (``from_pretrained``): where ``tracker`` loads from
         self._tracker: Any = None
-        self._embedding: list[torch.Tensor] | None = None
-        self._original_size: tuple[int, int] = (0, 0)
 
     @classmethod
     def from_pretrained(
@@ -143,71 +224,21 @@ class TransformersSamSegmenter(SamSegmenterBase):
             self._tracker = Tracker.from_pretrained(self.source, self.device, self.dtype, share_encoder=self.model)
         return self._tracker
 
-    def _embed(self, image: np.ndarray) -> None:
-        inputs = self.processor(images=np.array(image), return_tensors="pt")  # a writable copy
-        self._original_size = (int(image.shape[0]), int(image.shape[1]))
+    def _encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
-            self._embedding = self.model.get_image_embeddings(inputs["pixel_values"].to(self.device, self.dtype))
+            return self.model.get_image_embeddings(pixel_values.to(self.device, self.dtype))
 
-    def _decode(
-        self,
-        points: np.ndarray,
-        labels: np.ndarray,
-        boxes: np.ndarray | None,
-        mask_input: np.ndarray | None = None,
-        return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``B`` prompt sets on the embedded image (``points`` ``[B, K, 2]``, ``labels`` ``[B, K]``,
-        ``boxes`` ``[B, 4]``, ``mask_input`` ``[B, h, w]`` low-res logits) → masks ``[B, 3, H, W]``
-        (bool, or logits), predicted IoU ``[B, 3]``, low-res logits ``[B, 3, h, w]``."""
-        assert self._embedding is not None, "set_image first"
-        h, w = self._original_size
-        prompts = self.processor(
-            input_points=[[[[float(x), float(y)] for x, y in pts] for pts in points]],
-            input_labels=[[[int(v) for v in labs] for labs in labels]],
-            input_boxes=None if boxes is None else [[[float(v) for v in box] for box in boxes]],
-            original_sizes=[[h, w]],
-            return_tensors="pt",
-        )
+    def _run_decoder(self, points, labels, boxes, mask_input):
         kwargs: dict[str, Any] = {
             "image_embeddings": self._embedding,
-            "input_points": prompts["input_points"].to(self.device, self.dtype),
-            "input_labels": prompts["input_labels"].to(self.device),
+            "input_points": points.to(self.device, self.dtype),
+            "input_labels": labels.to(self.device),
             "multimask_output": True,
         }
         if boxes is not None:
-            kwargs["input_boxes"] = prompts["input_boxes"].to(self.device, self.dtype)
+            kwargs["input_boxes"] = boxes.to(self.device, self.dtype)
         if mask_input is not None:
             kwargs["input_masks"] = torch.as_tensor(mask_input, dtype=self.dtype, device=self.device)[:, None]
         with torch.no_grad():
             out = self.model(**kwargs)
-        low = out.pred_masks[0].float()  # [B, 3, h, w]
-        masks = self.processor.post_process_masks(low[None].cpu(), torch.tensor([[h, w]]), binarize=not return_logits)[
-            0
-        ]  # [B, 3, H, W]
-        return masks.numpy(), out.iou_scores[0].float().cpu().numpy(), low.cpu().numpy()
-
-    def predict(
-        self,
-        points: np.ndarray,
-        labels: np.ndarray,
-        box: np.ndarray | None,
-        return_logits: bool = False,
-        mask_input: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """One prompt set: masks ``[3, H, W]``, IoU ``[3]``, low-res logits ``[3, h, w]``;
-        ``mask_input`` ``[1, h, w]`` is a low-res mask prompt (the previous frame's)."""
-        masks, iou, low = self._decode(
-            np.asarray(points, dtype=np.float32)[None],
-            np.asarray(labels)[None],
-            None if box is None else np.asarray(box, dtype=np.float32)[None],
-            mask_input,
-            return_logits,
-        )
-        return masks[0], iou[0], low[0]
-
-    def predict_many(
-        self, points: np.ndarray, labels: np.ndarray, boxes: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All ``B`` prompt sets in one decoder call (the model's "objects" axis)."""
-        return self._decode(points, labels, boxes)
+        return out.pred_masks[0].float().cpu(), out.iou_scores[0].float().cpu().numpy()
