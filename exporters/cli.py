@@ -57,4 +57,3 @@ def main(argv=None) -> int:
         return 2
     print(json.dumps({"out": args.out, "precision": manifest["precision"], "files": manifest["files"]}))
     return 0
-
