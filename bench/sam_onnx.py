@@ -17,7 +17,9 @@ IoU of the three candidate masks against torch's. Final JSON line: per model,
 from __future__ import annotations
 
 import argparse
+import gc
 import json
+import resource
 import sys
 import tempfile
 import time
@@ -36,13 +38,22 @@ from grounding.segment.transformers_sam import TransformersSamSegmenter  # noqa:
 from timing import median_time  # noqa: E402  (bench/, this script's folder)
 
 VARIANTS = ("fp32", "optimized", "int8")
+
+
+def progress(step: str) -> None:
+    """A progress line on stderr with the peak resident memory so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(f"[sam_onnx] {step} (peak RSS {peak:.1f} GiB)", file=sys.stderr, flush=True)
+
+
 PROVIDERS = ["CPUExecutionProvider"]
 
 
 def build(name: str, folder: Path):
-    """(torch segmenter, {variant: ONNX segmenter}, export seconds per variant) for ``name``."""
+    """(torch segmenter, ``load(variant)`` → that variant's ONNX segmenter, export seconds per
+    variant) for ``name``; the variants are exported up front and loaded one at a time."""
     torch.manual_seed(0)
-    exported, seconds = {}, {}
+    seconds = {}
     if name == "sam2":
         from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
@@ -52,8 +63,8 @@ def build(name: str, folder: Path):
             t = time.perf_counter()
             export_sam2(model, processor, folder / v, optimize=v != "fp32", quantize="int8" if v == "int8" else None)
             seconds[v] = time.perf_counter() - t
-            exported[v] = OnnxSam2Segmenter(folder / v, providers=PROVIDERS)
-        return TransformersSamSegmenter(model, processor), exported, seconds
+            progress(f"sam2 exported {v}")
+        return TransformersSamSegmenter(model, processor), lambda v: OnnxSam2Segmenter(folder / v, PROVIDERS), seconds
     from segment_anything import sam_model_registry
 
     sam = sam_model_registry[name](checkpoint=None).eval()
@@ -61,8 +72,8 @@ def build(name: str, folder: Path):
         t = time.perf_counter()
         export_sam(sam, folder / v, name, optimize=v != "fp32", quantize="int8" if v == "int8" else None)
         seconds[v] = time.perf_counter() - t
-        exported[v] = OnnxSamSegmenter(folder / v, providers=PROVIDERS)
-    return SamSegmenter(sam), exported, seconds
+        progress(f"{name} exported {v}")
+    return SamSegmenter(sam), lambda v: OnnxSamSegmenter(folder / v, PROVIDERS), seconds
 
 
 def fidelity(reference, other) -> tuple[float, float]:
@@ -88,22 +99,28 @@ def fidelity(reference, other) -> tuple[float, float]:
 
 def bench(name: str, reps: int, folder: Path) -> dict:
     """One model's row: times, ratios and fidelity of every variant."""
-    torch_seg, onnx, export_s = build(name, folder)
+    torch_seg, load, export_s = build(name, folder)
     rng = np.random.RandomState(0)
     image = (rng.rand(480, 640, 3) * 255).astype(np.uint8)
     points = np.array([[200.0, 150.0], [400.0, 300.0], [100.0, 400.0]], dtype=np.float32)
     labels = np.array([1, 1, 0])
     box = np.array([150, 100, 450, 380], dtype=np.float32)
     row: dict = {"model": name, "encoder_torch_s": median_time(lambda: torch_seg._embed(image), reps)}
+    progress(f"{name} torch encoder timed")
     torch_seg.set_image(image)
     row["decoder_torch_ms"] = 1000 * median_time(lambda: torch_seg.predict(points, labels, box), reps * 4)
-    for v, seg in onnx.items():
+    for v in VARIANTS:  # one runtime session at a time: vit_b's arenas do not fit 24 GB together
+        seg = load(v)
         row[f"encoder_{v}_s"] = median_time(lambda seg=seg: seg._embed(image), reps)
         seg.set_image(image)
         row[f"decoder_{v}_ms"] = 1000 * median_time(lambda seg=seg: seg.predict(points, labels, box), reps * 4)
         row[f"logit_rel_diff_{v}"], row[f"mask_iou_{v}"] = fidelity(torch_seg, seg)
         row[f"export_{v}_s"] = export_s[v]
-    row["fused"] = onnx["optimized"].manifest["optimized"]
+        progress(f"{name} {v} timed and compared")
+        if v == "optimized":
+            row["fused"] = seg.manifest["optimized"]
+        del seg
+        gc.collect()
     return row
 
 

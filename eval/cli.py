@@ -105,6 +105,20 @@ def main(argv: list[str] | None = None) -> int:
         help="with --generalized: grefs(unc).json (gRefCOCO's release) or refs(unc).p (the refer "
         "API's pickle, the same refs with ann_id lists); python -m eval grefcoco reads both",
     )
+    p.add_argument(
+        "--generator",
+        choices=["a", "b"],
+        default="a",
+        help="a: the world the demo model was trained and calibrated on (eval.shapes); b: the second, "
+        "independent world (eval.shapes_b), written in gRefCOCO's layout — choose its --set",
+    )
+    p.add_argument(
+        "--set",
+        dest="kind_set",
+        choices=["presence", "discrimination", "generalized"],
+        default="generalized",
+        help="with --generator b: which set (dataset name shapes-b-<set>-<size> unless --dataset)",
+    )
     p = sub.add_parser("merge", help="merge shard run directories")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", required=True)
@@ -114,7 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "make-shapes":
             from .shapes import write_grefcoco, write_refer
 
-            if args.generalized:
+            if args.generator == "b":
+                from .shapes_b import write
+
+                name = None if args.dataset == "shapes" else args.dataset
+                folder = write(args.out, args.kind_set, args.n, args.seed, args.size, args.split, name)
+            elif args.generalized:
                 name = "grefcoco" if args.dataset == "shapes" else args.dataset
                 folder = write_grefcoco(args.out, args.n, args.seed, args.split, name, args.size, args.layout)
             else:

@@ -316,8 +316,9 @@ def gref_scores(records: Iterable[dict]) -> metrics.GeneralizedScores:
 
 def gref_breakdown(records: list[dict]) -> dict[str, float]:
     """mIoU over single-target (``miou_single``) and multi-target (``miou_multi``) samples, mean
-    |#instances predicted − #targets| (``count_error``; an empty prediction is 0 instances), and
-    gIoU per sentence type where the set has one (``giou/<type>``)."""
+    |#instances predicted − #targets| (``count_error``; an empty prediction is 0 instances), gIoU
+    and pointing per sentence type where the set has one (``giou/<type>``, ``pointing/<type>``),
+    and the presence decision's accuracy and score ROC AUC (``presence_acc``, ``presence_auc``)."""
     out: dict[str, float] = {}
     for key, rows in (
         ("miou_single", [r for r in records if r.get("targets") == 1]),
@@ -329,7 +330,19 @@ def gref_breakdown(records: list[dict]) -> dict[str, float]:
     if counted:
         out["count_error"] = float(np.mean([abs(r["instances"] - r["targets"]) for r in counted]))
     for kind in sorted({r["type"] for r in records if r.get("type")}):
-        out[f"giou/{kind}"] = float(np.mean([r["iou"] for r in records if r.get("type") == kind]))
+        rows = [r for r in records if r.get("type") == kind]
+        out[f"giou/{kind}"] = float(np.mean([r["iou"] for r in rows]))
+        pointed = [r["pointing"] for r in rows if "pointing" in r]
+        if pointed:
+            out[f"pointing/{kind}"] = float(np.mean(pointed))
+    scored = [r for r in records if r.get("presence_score") is not None and "present" in r]
+    if scored:  # the presence decision: its accuracy, and its score's ROC AUC where both cases occur
+        has = np.array([not r["no_target"] for r in scored])
+        out["presence_acc"] = float(np.mean([r["present"] == h for r, h in zip(scored, has)]))
+        if has.any() and not has.all():
+            from grounding.readout.presence import roc_auc
+
+            out["presence_auc"] = roc_auc(np.array([r["presence_score"] for r in scored]), has.astype(int))
     return out
 
 

@@ -389,15 +389,20 @@ def write_grefcoco(
     dataset: str = "grefcoco",
     size: int = 64,
     layout: str = "grefcoco",
+    kinds: dict[str, float] | None = None,
+    make=None,
 ) -> Path:
     """``n`` generalized scenes under ``out/<dataset>/``: in gRefCOCO's released layout
     (``grefs(unc).json``: ``ann_id`` a list, ``[-1]`` + ``no_target`` for none) or, with
     ``layout="refer"``, the same refs pickled as the refer API's ``refs(unc).p``; + ``instances.json``,
-    images in ``images/``; each sentence carries its ``type`` (single / multi / none)."""
+    images in ``images/``; each sentence carries its ``type`` (single / multi / none). ``make(rng,
+    kind, size)`` → (scene, target indices, expression) draws the scenes, of ``kinds`` (kind →
+    weight): by default this world's ``generalized_example``; another generator (``eval.shapes_b``)
+    passes its own and shares only this writer."""
     if layout not in ("grefcoco", "refer"):
         raise ValueError(f"unknown layout {layout!r}; choose grefcoco or refer")
     folder, images, anns, made = _write_scenes(
-        out, dataset, n, seed, split, size, GENERALIZED_WEIGHTS, generalized_example
+        out, dataset, n, seed, split, size, kinds or GENERALIZED_WEIGHTS, make or generalized_example
     )
     refs = []
     for i, kind, (scene, targets, expr), name, image_id in made:
