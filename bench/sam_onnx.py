@@ -11,7 +11,7 @@ IoU of the three candidate masks against torch's. Final JSON line: per model,
 ``encoder_ort_over_torch`` (fp32), ``encoder_optimized_over_torch``, ``encoder_int8_over_torch``,
 ``decoder_ort_over_torch`` (time ratios; lower is better) and the fidelity numbers.
 
-    python bench/sam_onnx.py [--models vit_b,sam2] [--reps 5]
+    python bench/sam_onnx.py [--models vit_b,sam2] [--reps 5] [--small]
 """
 
 from __future__ import annotations
@@ -49,16 +49,25 @@ def progress(step: str) -> None:
 PROVIDERS = ["CPUExecutionProvider"]
 
 
-def build(name: str, folder: Path):
+def build(name: str, folder: Path, small: bool = False):
     """(torch segmenter, ``load(variant)`` → that variant's ONNX segmenter, export seconds per
-    variant) for ``name``; the variants are exported up front and loaded one at a time."""
+    variant) for ``name``; the variants are exported up front and loaded one at a time. ``small``:
+    the test suite's tiny models of the same classes instead (the script's smoke run)."""
     torch.manual_seed(0)
     seconds = {}
     if name == "sam2":
         from transformers import Sam2Config, Sam2ImageProcessor, Sam2Model, Sam2Processor
 
-        model = Sam2Model(Sam2Config()).eval()
-        processor = Sam2Processor(image_processor=Sam2ImageProcessor())
+        if small:
+            from synthetic.segmenters import build_tiny_sam2
+
+            video, video_processor = build_tiny_sam2()
+            model = Sam2Model(Sam2Config(**video.config.to_dict())).eval()
+            model.load_state_dict(video.state_dict(), strict=False)
+            processor = Sam2Processor(image_processor=video_processor.image_processor)
+        else:
+            model = Sam2Model(Sam2Config()).eval()
+            processor = Sam2Processor(image_processor=Sam2ImageProcessor())
         for v in VARIANTS:
             t = time.perf_counter()
             export_sam2(model, processor, folder / v, optimize=v != "fp32", quantize="int8" if v == "int8" else None)
@@ -67,7 +76,9 @@ def build(name: str, folder: Path):
         return TransformersSamSegmenter(model, processor), lambda v: OnnxSam2Segmenter(folder / v, PROVIDERS), seconds
     from segment_anything import sam_model_registry
 
-    sam = sam_model_registry[name](checkpoint=None).eval()
+    from grounding.segment.segmenters import build_sam_tiny
+
+    sam = build_sam_tiny() if small else sam_model_registry[name](checkpoint=None).eval()
     for v in VARIANTS:
         t = time.perf_counter()
         export_sam(sam, folder / v, name, optimize=v != "fp32", quantize="int8" if v == "int8" else None)
@@ -97,9 +108,9 @@ def fidelity(reference, other) -> tuple[float, float]:
     return max(diffs), float(np.mean(ious))
 
 
-def bench(name: str, reps: int, folder: Path) -> dict:
+def bench(name: str, reps: int, folder: Path, small: bool = False) -> dict:
     """One model's row: times, ratios and fidelity of every variant."""
-    torch_seg, load, export_s = build(name, folder)
+    torch_seg, load, export_s = build(name, folder, small)
     rng = np.random.RandomState(0)
     image = (rng.rand(480, 640, 3) * 255).astype(np.uint8)
     points = np.array([[200.0, 150.0], [400.0, 300.0], [100.0, 400.0]], dtype=np.float32)
@@ -128,13 +139,16 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="vit_b,sam2", help="comma-separated: vit_b / vit_l / vit_h / sam2")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument(
+        "--small", action="store_true", help="tiny models of the same classes: a smoke run, no timings to quote"
+    )
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="sam-onnx-"))
-    rows = [bench(name, args.reps, tmp / name) for name in args.models.split(",")]
+    rows = [bench(name, args.reps, tmp / name, args.small) for name in args.models.split(",")]
     print(f"CPU, {torch.get_num_threads()} threads, medians of {args.reps} runs (decoder {args.reps * 4}), 480 × 640")
     head = f"{'model':<6} {'variant':<10} {'encoder':>9} {'÷ torch':>8} {'decoder':>9} {'÷ torch':>8}"
     print(f"{head} {'Δlogit':>8} {'mask IoU':>9}")
-    summary = {"bench": "sam_onnx", "threads": torch.get_num_threads(), "reps": args.reps}
+    summary = {"bench": "sam_onnx", "threads": torch.get_num_threads(), "reps": args.reps, "small": args.small}
     for r in rows:
         name = r["model"]
         print(f"{name:<6} {'torch':<10} {r['encoder_torch_s']:>8.3f}s {'':>8} {r['decoder_torch_ms']:>7.1f}ms")

@@ -151,3 +151,18 @@ def test_grounder_with_the_onnx_sam2_segmenter(sam_folders, exports, tiny_flux_d
     )
     assert a.segmenter == "sam2-onnx:CPUExecutionProvider" and b.segmenter == "sam2"
     assert (a.mask == b.mask).mean() >= 0.999 and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_onnx_bench_runs_small():
+    """``bench/sam_onnx.py --small`` runs the benchmark's code end to end on tiny models (≈ 30 s), so
+    it cannot rot: every variant timed and its fidelity measured; fp32 exact, int8 measured."""
+    from fixtures import run_bench
+
+    doc = run_bench("bench/sam_onnx.py", "--small", "--reps", "1", timeout=600)
+    assert doc["bench"] == "sam_onnx" and doc["small"] is True
+    for model in ("vit_b", "sam2"):
+        row = doc[model]
+        assert row["logit_rel_diff_fp32"] <= 1e-4 and row["mask_iou_fp32"] >= 0.999
+        assert 0 < row["logit_rel_diff_int8"] and 0 < row["mask_iou_int8"] <= 1
+        assert row["encoder_ort_over_torch"] > 0 and row["encoder_int8_over_torch"] > 0
