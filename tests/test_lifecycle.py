@@ -39,6 +39,7 @@ def _load(srv: Server, stop: threading.Event, out: list, pause: float = 0.05) ->
             time.sleep(pause)
 
 
+@pytest.mark.slow  # ≈ 34 s (a second engine start under load): `make test-slow` and .ci/run run it
 def test_engine_killed_under_load(tiny_flux_dir, tmp_path):
     srv = Server(
         tiny_flux_dir,
