@@ -7,7 +7,7 @@ frame, upscale the low-res logits to the image — so only the two networks chan
 masks agree with ``TransformersSamSegmenter`` to float rounding. Prompts go to the decoder as one
 token list per prompt set (points, the box's two corners with labels 2 / 3, one padding token
 labelled -1), which is how transformers embeds them (``exporters/sam2.py``). Providers are chosen
-explicitly (``segmenters.ort_providers``: CUDA when onnxruntime-gpu finds a device, CPU last).
+explicitly (``segmenters.ort_graphs`` / ``ort_providers``: CUDA when onnxruntime-gpu finds a device, CPU last).
 Multimask and score semantics are the family's (``transformers_sam``). Tracking (video
 propagation) needs the torch video model: this segmenter has no ``tracker``.
 """
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .manifest import FORMAT_SAM2, validate
-from .segmenters import ort_providers, ort_session
+from .segmenters import ort_graphs
 from .transformers_sam import FAMILIES, ProcessorSegmenter
 
 
@@ -34,12 +34,7 @@ class OnnxSam2Segmenter(ProcessorSegmenter):
         self.manifest = validate(self.folder, format=FORMAT_SAM2)
         processor = getattr(transformers, self.manifest["processor"]).from_pretrained(str(self.folder))
         super().__init__(processor, use_box)
-        providers = providers or ort_providers()
-        try:
-            self.encoder = ort_session(self.folder / "encoder.onnx", providers)
-            self.decoder = ort_session(self.folder / "decoder.onnx", providers)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load the ONNX graphs in {self.folder}: {e}") from None
+        self.encoder, self.decoder = ort_graphs(self.folder, providers)
         self.family = FAMILIES[self.manifest["model_type"]]
         self.provider = self.encoder.get_providers()[0]
         self.name = f"{self.family.name}-onnx:{self.provider}"

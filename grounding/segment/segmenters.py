@@ -315,15 +315,24 @@ def ort_providers() -> list[str]:
     return providers
 
 
-def ort_session(path: Path, providers: list[str]):
-    """An onnxruntime session on the graph at ``path`` with the given providers only, every graph
-    optimization on, warnings off (an export's shape-merge notices are not the user's concern)."""
+def ort_graphs(folder: Path, providers: list[str] | None = None) -> tuple:
+    """onnxruntime sessions on an export's ``encoder.onnx`` and ``decoder.onnx``: the given providers
+    (default ``ort_providers()``) only, every graph optimization on, warnings off (an export's
+    shape-merge notices are not the user's concern); ``ValueError`` naming the folder when they do
+    not load."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=providers)
+    providers = providers or ort_providers()
+    try:
+        return tuple(
+            ort.InferenceSession(str(folder / f"{part}.onnx"), opts, providers=providers)
+            for part in ("encoder", "decoder")
+        )
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ValueError(f"cannot load the ONNX graphs in {folder}: {e}") from None
 
 
 class OnnxSamSegmenter(SamSegmenterBase):
@@ -336,12 +345,7 @@ class OnnxSamSegmenter(SamSegmenterBase):
         super().__init__(use_box)
         self.folder = Path(folder)
         self.manifest = validate(self.folder, format=FORMAT)
-        providers = providers or ort_providers()
-        try:
-            self.encoder = ort_session(self.folder / "encoder.onnx", providers)
-            self.decoder = ort_session(self.folder / "decoder.onnx", providers)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ValueError(f"cannot load the ONNX graphs in {self.folder}: {e}") from None
+        self.encoder, self.decoder = ort_graphs(self.folder, providers)
         self.provider = self.encoder.get_providers()[0]
         self.name = f"sam-onnx:{self.provider}"
         self.dtype = np.float16 if self.manifest["precision"] == "fp16" else np.float32
