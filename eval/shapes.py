@@ -171,6 +171,56 @@ def caption(scene: Scene, rng: np.random.RandomState, position: float = 0.0, sub
     return caption_spans(scene, rng, position, subset)[0]
 
 
+CATEGORY_WORDS = ("shape", "object", "thing")  # name every object (singular or plural)
+POSITION_WORDS = ("top", "bottom", "left", "right")
+
+
+def denotation(word: str, scene: Scene, relational: bool = False) -> np.ndarray | None:
+    """bool ``[H, W]``: what ``word`` denotes in ``scene`` by itself — every object of a colour, of a
+    shape (singular or plural) or of a size, every object for a category noun ("shapes", "things"),
+    the third of the image a position word names (``relational``: "left" / "right" of an anchor
+    denote no region of their own: None) — or None for words that denote nothing alone (articles,
+    counts, "of", "both") and for words whose objects the scene does not hold. A real DiT's token
+    columns light what their word denotes; the demo model is taught the same with these."""
+    w = word.lower()
+    stem = w[:-1] if w.endswith("s") and w[:-1] in (*SHAPES, *CATEGORY_WORDS) else w
+    size = scene.image.size[0]
+    if stem in POSITION_WORDS:
+        if relational and stem in ("left", "right"):
+            return None
+        yy, xx = np.mgrid[0:size, 0:size]
+        third = {"top": yy < size / 3, "bottom": yy > 2 * size / 3, "left": xx < size / 3, "right": xx > 2 * size / 3}
+        return third[stem]
+    if stem in COLOURS:
+        chosen = [o.colour == stem for o in scene.objects]
+    elif stem in SHAPES:
+        chosen = [o.shape == stem for o in scene.objects]
+    elif stem in SIZES:
+        chosen = [o.size == stem for o in scene.objects]
+    elif stem in CATEGORY_WORDS:
+        chosen = [True] * len(scene.objects)
+    else:
+        return None
+    if not any(chosen):
+        return None
+    return np.any([m for m, c in zip(scene.masks, chosen) if c], axis=0)
+
+
+def word_spans(text: str, scene: Scene) -> list[tuple[np.ndarray, int, int]]:
+    """``(denotation mask, start, end)`` of each word of ``text`` that denotes something in ``scene``
+    (``denotation``; "left" / "right" followed by "of" are relational)."""
+    import re
+
+    words = list(re.finditer(r"[A-Za-z]+", text))
+    out = []
+    for j, m in enumerate(words):
+        relational = j + 1 < len(words) and words[j + 1].group().lower() == "of"
+        mask = denotation(m.group(), scene, relational)
+        if mask is not None:
+            out.append((mask, m.start(), m.end()))
+    return out
+
+
 def referring_scene(rng: np.random.RandomState, kind: str, size: int = 64) -> tuple[Scene, int, str]:
     """A scene, its target index and an unambiguous expression of type ``kind``."""
     scene, target, expr, _ = referring_example(rng, kind, size)

@@ -32,7 +32,7 @@ def test_relation_examples_supervise_the_complement_onto_the_anchor():
     anchor = scene.objects[2]
     assert expr.endswith(f"of the {anchor.colour} {anchor.shape}")
     tok = t5_tokenizer()
-    T = token_targets(tok, [expr], [(np.stack(scene.masks), spans)], 16, 16)[0]  # [N, T]
+    T = token_targets(tok, [expr], [[(scene.masks[k], a, e) for k, a, e in spans]], 16, 16)[0]  # [N, T]
     cells = [m.reshape(16, 4, 16, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]
     words = [p.lstrip("▁") for p in tok.convert_ids_to_tokens(tok(expr).input_ids)]
     side = "left" if "left" in words else "right"
@@ -50,7 +50,7 @@ def test_token_targets_mark_content_words_with_their_object_cells():
     text = "a big red circle at the top left and a small blue square"
     spans = [(0, 0, text.index(" and")), (1, text.index("a small"), len(text))]
     tok = t5_tokenizer()
-    T = token_targets(tok, [text], [(np.stack(scene.masks), spans)], 16, 8)[0]  # [N, T]
+    T = token_targets(tok, [text], [[(scene.masks[k], a, e) for k, a, e in spans]], 16, 8)[0]  # [N, T]
     pieces = tok.convert_ids_to_tokens(tok(text).input_ids)
     cells = [m.reshape(8, 4, 8, 4).mean(axis=(1, 3)).reshape(-1) for m in scene.masks]
     for t, p in enumerate(pieces):
@@ -61,6 +61,36 @@ def test_token_targets_mark_content_words_with_their_object_cells():
             assert np.allclose(T[:, t].numpy(), cells[1], atol=1e-6), word
         else:  # a, at, the, and, EOS
             assert float(T[:, t].abs().sum()) == 0.0, word
+
+
+def test_word_targets_put_each_word_on_what_it_denotes():
+    """Per-word targets (issue #32): a colour word on every object of its colour, a shape word on
+    every object of its shape, a category noun on every object, a position word on its third;
+    relational "left of" and words that denote nothing stay unsupervised."""
+    from eval.shapes import Obj, render, word_spans
+
+    objs = [
+        Obj("circle", "red", "big", 14, 14, 8),
+        Obj("square", "red", "small", 50, 14, 6),
+        Obj("circle", "blue", "small", 14, 50, 6),
+        Obj("triangle", "green", "big", 48, 48, 9),
+    ]
+    scene = render(objs, 64, np.random.RandomState(0))
+    m = scene.masks
+    text = "the red shapes and both circles at the top, the square left of the green triangle"
+    got = {text[a:e]: mask for mask, a, e in word_spans(text, scene)}
+    assert set(got) == {"red", "shapes", "circles", "top", "square", "green", "triangle"}
+    assert np.array_equal(got["red"], m[0] | m[1]) and np.array_equal(got["circles"], m[0] | m[2])
+    assert np.array_equal(got["shapes"], m[0] | m[1] | m[2] | m[3]) and np.array_equal(got["green"], m[3])
+    assert got["top"][:21].all() and not got["top"][22:].any()  # the top third of the image
+    (only,) = word_spans("the purple circle", scene)  # no purple object: "purple" supervises nothing
+    assert np.array_equal(only[0], m[0] | m[2]) and only[1:] == (11, 17)
+    tok = t5_tokenizer()
+    T = token_targets(tok, ["the red circle"], [word_spans("the red circle", scene)], 16, 8)[0]
+    pieces = [p.lstrip("▁") for p in tok.convert_ids_to_tokens(tok("the red circle").input_ids)]
+    cells = [x.reshape(8, 8, 8, 8).mean(axis=(1, 3)).reshape(-1) for x in (m[0] | m[1], m[0] | m[2])]
+    assert np.allclose(T[:, pieces.index("red")].numpy(), cells[0], atol=1e-6)
+    assert np.allclose(T[:, pieces.index("circle")].numpy(), cells[1], atol=1e-6)
 
 
 def test_grounding_loss_is_low_on_the_object_and_has_gradient():
@@ -118,3 +148,13 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     g = Grounder.from_pretrained(model, device="cpu")
     r = g.segment(_scene().image, "the red circle")
     assert r.mask.shape == (32, 32) and r.heatmap.shape == (32, 32)
+    # a fine-tune of the saved pipeline with per-word targets and generalized examples (issue #32)
+    from training.demo import finetune_demo
+
+    tuned = finetune_demo(
+        model, tmp_path / "tuned", DemoConfig(batch=2, refer_steps=2, word_targets=True, generalized=0.5)
+    )
+    st = torch.load(tmp_path / "tuned" / "train" / "refer.pt", weights_only=False)
+    assert st["step"] == 2 and json.loads((tuned / "train" / "config.json").read_text())["size"] == 32
+    r2 = Grounder.from_pretrained(tuned, device="cpu").segment(_scene().image, "the red circle")
+    assert r2.heatmap.shape == (32, 32) and not np.array_equal(r2.heatmap, r.heatmap)

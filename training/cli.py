@@ -138,6 +138,30 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def cmd_finetune_demo(args) -> int:
+    import logging
+
+    from grounding.backends.zoo import resolve
+
+    from .demo import DemoConfig, finetune_demo
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    cfg = DemoConfig(
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        workers=args.workers,
+        refer_steps=args.steps,
+        refer_lr=args.lr,
+        referring=args.referring,
+        word_targets=args.word_targets,
+        generalized=args.generalized,
+    )
+    print(json.dumps({"out": str(finetune_demo(resolve(args.model), args.out, cfg))}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .demo import DemoConfig
 
@@ -253,5 +277,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-only", action="store_true", help="write OUT/weights.pt (fp16) instead of a pipeline")
     p.add_argument("--from-weights", default=None, help="turn a weights.pt into a pipeline folder at OUT; no training")
     p.set_defaults(func=cmd_train_demo)
+
+    p = sub.add_parser(
+        "finetune-demo", help="referring fine-tune of a saved demo pipeline (per-word targets: --word-targets)"
+    )
+    p.add_argument("--model", default="shapes-demo", help="demo pipeline folder or zoo name")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=DemoConfig.refer_lr)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--referring", type=float, default=DemoConfig.referring)
+    p.add_argument("--word-targets", action="store_true", help="each word onto what it denotes (issue #32)")
+    p.add_argument("--generalized", type=float, default=0.0, help="share of referring scenes that are generalized")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--amp", action="store_true")
+    p.add_argument("--workers", type=int, default=0)
+    p.set_defaults(func=cmd_finetune_demo)
 
     return run_command(ap, argv)
