@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from exporters.sam import export_sam  # noqa: E402
 from exporters.sam2 import export_sam2  # noqa: E402
 from grounding.segment.onnx_sam2 import OnnxSam2Segmenter  # noqa: E402
+from grounding.segment.prompts import mask_iou  # noqa: E402
 from grounding.segment.segmenters import OnnxSamSegmenter, SamSegmenter  # noqa: E402
 from grounding.segment.transformers_sam import TransformersSamSegmenter  # noqa: E402
 from timing import median_time  # noqa: E402  (bench/, this script's folder)
@@ -102,9 +103,7 @@ def fidelity(reference, other) -> tuple[float, float]:
             a, _, la = reference.predict(points, np.array([1, 0]), box)
             b, _, lb = other.predict(points, np.array([1, 0]), box)
             diffs.append(float(np.abs(la - lb).max()) / (float(np.abs(la).max()) or 1.0))
-            for m, n in zip(a, b):
-                union = (m | n).sum()
-                ious.append(float((m & n).sum() / union) if union else 1.0)
+            ious += [mask_iou(m, n) if (m | n).any() else 1.0 for m, n in zip(a, b)]  # both empty: agree
     return max(diffs), float(np.mean(ious))
 
 

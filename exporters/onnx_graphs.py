@@ -114,8 +114,6 @@ def optimize_graph(
     fusions only (``opt_level`` 0): the session applies its own graph optimizations when it loads.
     The rewritten graph must compute what the original does on ``probe`` (``relative_diff`` ≤
     ``tolerance``), else ``ValueError`` and the original stays. Returns what it did, for the manifest."""
-    import logging
-
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 

@@ -564,8 +564,6 @@ def finetune_demo(model: str | Path, out: str | Path, cfg: DemoConfig) -> Path:
     (``cfg.word_targets``) and generalized examples (``cfg.generalized``). Checkpoints in
     ``out/train/refer.pt`` (resumable); the pipeline folder is written to ``out`` with the source
     model's ``grounding.json`` (recalibrate it for the new weights)."""
-    import shutil
-
     from diffusers import FluxPipeline
 
     out = Path(out)
@@ -582,8 +580,8 @@ def finetune_demo(model: str | Path, out: str | Path, cfg: DemoConfig) -> Path:
     for m in (vae, t5, clip, transformer):
         m.to("cpu")
     save_pipeline(out, cfg, vae, t5, pipe.tokenizer_2, clip, pipe.tokenizer, transformer)
-    if (Path(model) / "grounding.json").is_file():
-        shutil.copy(Path(model) / "grounding.json", out / "grounding.json")
+    if (Path(model) / "grounding.json").is_file():  # its read-out and calibration, over save_pipeline's defaults
+        source.save_pretrained(out)
     return out
 
 
