@@ -18,6 +18,7 @@ SinkMode = Literal["redirect", "suppress"]
 ViewMode = Literal["global", "assembled"]
 ViewFill = Literal["blur", "mean", "attention"]
 InstanceMode = Literal["one", "all"]
+PresenceRule = Literal["model", "agreement"]
 VideoMaps = Literal["frame", "clip"]  # where video maps come from (pipeline.video.VideoConfig.maps)
 
 CONFIG_NAME = "grounding.json"
@@ -196,16 +197,28 @@ class RefineConfig(_Checked):
 
 @dataclass
 class PresenceConfig(_Checked):
-    """Is the referent in the image? A logistic model over map features (``presence.FEATURES``),
-    fitted by ``python -m training calibrate-presence``; ``present = score ≥ threshold`` and a
-    non-empty mask. Unfitted (no weights): the score is the map's concentration and ``present``
-    only asks for a non-empty mask."""
+    """Is the referent in the image? ``rule="model"``: a logistic model over map features
+    (``presence.FEATURES``), fitted by ``python -m training calibrate-presence``; ``present =
+    score ≥ threshold`` and a non-empty mask. Unfitted (no weights): the score is the map's
+    concentration and ``present`` only asks for a non-empty mask.
+    ``rule="agreement"``: the expression's attribute words must light one region
+    (``readout.agreement``; no training data of the model needed): ``present = word agreement ≥
+    agreement_threshold`` and a non-empty mask, the score being the agreement; an expression with
+    one attribute word has no agreement to read and falls back to the model. The word maps pool
+    the ``word_blocks`` (captured besides ``blocks``; None = the captured blocks)."""
 
     _group = "presence"
 
     weights: dict[str, float] = field(default_factory=dict)
     bias: float = 0.0
     threshold: float = 0.5
+    rule: PresenceRule = "model"
+    agreement_threshold: float = bounded(0.5, ge=0.0, le=1.0)
+    word_blocks: tuple[str, ...] | None = None
+
+    def _check_ranges(self) -> None:
+        if self.word_blocks is not None and not self.word_blocks:
+            raise ConfigError("presence.word_blocks must name at least one block, or be None")
 
 
 @dataclass

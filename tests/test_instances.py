@@ -19,14 +19,14 @@ def _peaks(h, w, *centres, sigma=3.0):
     return m / m.max()
 
 
-def _instances(heat, expression="the circles", segmenter=None, **kw):
+def _instances(heat, expression="the circles", segmenter=None, agree=None, **kw):
     """``MaskStage.all_instances`` as the mask stage calls it: the single-referent result first."""
     cfg = GroundingConfig().replace(instances="all").replace(**{f"instances__{k}": v for k, v in kw.items()})
     segmenter = segmenter or MapSegmenter()
     image = np.zeros((*heat.shape, 3), np.uint8)
     seg = segmenter(image, heat, prompts_from_map(heat, cfg.threshold, cfg.positive_points))
     return MaskStage.all_instances(
-        image, heat, expression, segmenter, cfg, Instance(seg.mask, box_of(seg.mask), float(heat.max()))
+        image, heat, expression, segmenter, cfg, Instance(seg.mask, box_of(seg.mask), float(heat.max())), agree
     )
 
 
@@ -87,6 +87,15 @@ def test_the_best_instance_is_the_single_referent_result_and_sam_calls_are_batch
         assert np.array_equal(a.mask, b.mask) and abs(a.predicted_iou - b.predicted_iou) < 1e-5
     assert found and found[0].score == 1.0  # the single-referent result (peak 1) leads
     assert all(f.mask.any() for f in found)
+
+
+def test_word_agreement_decides_which_regions_count():
+    # "the red shapes": the map lights three shapes; the words agree on two of them (the red ones)
+    heat3 = _peaks(48, 64, (12, 12, 1.0), (12, 50, 0.95), (38, 30, 0.9))
+    agree = _peaks(48, 64, (12, 12, 0.9), (38, 30, 0.7), (12, 50, 0.2))
+    found = _instances(heat3, expression="the red shapes", agree=agree)
+    assert len(found) == 2 and found[1].box[1] > 24  # the best, and the lower region (not the right one)
+    assert len(_instances(heat3, expression="the red shapes", agree=np.zeros_like(heat3))) == 1  # the best stays
 
 
 def test_requested_count_reads_numbers_and_quantifiers():

@@ -130,6 +130,11 @@ def test_complement_words():
     assert comp("the circle at the top") == []
     assert comp("the big red circle") == []
     assert comp("man holding a red cup") == ["red", "cup"]
+    assert comp("the circle that is red") == []
+    assert comp("the square which is green") == []
+    assert comp("the man who is holding a red cup") == ["red", "cup"]
+    assert comp("the circle that is left of the red square") == ["red", "square"]
+    assert comp("the cup that the man holds") == ["man", "holds"]
 
 
 def test_complement_weight_scales_only_the_anchor(backend):

@@ -6,8 +6,9 @@ the transformer receives, one transformer forward per noise level with attention
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar, Iterator, Literal, Protocol, runtime_checkable
+from typing import ClassVar, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 import torch
@@ -36,6 +37,16 @@ class Capture:
     def sample(self, b: int) -> torch.Tensor:
         """``[L, V, H, N, C]`` probabilities of sample ``b``."""
         return self.probs[:, :, b]
+
+    def only(self, names: Sequence[str] | None) -> "Capture":
+        """The capture restricted to the blocks ``names`` (None = all of them), in this capture's order."""
+        if names is None or list(names) == self.block_names:
+            return self
+        missing = set(names) - set(self.block_names)
+        if missing:
+            raise ValueError(f"blocks {sorted(missing)} were not captured (captured: {self.block_names})")
+        idx = [i for i, n in enumerate(self.block_names) if n in set(names)]
+        return dataclasses.replace(self, probs=self.probs[idx], block_names=[self.block_names[i] for i in idx])
 
 
 @runtime_checkable

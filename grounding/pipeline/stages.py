@@ -25,7 +25,7 @@ from PIL import Image
 from ..backends import Backend, Capture
 from ..config import GroundingConfig
 from ..images import open_image
-from ..readout import answers, maps, presence, views
+from ..readout import agreement, answers, maps, presence, views
 from ..readout.tokens import PromptTokens, align
 from ..segment import refine
 from ..segment.instances import Instance, map_regions, region_prompts, requested_count, suppress
@@ -54,6 +54,9 @@ class ReferentMap:
     agreement: float | None = None
     # Presence features (``presence.FEATURES``) known after the map stage.
     features: dict[str, float | None] = field(default_factory=dict)
+    # ``presence.rule="agreement"`` with two attribute words or more: where they agree, ``[N]`` in
+    # [0, 1] (``agreement.agreement_map``); instances are the map's regions the words agree on.
+    word_agreement: torch.Tensor | None = None
     # ``components=True`` only: every (block, level, head) map ``[L, V, H, N]`` and the block names.
     components: torch.Tensor | None = None
     block_names: list[str] | None = None
@@ -63,6 +66,15 @@ class ReferentMap:
 
     def replace(self, **changes) -> "ReferentMap":
         return dataclasses.replace(self, **changes)
+
+
+def captured_blocks(cfg: GroundingConfig) -> list[str] | None:
+    """Blocks a forward captures: the map's ``blocks`` and, for the agreement presence rule, the
+    word maps' ``presence.word_blocks`` (None = every block)."""
+    if cfg.blocks is None:
+        return None
+    extra = cfg.presence.word_blocks if cfg.presence.rule == "agreement" and cfg.presence.word_blocks else ()
+    return list(cfg.blocks) + [b for b in extra if b not in cfg.blocks]
 
 
 class MapStage:
@@ -103,7 +115,7 @@ class MapStage:
                 cfg.timesteps,
                 cfg.seed,
                 cfg.guidance_scale,
-                list(cfg.blocks) if cfg.blocks else None,
+                captured_blocks(cfg),
                 image_keep=None if image_keep is None else torch.stack([image_keep[i] for i in idx]),
             )
             for j, i in enumerate(idx):
@@ -150,6 +162,7 @@ class MapStage:
         """Sample ``b`` of a capture → its ``ReferentMap`` (RefAM read-out, presence features)."""
         s0 = time.perf_counter()
         tok = tok.padded(capture.text_len)
+        words_capture, capture = capture, capture.only(cfg.blocks)
         attention = capture.sample(b)
         ref, cleaned = maps.referent_map(attention, tok, capture.columns, capture.block_names, cfg)
         per_component = (
@@ -164,6 +177,15 @@ class MapStage:
                 attention, kinds, capture.block_names, None if head_stats else set(cfg.presence.weights)
             ),
         }
+        agree_map = None
+        if cfg.presence.rule == "agreement":
+            words_capture = words_capture.only(cfg.presence.word_blocks or cfg.blocks)
+            word_of_column = tok.word_index[words_capture.columns]
+            M = agreement.word_maps(
+                words_capture.sample(b), word_of_column, agreement.attribute_words(tok, word_of_column)
+            )
+            agree_map = agreement.agreement_map(M, capture.grid).float() if len(M) >= 2 else None
+            feats["word_agreement"] = None if agree_map is None else float(agree_map.max())
         return ReferentMap(
             image,
             tok,
@@ -171,6 +193,7 @@ class MapStage:
             capture.grid,
             {**timing, "maps": (time.perf_counter() - s0) * 1000},
             features=feats,
+            word_agreement=agree_map,
             components=per_component,
             block_names=capture.block_names,
             cleaned=cleaned if detail else None,
@@ -209,7 +232,7 @@ class MapStage:
             cfg.timesteps,
             cfg.seed,
             cfg.guidance_scale,
-            list(cfg.blocks) if cfg.blocks else None,
+            captured_blocks(cfg),
         )
         timing = {
             "prepare": (t1 - t0) * 1000 / len(images),
@@ -237,6 +260,7 @@ class MapStage:
         out = []
         per_item = (time.perf_counter() - t0) * 1000 / len(items)
         for item, (capture, b) in zip(items, captures):
+            capture = capture.only(cfg.blocks)
             local, _ = maps.referent_map(
                 capture.sample(b), item.tokens.padded(capture.text_len), capture.columns, capture.block_names, cfg
             )
@@ -372,6 +396,9 @@ class MaskStage:
                 segmenter,
                 cfg,
                 Instance(seg.mask, box, float(heatmap.max())),
+                None
+                if item.word_agreement is None
+                else agreement.upsample(item.word_agreement, item.grid, item.image.size),
             )
             timings["segmenter"] = (time.perf_counter() - s1) * 1000
             if not present:  # "nothing matches" is an answer: no instance, an empty mask
@@ -400,19 +427,31 @@ class MaskStage:
 
     @staticmethod
     def all_instances(
-        image: np.ndarray, heatmap: np.ndarray, expression: str, segmenter, cfg: GroundingConfig, best: Instance
+        image: np.ndarray,
+        heatmap: np.ndarray,
+        expression: str,
+        segmenter,
+        cfg: GroundingConfig,
+        best: Instance,
+        agree: np.ndarray | None = None,
     ) -> list[Instance]:
         """The referent's instances: ``best`` (the single-referent result, segmented from the
         peak's region) first, then each other kept high region of the map segmented on its own
         (its peak and box as prompts, one batched segmenter call), overlapping masks suppressed,
-        as many as the expression asks for (a singular referent: ``best`` alone)."""
+        as many as the expression asks for (a singular referent: ``best`` alone). With ``agree``
+        (``[H, W]``, the word agreement), a region counts only where the words agree on it
+        (peak ≥ ``presence.agreement_threshold``): "the red shapes" are the red ones of the
+        shapes the map lights."""
         ic = cfg.instances
         limit = min(requested_count(expression) or ic.max_instances, ic.max_instances)
         if not best.mask.any():
             return []
         if limit == 1:
             return [best]
-        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1 : 2 * limit]
+        regions = map_regions(heatmap, cfg.threshold, ic.min_relative_peak, ic.min_area)[1:]
+        if agree is not None:
+            regions = [r for r in regions if float(agree[r].max()) >= cfg.presence.agreement_threshold]
+        regions = regions[: 2 * limit - 1]
         prompts = [region_prompts(heatmap, r, cfg.threshold, max(1, cfg.positive_points)) for r in regions]
         segs = segment_many(segmenter, image, heatmap, prompts) if prompts else []
         masks = [best.mask] + [sg.mask for sg in segs]

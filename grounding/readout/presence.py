@@ -7,6 +7,8 @@ Features (each in [0, 1]):
 - ``concentration``: how much the referent map commits to a region (``views.match_score``);
 - ``agreement``: cosine of the global and local maps (assembled views only);
 - ``sam_iou``: SAM's predicted IoU of the chosen mask (with a SAM segmenter only);
+- ``word_agreement`` (``rule="agreement"`` only; not a model feature): whether the attribute
+  words' maps light one region (``readout.agreement``);
 - per captured block and head (``head_features``, names ``<stat>@<block>/<head>``), of the raw
   attention ``c[n]`` image token ``n`` gives the content tokens (mean over noise levels):
   ``share`` (Σ c / all attention on the prompt's real tokens), ``peak`` (max c), ``top2`` /
@@ -85,6 +87,11 @@ def sigmoid(z: float) -> float:
 
 
 def is_present(features: dict[str, float | None], cfg: PresenceConfig, mask_nonempty: bool) -> tuple[bool, float]:
+    """(present, score). ``rule="agreement"`` with a ``word_agreement`` feature (two attribute
+    words or more): the agreement against ``agreement_threshold``; otherwise the model's score."""
+    agree = features.get("word_agreement")
+    if cfg.rule == "agreement" and agree is not None:
+        return bool(mask_nonempty and agree >= cfg.agreement_threshold), float(agree)
     s = score(features, cfg)
     return bool(mask_nonempty and (not cfg.weights or s >= cfg.threshold)), s
 

@@ -24,6 +24,10 @@ _PHRASE_BREAKS = frozenset(
     sitting standing""".split()
 )
 
+# "that is", "who are", ...: a relative clause that describes the referent, not a phrase break.
+_RELATIVE = frozenset("that which who".split())
+_COPULAS = frozenset("is are was were".split())
+
 # Words that place the referent itself ("at the top", "on the left of ..."): never part of a complement.
 _SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
 
@@ -125,9 +129,20 @@ def head_noun(words: list[Word]) -> int | None:
 def complement_words(words: list[Word]) -> list[int]:
     """Indices of content words after the first phrase break ("of", "on", "holding", ...) that
     do not place the referent itself: in "the square left of the yellow circle" → yellow,
-    circle (the anchor object); in "the circle at the top" → none ("top" places the referent)."""
+    circle (the anchor object); in "the circle at the top" → none ("top" places the referent);
+    in "the circle that is red" → none (a relative clause with a copula describes the referent;
+    "the man who is holding a cup" → cup, at the break after it)."""
+    text = [w.text.lower() for w in words]
     first = next(
-        (i for i, w in enumerate(words) if w.text.lower() in _PHRASE_BREAKS and w.text.lower() not in _SPATIAL), None
+        (
+            i
+            for i, t in enumerate(text)
+            if t in _PHRASE_BREAKS
+            and t not in _SPATIAL
+            # "the circle that is red": a relative pronoun and a copula describe the referent itself
+            and not (t in _RELATIVE and i + 1 < len(text) and text[i + 1] in _COPULAS)
+        ),
+        None,
     )
     if first is None:
         return []
