@@ -4,11 +4,13 @@ resumes from its checkpoint and exports a pipeline the Grounder loads."""
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from eval.shapes import Obj, caption_spans, referring_example, render
+from eval.shapes import COLOURS, Obj, caption_spans, referring_example, render
+from grounding.config import MagnetConfig
 from synthetic.tokenizers import t5_tokenizer
-from training.demo import DemoConfig, export_weights, grounding_loss, token_targets, train_demo
+from training.demo import DemoConfig, SceneBatches, export_weights, grounding_loss, token_targets, train_demo
 
 
 def _scene():
@@ -93,6 +95,40 @@ def test_word_targets_put_each_word_on_what_it_denotes():
     assert np.allclose(T[:, pieces.index("circle")].numpy(), cells[1], atol=1e-6)
 
 
+def test_restyled_scenes_keep_objects_and_redraw_masks_with_the_pixels():
+    from training.appearance import restyle
+
+    scene = _scene()
+    again = restyle(scene, 32, np.random.RandomState(1))
+    assert again.objects == scene.objects and len(again.masks) == len(scene.masks)
+    img = np.asarray(again.image, dtype=np.float32)
+    for o, m_old, m_new in zip(scene.objects, scene.masks, again.masks):
+        assert abs(int(m_new.sum()) - int(m_old.sum())) <= 0.25 * m_old.sum()  # turned, not resized
+        ys, xs = np.nonzero(m_new)
+        assert abs(xs.mean() - o.x) < 0.3 * o.r + 1 and abs(ys.mean() - o.y) < 0.3 * o.r + 1
+        inside = img[m_new & ~np.logical_or.reduce([m for m in again.masks if m is not m_new])].mean(0)
+        assert np.abs(inside - np.array(COLOURS[o.colour])).max() < 60  # the object's colour where its mask is
+    assert not np.array_equal(np.asarray(again.image), np.asarray(scene.image))
+
+
+def test_batches_take_turns_at_sizes_and_magnet_captions_stay_unsupervised():
+    cfg = DemoConfig(batch=4, more_sizes=(96,), magnet_captions=1.0, varied=1.0, word_targets=True)
+    tok = t5_tokenizer()
+    got = list(SceneBatches(cfg, 0, 2, 9_000_011, tokenizer=tok, referring=0.75))
+    assert [x.shape[-1] for x, _, _ in got] == [64, 96] and [t.shape[1] for _, _, t in got] == [256, 576]
+    magnets = " " + " ".join(MagnetConfig().words)
+    for _, caps, T in got:
+        for b, c in enumerate(caps):
+            assert c.endswith(magnets)
+            ids = tok(c, padding="max_length", max_length=cfg.max_sequence_length, truncation=True).input_ids
+            n_words = len(tok(c[: -len(magnets)]).input_ids) - 1  # without EOS
+            assert float(T[b, :, n_words:].abs().sum()) == 0.0 and len(ids) == cfg.max_sequence_length
+    with pytest.raises(SystemExit):
+        from training.cli import main
+
+        main(["finetune-demo", "--out", "/nonexistent", "--more-sizes", "90"])
+
+
 def test_grounding_loss_is_low_on_the_object_and_has_gradient():
     n, t = 16, 3
     targets = torch.zeros(1, n, t)
@@ -152,7 +188,17 @@ def test_tiny_training_run_resumes_and_exports(tmp_path):
     from training.demo import finetune_demo
 
     tuned = finetune_demo(
-        model, tmp_path / "tuned", DemoConfig(batch=2, refer_steps=2, word_targets=True, generalized=0.5)
+        model,
+        tmp_path / "tuned",
+        DemoConfig(
+            batch=2,
+            refer_steps=2,
+            word_targets=True,
+            generalized=0.5,
+            more_sizes=(48,),
+            magnet_captions=0.5,
+            varied=0.5,
+        ),
     )
     st = torch.load(tmp_path / "tuned" / "train" / "refer.pt", weights_only=False)
     assert st["step"] == 2 and json.loads((tuned / "train" / "config.json").read_text())["size"] == 32

@@ -54,17 +54,23 @@ def cmd_calibrate(args) -> int:
 def cmd_calibrate_presence(args) -> int:
     from eval.shapes import presence_scenes
 
-    from .calibrate import fit_presence
+    from .calibrate import fit_agreement, fit_presence
 
     out = _output_folder(args)
     g = grounder_from_args(args)
     samples = presence_scenes(args.n, args.seed, g.config.resolution)
-    fitted, report = fit_presence(g, samples)
+    if args.rule == "agreement":
+        blocks = tuple(b for b in args.word_blocks.split(",") if b) if args.word_blocks else None
+        fitted, report = fit_agreement(g, samples, blocks)
+        how = f" --rule agreement{' --word-blocks ' + args.word_blocks if blocks else ''}"
+    else:
+        fitted, report = fit_presence(g, samples)
+        how = ""
     return _write_config(
         fitted,
         out,
         report,
-        f"python -m training calibrate-presence on {args.n} generated shapes scenes (seed {args.seed})",
+        f"python -m training calibrate-presence{how} on {args.n} generated shapes scenes (seed {args.seed})",
     )
 
 
@@ -138,6 +144,18 @@ def cmd_train_demo(args) -> int:
     return 0
 
 
+def _sides(text: str) -> tuple[int, ...]:
+    """``"96,128"`` → (96, 128); each side a positive multiple of 4 (the demo's VAE and packing)."""
+    try:
+        sides = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    bad = [x for x in sides if x <= 0 or x % 4]
+    if bad:
+        raise argparse.ArgumentTypeError(f"image sides must be positive multiples of 4, got {bad}")
+    return sides
+
+
 def cmd_finetune_demo(args) -> int:
     import logging
 
@@ -157,6 +175,9 @@ def cmd_finetune_demo(args) -> int:
         referring=args.referring,
         word_targets=args.word_targets,
         generalized=args.generalized,
+        more_sizes=tuple(args.more_sizes),
+        magnet_captions=args.magnet_captions,
+        varied=args.varied,
     )
     print(json.dumps({"out": str(finetune_demo(resolve(args.model), args.out, cfg))}))
     return 0
@@ -200,6 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     add_model_args(p)
     p.add_argument("--n", type=int, default=300, help="scenes (half without the referent)")
     p.add_argument("--seed", type=int, default=3)
+    p.add_argument(
+        "--rule",
+        choices=("model", "agreement"),
+        default="model",
+        help="model: fit the logistic presence model; agreement: only the word-agreement threshold "
+        "(present where the expression's attribute words light one region)",
+    )
+    p.add_argument(
+        "--word-blocks",
+        default=None,
+        help="with --rule agreement: comma-separated blocks the word maps pool (default: the captured blocks)",
+    )
     p.add_argument("--out", default=None, help="folder for grounding.json (default: the model folder)")
     p.set_defaults(func=cmd_calibrate_presence)
 
@@ -290,6 +323,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--referring", type=float, default=DemoConfig.referring)
     p.add_argument("--word-targets", action="store_true", help="each word onto what it denotes (issue #32)")
     p.add_argument("--generalized", type=float, default=0.0, help="share of referring scenes that are generalized")
+    p.add_argument(
+        "--more-sizes",
+        type=_sides,
+        default=(),
+        help="comma-separated image sides to train at besides the model's own (batches take turns), e.g. 96",
+    )
+    p.add_argument(
+        "--magnet-captions",
+        type=float,
+        default=0.0,
+        help="share of captions ending with the engine's magnet words (the prompt the engine feeds)",
+    )
+    p.add_argument(
+        "--varied",
+        type=float,
+        default=0.0,
+        help="share of scenes redrawn with varied appearance (turned and outlined shapes, gradient backgrounds)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true")
     p.add_argument("--workers", type=int, default=0)

@@ -26,7 +26,10 @@ import torch
 import torch.nn.functional as F
 
 from grounding.backends.capture import dispatcher_capture
-from grounding.config import GroundingConfig, ModelCard
+from grounding.config import GroundingConfig, MagnetConfig, ModelCard
+from grounding.readout.tokens import build_prompt
+
+from .appearance import restyle
 
 log = logging.getLogger("grounding.demo")
 
@@ -71,6 +74,18 @@ class DemoConfig:
     # words, or the target absent). Off in the shipped recipe.
     word_targets: bool = False
     generalized: float = 0.0
+    # More image sides to train at besides ``size`` (issue #32: 64 and 96 px at least): batch ``k``
+    # is drawn at ``sides[k % len(sides)]``, ``sides = (size, *more_sizes)``; each a multiple of 4.
+    more_sizes: tuple[int, ...] = ()
+    # Share of training captions with the engine's attention magnets appended (RefAM's stop words,
+    # ``grounding.config.MagnetConfig``; unsupervised, like every stop word). The engine always
+    # appends them, so a model that never saw them reads a prompt unlike its training text: in a
+    # model trained without them, per-word maps stopped lighting what their words denote.
+    magnet_captions: float = 0.0
+    # Share of training scenes redrawn with more varied appearance (``training.appearance``:
+    # polygons at any angle, some outlines, gradient backgrounds), so shape words learn shapes,
+    # not one rendering of them.
+    varied: float = 0.0
     # Where and how to run (not part of the model): device, bf16 autocast on CUDA, data workers,
     # and a time budget in minutes for stage 2 (0 = run ``steps``; else ``steps`` is fixed
     # from the measured step time after the first steps and recorded in train/config.json).
@@ -83,6 +98,11 @@ class DemoConfig:
     def grid(self) -> int:
         """Image tokens per side: the VAE halves the image, packing halves it again."""
         return self.size // 4
+
+    def side(self, k: int) -> int:
+        """Image side of batch ``k`` (``size`` unless ``more_sizes`` are given)."""
+        sides = (self.size, *self.more_sizes)
+        return sides[k % len(sides)]
 
 
 def build_components(cfg: DemoConfig):
@@ -168,12 +188,16 @@ def scene_batch_with_spans(
     referring: float = 0.0,
     word_targets: bool = False,
     generalized: float = 0.0,
+    magnets: float = 0.0,
+    varied: float = 0.0,
 ):
     """Scenes, captions, and per scene the supervised spans ``(target mask [size, size], start,
     end)``: each named object's phrase onto that object, or with ``word_targets`` each word onto
     what it denotes (``eval.shapes.word_spans``). With probability ``referring`` a scene is a
     referring example captioned by its expression — of those, a share ``generalized`` are
-    generalized examples (several targets, or none)."""
+    generalized examples (several targets, or none). A share ``magnets`` of captions end with the
+    engine's magnet words (never supervised); a share ``varied`` of scenes are redrawn with
+    ``training.appearance.restyle`` (turned, outlined shapes on varied backgrounds)."""
     from eval.shapes import (
         GENERALIZED_WEIGHTS,
         TYPE_WEIGHTS,
@@ -196,6 +220,10 @@ def scene_batch_with_spans(
         else:
             s = random_scene(rng, size)
             text, spans = caption_spans(s, rng, position, subset)
+        if varied and rng.rand() < varied:
+            s = restyle(s, size, rng)
+        if magnets and rng.rand() < magnets:
+            text = build_prompt(text, MagnetConfig())[0]  # appended: the spans' offsets stay valid
         images.append(np.asarray(s.image, dtype=np.float32))
         captions.append(text)
         where.append(word_spans(text, s) if word_targets else [(s.masks[k], a, e) for k, a, e in spans])
@@ -249,19 +277,22 @@ class SceneBatches(torch.utils.data.IterableDataset):
         c = self.cfg
         for k in range(self.start + wid, self.stop, nw):
             rng = np.random.RandomState(c.seed * self.seed_base + k)
+            side = c.side(k)
             x, caps, where = scene_batch_with_spans(
                 rng,
                 c.batch,
-                c.size,
+                side,
                 c.position_words if self.captions else 0.0,
                 c.subset_captions if self.captions else 0.0,
                 self.referring,
                 c.word_targets,
                 c.generalized if self.referring else 0.0,
+                c.magnet_captions,
+                c.varied,
             )
             targets = None
             if self.tokenizer is not None:
-                targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, c.grid)
+                targets = token_targets(self.tokenizer, caps, where, c.max_sequence_length, side // 4)
             yield x, caps, targets
 
 
@@ -440,7 +471,6 @@ def train_transformer(
             cfg.steps = total = st.get("steps", cfg.steps)
             cfg.minutes = minutes = 0.0
     transformer.train(), t5.train(), clip.train()
-    img_ids = image_ids(cfg.grid, cfg.grid).to(dev)
     txt_ids = torch.zeros(cfg.max_sequence_length, 3, device=dev)
     logits: list[torch.Tensor] = []
     capture = contextlib.ExitStack()
@@ -473,6 +503,7 @@ def train_transformer(
         noise = torch.randn(x0.shape, generator=g).to(dev)
         t = torch.rand(cfg.batch, generator=g).to(dev)
         xt = (1 - t[:, None, None, None]) * x0 + t[:, None, None, None] * noise
+        img_ids = image_ids(x0.shape[-2] // 2, x0.shape[-1] // 2).to(dev)
         with _autocast(cfg):
             embeds, pooled = encode_text(t5, t5_tok, clip, clip_tok, captions, cfg.max_sequence_length)
             pred = transformer(
