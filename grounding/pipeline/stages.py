@@ -398,7 +398,7 @@ class MaskStage:
                 Instance(seg.mask, box, float(heatmap.max())),
                 None
                 if item.word_agreement is None
-                else agreement.upsample(item.word_agreement, item.grid, item.image.size),
+                else maps.upsample(item.word_agreement, item.grid, item.image.size).numpy(),
             )
             timings["segmenter"] = (time.perf_counter() - s1) * 1000
             if not present:  # "nothing matches" is an answer: no instance, an empty mask

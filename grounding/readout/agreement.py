@@ -71,10 +71,3 @@ def agreement(M: torch.Tensor, grid: tuple[int, int]) -> float | None:
     if len(M) < 2:
         return None
     return float(agreement_map(M, grid).max())
-
-
-def upsample(agree: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
-    """Agreement map ``[N]`` → float32 ``[H, W]`` at image ``size`` = (W, H), bilinear, values kept
-    (not rescaled: they are compared with a threshold)."""
-    g = agree.reshape(1, 1, *grid).float()
-    return F.interpolate(g, size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0].numpy()

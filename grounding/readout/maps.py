@@ -104,10 +104,15 @@ def aggregate(M: torch.Tensor, block_w: torch.Tensor, head_w: torch.Tensor) -> t
     return (per_block * bw[:, None, None]).sum(dim=-3).mean(dim=-2)
 
 
+def upsample(m: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """Token map ``[N]`` → float32 ``[H, W]`` at image ``size`` = (W, H), bilinear, values kept."""
+    g = m.reshape(1, 1, *grid).float()
+    return F.interpolate(g, size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0]
+
+
 def to_image(m: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """Token map ``[N]`` → float32 ``[H, W]`` in [0, 1] at image ``size`` = (W, H), bilinear."""
-    g = m.reshape(1, 1, *grid).float()
-    up = F.interpolate(g, size=(size[1], size[0]), mode="bilinear", align_corners=False)[0, 0]
+    up = upsample(m, grid, size)
     lo, hi = up.min(), up.max()
     up = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
     return up.numpy().astype(np.float32)
