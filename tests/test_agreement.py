@@ -1,6 +1,8 @@
 """Word agreement (readout.agreement): the read-out on constructed attention, the rule, and the
 engine path (extra word blocks captured without changing the referent map)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,19 @@ def test_engine_reads_word_agreement_from_extra_blocks(flux_grounder, scene_imag
     assert r.features["content_share"] == pytest.approx(plain.features["content_share"])
     one = flux_grounder.segment(scene_image, "circle", **base, **{"presence.rule": "agreement"})
     assert one.features["word_agreement"] is None
+
+
+def test_fit_agreement_fits_only_the_threshold(flux_grounder, scene_image):
+    from training.calibrate import fit_agreement
+
+    samples = [(scene_image, "the red circle", 1), (scene_image, "the green square", 0), (scene_image, "circle", 1)]
+    names = tuple(flux_grounder.backend.block_names[:2])
+    fitted, report = fit_agreement(flux_grounder, samples, names)
+    p = fitted.presence
+    assert p.rule == "agreement" and p.word_blocks == names and 0.0 <= p.agreement_threshold <= 1.0
+    assert p.weights == flux_grounder.config.presence.weights  # the model the one-word case falls back to
+    assert report["samples"] == 2 and report["skipped_one_word"] == 1 and 0.0 <= report["roc_auc"] <= 1.0
+    r = flux_grounder.segment(scene_image, "the red circle", presence=dataclasses.asdict(p))
+    assert r.presence_score == pytest.approx(r.features["word_agreement"])
+    with pytest.raises(ValueError, match="present and absent"):
+        fit_agreement(flux_grounder, samples[:1], names)

@@ -154,26 +154,26 @@ def fit_presence(grounder, samples, use_segmenter: bool = True) -> tuple[Groundi
     return grounder.config.replace(presence=dataclasses.asdict(fitted)), report
 
 
-def fit_agreement(
-    grounder, samples, word_blocks: tuple[str, ...] | None = None, use_segmenter: bool = True
-) -> tuple[GroundingConfig, dict]:
+def fit_agreement(grounder, samples, word_blocks: tuple[str, ...] | None = None) -> tuple[GroundingConfig, dict]:
     """The word-agreement presence rule (``presence.rule="agreement"``) on labelled ``(image,
     expression, label)`` samples: one number is fitted, ``agreement_threshold`` (Youden's J over
     the samples whose expression has two attribute words or more); the logistic model stays for
-    the others. Returns the config and a report (ROC AUC of the agreement, samples used)."""
+    the others. Only the map stage runs (the agreement is read there; no segmenter). Returns the
+    config and a report (ROC AUC of the agreement, samples used)."""
     from grounding.readout import presence
 
     rule = {"presence.rule": "agreement", "presence.word_blocks": word_blocks}
+    cfg = grounder.config_for(rule)
     values, labels = [], []
     for image, expression, label in tqdm(samples, desc="calibrate: agreement", leave=False):
-        a = grounder.segment(image, expression, use_segmenter=use_segmenter, **rule).features.get("word_agreement")
+        a = grounder.referent_maps([(image, expression)], cfg)[0].features.get("word_agreement")
         if a is not None:
             values.append(a)
             labels.append(label)
     if len(set(labels)) < 2:
         raise ValueError("agreement needs present and absent samples whose expressions have two attribute words")
     threshold = presence.youden_threshold(np.array(values), np.array(labels))
-    fitted = grounder.config.replace(**rule, **{"presence.agreement_threshold": threshold})
+    fitted = cfg.replace(**{"presence.agreement_threshold": threshold})
     report = {
         "rule": "agreement",
         "roc_auc": presence.roc_auc(np.array(values), np.array(labels)),
