@@ -39,10 +39,23 @@ def iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return i / u if u else 0.0
 
 
-def pointing_hit(heatmap: np.ndarray, gt: np.ndarray) -> bool:
-    """Does the heatmap's maximum (first in raster order on ties) lie inside the GT mask?"""
-    y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+def pointing_hit(heatmap: np.ndarray, gt: np.ndarray, point: tuple[float, float] | None = None) -> bool:
+    """Does the grounder point inside the GT mask? ``point`` (x, y) in pixels when given — the
+    result's first positive prompt point (``pointed``): the map's peak for map prompts, the map's
+    peak inside the chosen proposal for proposals — else the heatmap's maximum (first in raster
+    order on ties)."""
+    if point is None:
+        y, x = np.unravel_index(int(np.argmax(heatmap)), heatmap.shape)
+    else:
+        h, w = heatmap.shape
+        x, y = min(max(int(point[0]), 0), w - 1), min(max(int(point[1]), 0), h - 1)
     return bool(np.asarray(gt, bool)[y, x])
+
+
+def pointed(result) -> tuple[float, float] | None:
+    """A ``GroundingResult``'s first positive point (x, y), or None when it has none."""
+    pos = [tuple(map(float, p)) for p, lab in zip(result.points, result.point_labels) if lab == 1]
+    return pos[0] if pos else None  # type: ignore[return-value]
 
 
 @dataclass

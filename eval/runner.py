@@ -156,7 +156,7 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
             "inter": inter,
             "union": union,
             "iou": inter / union if union else 0.0,
-            "pointing": metrics.pointing_hit(r.heatmap, s.mask),
+            "pointing": metrics.pointing_hit(r.heatmap, s.mask, metrics.pointed(r)),
             "score": r.score,
             "box": list(r.box),
             "pred_pixels": int(r.mask.sum()),
@@ -188,7 +188,7 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
             "gt_pixels": int(s.mask.sum()),
         }
         if not s.no_target:
-            rec["pointing"] = metrics.pointing_hit(r.heatmap, s.mask)
+            rec["pointing"] = metrics.pointing_hit(r.heatmap, s.mask, metrics.pointed(r))
         if s.kind:
             rec["type"] = s.kind
     elif cfg.task == "vizwiz":
@@ -203,7 +203,7 @@ def sample_record(cfg: RunConfig, grounder, ds, i: int, run_dir: Path, frame_bat
             "inter": inter,
             "union": union,
             "iou": inter / union if union else 0.0,
-            "pointing": metrics.pointing_hit(r.heatmap, s.mask),
+            "pointing": metrics.pointing_hit(r.heatmap, s.mask, metrics.pointed(r)),
             "score": r.score,
         }
     else:

@@ -116,7 +116,8 @@ def cmd_segment(args) -> int:
     g = grounder_from_args(args)
     t1 = time.perf_counter()
     image = open_image(args.image, g.config.max_image_pixels)
-    r = g.segment(image, args.expression)
+    options = {k: v for k, v in (("proposals", args.proposals), ("instances", args.instances)) if v is not None}
+    r = g.segment(image, args.expression, **options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(r.mask.astype(np.uint8) * 255).save(out / "mask.png")
@@ -196,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image")
     p.add_argument("expression")
     p.add_argument("--out", required=True, help="folder for mask.png, heatmap.png, overlay.png, result.json")
+    p.add_argument(
+        "--proposals",
+        choices=("none", "concept", "regions"),
+        default=None,
+        help="masks from map prompts (none), SAM 3 instances of the head phrase (concept: a SAM 3 --segmenter) "
+        "or image regions (regions), the map choosing among them (default: the model's grounding.json)",
+    )
+    p.add_argument("--instances", choices=("one", "all"), default=None, help="the referent, or every instance")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("segment-video", help="segment the referent in every frame of a video")

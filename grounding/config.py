@@ -19,6 +19,7 @@ ViewMode = Literal["global", "assembled"]
 ViewFill = Literal["blur", "mean", "attention"]
 InstanceMode = Literal["one", "all"]
 PresenceRule = Literal["model", "agreement"]
+ProposalMode = Literal["none", "concept", "regions"]
 VideoMaps = Literal["frame", "clip"]  # where video maps come from (pipeline.video.VideoConfig.maps)
 
 CONFIG_NAME = "grounding.json"
@@ -257,6 +258,39 @@ class InstancesConfig(_Checked):
 
 
 @dataclass
+class ProposalsConfig(_Checked):
+    """Instance proposals chosen by the sentence's map (``segment.proposals``). ``none``: masks
+    from map prompts (points and box for the segmenter). ``concept``: SAM 3's concept segmentation
+    of the expression's head phrase ("the dog left of the bench" → "dog") proposes every instance
+    with a score (instances scoring under ``min_score`` are dropped; needs a SAM 3 segmenter);
+    ``regions``: a training-free proposer — scikit-image's graph-based segmentation
+    (Felzenszwalb–Huttenlocher, ``scale`` / ``sigma``), adjacent segments whose mean colours
+    differ by less than ``merge`` (RGB, 0–255) merged, holes filled, regions
+    covering ``min_area``–``max_area`` of the image kept (``scale`` is per 64² pixels: it grows
+    with the image, so an image and its upsampled copy split alike). The map then chooses: one proposal for a
+    referring expression, several under ``instances="all"`` (``instances``' relative-score,
+    overlap and count rules); when no proposal is found, map prompts are used (with a warning)."""
+
+    _group = "proposals"
+
+    mode: ProposalMode = "none"
+    min_score: float = bounded(0.5, ge=0.0, le=1.0)
+    scale: float = bounded(100.0, gt=0.0)
+    sigma: float = bounded(0.5, ge=0.0)
+    merge: float = bounded(20.0, ge=0.0)
+    min_area: float = bounded(0.004, ge=0.0, le=1.0)
+    max_area: float = bounded(0.5, gt=0.0, le=1.0)
+
+    _shorthand = {str: "mode"}
+
+    def _check_ranges(self) -> None:
+        if self.min_area >= self.max_area:
+            raise ConfigError(
+                f"proposals.min_area ({self.min_area}) must be below proposals.max_area ({self.max_area})"
+            )
+
+
+@dataclass
 class ModelCard(_Checked):
     """What a model knows and how its settings were fitted: ``/info``, the page's banner and the
     CLI say it, so nobody reads a shapes model's answer on a photograph as a finding. Stored in
@@ -314,6 +348,7 @@ class GroundingConfig(_Checked):
     answer: AnswerConfig = field(default_factory=AnswerConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     instances: InstancesConfig = field(default_factory=InstancesConfig)
+    proposals: ProposalsConfig = field(default_factory=ProposalsConfig)
     card: ModelCard = field(default_factory=ModelCard)
     # Map → prompts: fraction of the map's max used to threshold the referent region.
     threshold: float = bounded(0.5, gt=0.0, lt=1.0)
@@ -417,6 +452,15 @@ class GroundingConfig(_Checked):
 
 class ConfigError(ValueError):
     """A config value that is not allowed (raised when the config is built)."""
+
+
+class UnsupportedOption(ValueError):
+    """A valid config value this loaded model cannot serve (``proposals="concept"`` without a SAM 3
+    segmenter): ``option`` is the config key (``"proposals.mode"``), so a service names the field."""
+
+    def __init__(self, message: str, option: str):
+        super().__init__(message)
+        self.option = option
 
 
 def _unknown_option(key: str, data: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("sam2", "sam3_tracker", "edgetam")
+FAMILIES = ("sam2", "sam3_tracker", "edgetam")  # the SAM 2 family; "sam3" (full SAM 3) is built on request
 # What both families share at this size: the mask decoder (one two-way layer) and the prompt
 # encoder, 128 wide — the video models' memory is 64 channels and must be narrower than the decoder
 # (transformers splits each object pointer into hidden / 64 memory tokens); masks come out at
@@ -189,10 +189,82 @@ def build_tiny_edgetam(seed: int = 0):
     return model, Sam2VideoProcessor(image_processor=image, video_processor=video)
 
 
+def build_tiny_sam3(seed: int = 0):
+    """Full SAM 3 as released (``facebook/sam3``: a ``Sam3VideoModel``, ``model_type``
+    ``sam3_video``): the detector (``Sam3Model``: the tracker's ViT, a one-layer CLIP text encoder
+    with OpenAI CLIP's real 49,408-token vocabulary, one-layer DETR encoder / decoder with 16
+    queries, 128 wide — the width of the FPN the detector reads) and the tracker of
+    ``build_tiny_sam3_tracker``, with a ``Sam3Processor`` (112 px, 32 × 32 masks, the real CLIP
+    tokenizer: ``make vocab``). ``Sam3Model`` loads the folder for concept proposals,
+    ``Sam3TrackerModel`` for map prompts."""
+    from transformers import (
+        Sam3Config,
+        Sam3ImageProcessor,
+        Sam3Processor,
+        Sam3TrackerVideoConfig,
+        Sam3TrackerVideoMaskDecoderConfig,
+        Sam3TrackerVideoPromptEncoderConfig,
+        Sam3VideoConfig,
+        Sam3VideoModel,
+        Sam3VisionConfig,
+        Sam3ViTConfig,
+    )
+
+    from .vocabularies import clip_tokenizer
+
+    torch.manual_seed(seed)
+    vit = Sam3ViTConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=112,
+        patch_size=14,
+        window_size=4,
+        global_attn_indexes=[1],
+        pretrain_image_size=112,
+    )
+    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=WIDTH, backbone_feature_sizes=FEATURES)
+    small = dict(hidden_size=WIDTH, num_attention_heads=2, intermediate_size=128)
+    detector = Sam3Config(
+        vision_config=vision,
+        text_config=dict(
+            vocab_size=49408,
+            hidden_size=32,
+            intermediate_size=64,
+            projection_dim=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=32,
+        ),
+        geometry_encoder_config=dict(num_layers=1, **small),
+        detr_encoder_config=dict(num_layers=1, **small),
+        detr_decoder_config=dict(num_layers=1, num_queries=16, **small),
+        mask_decoder_config=dict(hidden_size=WIDTH, num_attention_heads=2),
+    )
+    tracker = Sam3TrackerVideoConfig(
+        vision_config=vision,
+        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
+        mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(**DECODER),
+        image_size=112,
+        **MEMORY,
+    )
+    model = Sam3VideoModel(Sam3VideoConfig(detector_config=detector, tracker_config=tracker)).eval()
+    _present_by_default(model.tracker_model)
+    images = Sam3ImageProcessor(size={"height": 112, "width": 112}, mask_size={"height": 32, "width": 32})
+    return model, Sam3Processor(image_processor=images, tokenizer=clip_tokenizer())
+
+
 def save_tiny_segmenter(folder: str | Path, family: str = "sam2", seed: int = 0) -> Path:
     """Write a tiny ``family`` (one of ``FAMILIES``) model folder that ``make_segmenter`` loads for
-    images and ``Tracker`` for video."""
-    builders = {"sam2": build_tiny_sam2, "sam3_tracker": build_tiny_sam3_tracker, "edgetam": build_tiny_edgetam}
+    images and ``Tracker`` for video (``sam3``: the full SAM 3, whose detector also proposes
+    instances)."""
+    builders = {
+        "sam2": build_tiny_sam2,
+        "sam3_tracker": build_tiny_sam3_tracker,
+        "edgetam": build_tiny_edgetam,
+        "sam3": build_tiny_sam3,
+    }
     if family not in builders:
         raise ValueError(f"unknown segmenter family {family!r}; choose one of {', '.join(FAMILIES)}")
     model, processor = builders[family](seed)

@@ -6,7 +6,8 @@ import pytest
 
 from grounding.config import ConfigError, GroundingConfig
 from grounding.pipeline.stages import MaskStage
-from grounding.segment.instances import Instance, is_plural, map_regions, requested_count, suppress
+from grounding.readout.phrases import is_plural, requested_count
+from grounding.segment.instances import Instance, map_regions, suppress
 from grounding.segment.prompts import box_of, prompts_from_map
 from grounding.segment.segmenters import MapSegmenter
 

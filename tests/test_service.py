@@ -458,3 +458,43 @@ def test_instances_over_rest_and_grpc(server):
                 timeout=60,
             )
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_proposals_over_rest_and_grpc(server):
+    """``proposals``: "regions" masks come from image regions the map chooses (each instance with
+    the proposer's score); "concept" without a SAM 3 segmenter and an unknown value are a 400 /
+    INVALID_ARGUMENT naming the field; /info says which values this model serves."""
+    from grounding.serving.proto import grounding_pb2 as pb
+    from grounding.serving.proto import grounding_pb2_grpc as pb_grpc
+
+    info = post(server, "/info", json={}).json()
+    assert info["proposals"] == ["none", "regions"] and info["defaults"]["proposals"] == "none"
+    r = segment(server, encode(scene(80, 60)), "red circle", proposals="regions")
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["segmenter"] in ("regions", "map-threshold")  # map-threshold: nothing under the map, said so
+    if res["segmenter"] == "regions":
+        assert all(0.0 <= i["proposal_score"] <= 1.0 for i in res["instances"])
+    for value, message in (("concept", "SAM 3"), ("boxes", "proposals")):
+        bad = segment(server, encode(scene()), "red circle", proposals=value)
+        assert bad.status_code == 400 and bad.json()["field"] == "proposals" and message in bad.json()["error"]
+    with grpc.insecure_channel(server["grpc"]) as ch:
+        stub = pb_grpc.GroundingStub(ch)
+        g = stub.Segment(
+            pb.SegmentRequest(
+                image=encode(scene(80, 60)), expressions=["red circle"], options=pb.Options(proposals="regions")
+            ),
+            timeout=60,
+        )
+        assert g.results[0].segmenter in ("regions", "map-threshold")
+        assert all(i.HasField("proposal_score") for i in g.results[0].instances) == (
+            g.results[0].segmenter == "regions"
+        )
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Segment(
+                pb.SegmentRequest(
+                    image=encode(scene()), expressions=["red circle"], options=pb.Options(proposals="concept")
+                ),
+                timeout=60,
+            )
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "SAM 3" in e.value.details()

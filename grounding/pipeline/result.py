@@ -59,10 +59,12 @@ class GroundingResult:
 
 
 def instance_doc(instance: Instance, segmentation: dict) -> dict:
-    """One instance as JSON: its box (xyxy), score and ``segmentation`` (in the caller's format)."""
+    """One instance as JSON: its box (xyxy), the map's score, the proposer's score (null for map
+    prompts) and ``segmentation`` (in the caller's format)."""
     return {
         "box": [round(float(v), 2) for v in instance.box],
         "score": round(float(instance.score), 6),
+        "proposal_score": None if instance.proposal_score is None else round(float(instance.proposal_score), 6),
         "segmentation": segmentation,
     }
 

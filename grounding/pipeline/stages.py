@@ -23,13 +23,15 @@ import torch
 from PIL import Image
 
 from ..backends import Backend, Capture
-from ..config import GroundingConfig
+from ..config import GroundingConfig, UnsupportedOption
 from ..images import open_image
 from ..readout import agreement, answers, maps, presence, views
+from ..readout.phrases import head_phrase, requested_count
 from ..readout.tokens import PromptTokens, align
 from ..segment import refine
-from ..segment.instances import Instance, map_regions, region_prompts, requested_count, suppress
+from ..segment.instances import Instance, map_regions, region_prompts, suppress
 from ..segment.prompts import box_of, prompts_from_map
+from ..segment.proposals import Proposer, RegionProposer, choose, point_in
 from ..segment.segmenters import MapSegmenter, Segmentation, combined_score, segment_many
 from .result import GroundingResult
 
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
     from ..readout.answer_head import SentenceEncoder
 
 _MAP_SEGMENTER = MapSegmenter()
+_REGIONS = RegionProposer()
 
 
 @dataclass(frozen=True)
@@ -365,6 +368,12 @@ class MaskStage:
             heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points, prev_mask, identity_weight
         )
         s1 = time.perf_counter()
+        notes: list[str] = []
+        if cfg.proposals.mode != "none" and use_segmenter and prev_mask is None and mask_prompt is None:
+            timings = dict(item.timings_ms, maps=item.timings_ms["maps"] + (s1 - s0) * 1000)
+            chosen = self.from_proposals(item, heatmap, cfg, notes, timings)
+            if chosen is not None:
+                return chosen, Segmentation(chosen.mask, None)
         segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
         if prev_mask is None and mask_prompt is None:
             seg = segmenter(np.asarray(item.image), heatmap, prompts)
@@ -416,7 +425,7 @@ class MaskStage:
             points=prompts.points,
             point_labels=prompts.labels,
             segmenter=segmenter.name,
-            warnings=list(item.tokens.warnings),
+            warnings=list(item.tokens.warnings) + notes,
             timings_ms=timings,
             present=present,
             presence_score=presence_score,
@@ -424,6 +433,89 @@ class MaskStage:
             instances=found,
         )
         return result, seg
+
+    def proposal_modes(self) -> list[str]:
+        """The ``proposals.mode`` values this segmenter serves ("concept" needs SAM 3)."""
+        family = getattr(getattr(self.segmenter, "family", None), "name", None)
+        concept = hasattr(self.segmenter, "concept_proposer") and family == "sam3-tracker"
+        return ["none", "regions"] + (["concept"] if concept else [])
+
+    def proposer(self, mode: str) -> Proposer:
+        """The proposer of ``proposals.mode``: graph regions, or SAM 3's detector from the
+        segmenter's checkpoint (``UnsupportedOption`` when the segmenter is not SAM 3)."""
+        if mode == "regions":
+            return _REGIONS
+        if "concept" not in self.proposal_modes():
+            raise UnsupportedOption(
+                f"proposals='concept' needs a SAM 3 segmenter (e.g. facebook/sam3); this model's segmenter is "
+                f"{self.segmenter.name!r}: use proposals='regions' or 'none'",
+                "proposals.mode",
+            )
+        proposer: Proposer = self.segmenter.concept_proposer()
+        return proposer
+
+    def from_proposals(
+        self,
+        item: ReferentMap,
+        heatmap: np.ndarray,
+        cfg: GroundingConfig,
+        notes: list[str],
+        timings: dict[str, float],
+    ) -> GroundingResult | None:
+        """The result from instance proposals chosen by the map (``segment.proposals``): the best
+        proposal (``instances="one"``), or every proposal the map and the expression's count ask
+        for (``"all"``). None — with a note for the result's warnings — when the proposer finds
+        nothing the map touches: the caller falls back to map prompts."""
+        t0 = time.perf_counter()
+        proposer = self.proposer(cfg.proposals.mode)
+        phrase = head_phrase(item.tokens.expression)
+        image = np.asarray(item.image)
+        found = proposer(image, phrase, cfg.proposals)
+        ic = cfg.instances
+        limit = (
+            1
+            if ic.mode == "one"
+            else min(requested_count(item.tokens.expression) or ic.max_instances, ic.max_instances)
+        )
+        agree = (
+            None
+            if item.word_agreement is None or ic.mode == "one"
+            else maps.upsample(item.word_agreement, item.grid, item.image.size).numpy()
+        )
+        picks = choose(heatmap, found, limit, ic.min_relative_peak, ic.nms_iou, agree, cfg.presence.agreement_threshold)
+        timings = dict(timings, proposals=(time.perf_counter() - t0) * 1000)
+        if not picks:
+            notes.append(
+                f"proposals={cfg.proposals.mode!r} found no instance"
+                + (f" of {phrase!r}" if cfg.proposals.mode == "concept" else "")
+                + " under the map: the mask comes from map prompts"
+            )
+            return None
+        best = found[picks[0][0]]
+        feats = dict(item.features, sam_iou=None)
+        present, presence_score = presence.is_present(feats, cfg.presence, True)
+        instances = [Instance(found[i].mask, box_of(found[i].mask), s, proposal_score=found[i].score) for i, s in picks]
+        if ic.mode == "all":
+            mask = np.logical_or.reduce([i.mask for i in instances]) if present else np.zeros_like(best.mask)
+        else:  # as with map prompts: the best proposal stays as the best guess when not present
+            mask = best.mask
+        points = np.array([point_in(heatmap, i.mask) for i in instances[: 1 if ic.mode == "one" else None]])
+        return GroundingResult(
+            expression=item.tokens.expression,
+            mask=mask,
+            box=instances[0].box if mask.any() else (0.0, 0.0, 0.0, 0.0),
+            score=combined_score(heatmap, Segmentation(best.mask, best.score)),
+            heatmap=heatmap,
+            points=points.astype(np.float32).reshape(-1, 2),
+            point_labels=np.ones(len(points), dtype=np.int32),
+            segmenter=proposer.name,
+            warnings=list(item.tokens.warnings) + notes,
+            timings_ms=timings,
+            present=present,
+            presence_score=presence_score,
+            features=feats,
+            instances=instances if present else [],
+        )
 
     @staticmethod
     def all_instances(

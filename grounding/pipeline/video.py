@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
-from ..config import VideoMaps
+from ..config import UnsupportedOption, VideoMaps
 from ..segment.segmenters import map_confidence
 from .frames import read_frames
 from .motion import aggregate
@@ -171,6 +171,11 @@ def iter_video(
     ``prev_mask`` is the mask of frame ``start - 1`` (the first resumed frame gets no SAM mask
     prompt)."""
     video = video or VideoConfig()
+    if any(k.replace("__", ".").split(".")[0] == "proposals" for k in overrides):
+        raise UnsupportedOption(
+            "proposals apply to images; a video's masks come from map prompts or propagation", "proposals.mode"
+        )
+    overrides = {**overrides, "proposals.mode": "none"}  # also when the model's grounding.json sets them
     if video.propagate:
         from .propagate import iter_propagated
 

@@ -18,18 +18,18 @@ from ..config import STOP_WORDS, MagnetConfig
 _WORD_RE = re.compile(r"\w+(?:['’]\w+)*|[^\w\s]", re.UNICODE)
 
 # Words after which a noun phrase ends; the head noun is the last content word before them.
-_PHRASE_BREAKS = frozenset(
+PHRASE_BREAKS = frozenset(
     """on in at to for from by with without of near next beside behind under over above below
     between left right top bottom front back that which who whose where while holding wearing
     sitting standing""".split()
 )
 
 # "that is", "who are", ...: a relative clause that describes the referent, not a phrase break.
-_RELATIVE = frozenset("that which who".split())
-_COPULAS = frozenset("is are was were".split())
+RELATIVE = frozenset("that which who".split())
+COPULAS = frozenset("is are was were".split())
 
 # Words that place the referent itself ("at the top", "on the left of ..."): never part of a complement.
-_SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
+SPATIAL = frozenset("left right top bottom middle center centre upper lower leftmost rightmost topmost".split())
 
 # A word's last piece that only inflects it ("circle" + "s" when a vocabulary lacks the plural):
 # it marks number, not the object, so it is read as a stop word (its attention is not the referent's).
@@ -117,9 +117,9 @@ def head_noun(words: list[Word]) -> int | None:
     content = [i for i, w in enumerate(words) if w.kind == CONTENT]
     if not content:
         return None
-    cands = [i for i in content if words[i].text.lower() not in _PHRASE_BREAKS] or content
+    cands = [i for i in content if words[i].text.lower() not in PHRASE_BREAKS] or content
     for i, w in enumerate(words):
-        if w.text.lower() in _PHRASE_BREAKS:
+        if w.text.lower() in PHRASE_BREAKS:
             before = [j for j in cands if j < i]
             if before:
                 return before[-1]
@@ -137,17 +137,17 @@ def complement_words(words: list[Word]) -> list[int]:
         (
             i
             for i, t in enumerate(text)
-            if t in _PHRASE_BREAKS
-            and t not in _SPATIAL
+            if t in PHRASE_BREAKS
+            and t not in SPATIAL
             # "the circle that is red": a relative pronoun and a copula describe the referent itself
-            and not (t in _RELATIVE and i + 1 < len(text) and text[i + 1] in _COPULAS)
+            and not (t in RELATIVE and i + 1 < len(text) and text[i + 1] in COPULAS)
         ),
         None,
     )
     if first is None:
         return []
     return [
-        i for i in range(first + 1, len(words)) if words[i].kind == CONTENT and words[i].text.lower() not in _SPATIAL
+        i for i in range(first + 1, len(words)) if words[i].kind == CONTENT and words[i].text.lower() not in SPATIAL
     ]
 
 

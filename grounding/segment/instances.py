@@ -1,5 +1,6 @@
 """Several instances for one expression: the referent map's separate high regions, each its own
-prompts, and how many instances an expression asks for. Pure helpers; ``MaskStage`` runs them."""
+prompts, and non-maximum suppression over their masks (how many an expression asks for is
+``readout.phrases.requested_count``). Pure helpers; ``MaskStage`` runs them."""
 
 from __future__ import annotations
 
@@ -8,74 +9,19 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..readout.tokens import CONTENT, Word, head_noun, split_words, word_kind
 from .prompts import Prompts, _spread, box_of, mask_iou
-
-_NUMBERS = {
-    "one": 1,
-    "single": 1,
-    "two": 2,
-    "both": 2,
-    "pair": 2,
-    "couple": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-}
-_ALL = frozenset("all every each any".split())
-_IRREGULAR_PLURALS = frozenset("people men women children mice geese feet teeth police cattle".split())
 
 
 @dataclass(frozen=True)
 class Instance:
     mask: np.ndarray  # bool [H, W]
     box: tuple[float, float, float, float]  # xyxy, x1/y1 exclusive
-    score: float  # the region's map peak (the best instance's is 1 after normalisation)
-
-
-def requested_count(expression: str) -> int | None:
-    """The number of instances an expression asks for: "the two circles" → 2, "both squares" → 2,
-    "3 dogs" → 3, "the red circle" → 1 (a singular head noun); "all red objects", "the circles"
-    (a plural head noun), "the cat and the dog" (joined phrases) → None (as many as the map shows)."""
-    parsed = [Word(w, s, e, word_kind(w)) for w, s, e in split_words(expression)]
-    for word in (w.text.lower() for w in parsed):
-        if word.isdigit():
-            return max(1, min(int(word), 100))
-        if word in _NUMBERS and word != "one":
-            return _NUMBERS[word]
-        if word in _ALL:
-            return None
-    head = head_noun(parsed)
-    if head is None or is_plural(parsed[head].text) or _joined(parsed):
-        return None
-    return 1
-
-
-def is_plural(noun: str) -> bool:
-    """English plural by form: "circles", "boxes", "people"; not "glass", "bus", "iris"."""
-    n = noun.lower()
-    return n in _IRREGULAR_PLURALS or (len(n) > 3 and n.endswith("s") and not n.endswith(("ss", "us", "is")))
-
-
-def _joined(words: list[Word]) -> bool:
-    """Whether "and" / "or" joins two phrases with content words ("the cat and the dog", "man on
-    the left and woman on the right": two referents, each singular) — not a "between" anchor pair."""
-    for i, w in enumerate(words):
-        t = w.text.lower()
-        if t == "between":
-            return False
-        if (
-            t in ("and", "or")
-            and any(v.kind == CONTENT for v in words[:i])
-            and any(v.kind == CONTENT for v in words[i + 1 :])
-        ):
-            return True
-    return False
+    # The map's score for it relative to the best instance's (1 for the best): its region's map
+    # peak (map prompts), or its proposal's map score (``proposals.map_scores``).
+    score: float
+    # The proposer's own confidence (SAM 3's instance score, a region's contrast); None for
+    # instances segmented from map prompts.
+    proposal_score: float | None = None
 
 
 def map_regions(heatmap: np.ndarray, threshold: float, min_relative_peak: float, min_area: float) -> list[np.ndarray]:

@@ -1,10 +1,12 @@
 """SAM 2 / 2.1 and SAM 3's tracker through transformers, behind the same contract as SAM.
 
 A folder or hub id of a transformers ``Sam2Model`` (SAM 2 / 2.1), ``Sam3TrackerModel`` (SAM 3's
-promptable tracker; a full SAM 3 checkpoint, ``model_type`` ``sam3``, is loaded as its tracker, as
-transformers' docs do) or ``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the family its
-``config.json`` names (``FAMILIES``), with the family's processor, which does the resizing and
-normalisation. Released checkpoints are saved from the *video* model (``sam2_video``, …); the
+promptable tracker; the full SAM 3 checkpoint, ``model_type`` ``sam3_video``, is loaded as its
+tracker, as transformers' docs do, and its detector proposes instances: ``concept_proposer``) or
+``EdgeTamModel`` (EdgeTAM; it needs ``timm``) is loaded by the family its ``config.json`` names
+(``FAMILIES``), with the family's processor, which does the resizing and normalisation. A folder
+of SAM 3's detector alone (``model_type`` ``sam3``) has no point/box segmenter: refused by name.
+Released checkpoints are saved from the *video* model (``sam2_video``, …); the
 image class loads them and skips the memory weights, and ``tracker()`` loads the video model from
 the same checkpoint (``tracker.Tracker``) for propagation. The image embedding is cached per image
 as for SAM, so several expressions on one image pay for the encoder once. Prompts are in image
@@ -58,7 +60,7 @@ FAMILIES = {
     "sam2_video": SAM2,
     "sam3_tracker": SAM3_TRACKER,
     "sam3_tracker_video": SAM3_TRACKER,
-    "sam3": SAM3_TRACKER,
+    "sam3": SAM3_TRACKER,  # SAM 3's detector alone: refused by ``family_of`` (no point/box segmenter)
     "sam3_video": SAM3_TRACKER,
     "edgetam": EDGETAM,
     "edgetam_video": EDGETAM,
@@ -82,6 +84,12 @@ def family_of(name_or_path: str | Path) -> Family:
     import transformers
 
     model_type = transformers.AutoConfig.from_pretrained(str(name_or_path)).model_type
+    if model_type == "sam3":
+        raise ValueError(
+            f"{name_or_path} holds SAM 3's detector alone (model_type 'sam3'): it proposes instances from a "
+            "phrase but has no point/box segmenter for map prompts; use the full SAM 3 checkpoint "
+            "(facebook/sam3, model_type 'sam3_video'), which holds both"
+        )
     if model_type not in FAMILIES:
         raise ValueError(
             f"{name_or_path} is a {model_type!r} model, not a SAM 2-family segmenter ({', '.join(FAMILIES)})"
@@ -178,6 +186,23 @@ class ProcessorSegmenter(SamSegmenterBase):
         return self._decode(points, labels, boxes)
 
 
+def _from_video_weights(model: Any, family: Family, name_or_path: str | Path) -> Any:
+    """``model`` (an image class) with its weights taken from the family's video model of the same
+    checkpoint. transformers 5.24 loads SAM 3's full checkpoint (``sam3_video``) into
+    ``Sam3TrackerModel`` without its prompt encoder and mask decoder (left random, with a warning
+    nobody reads), while ``Sam3TrackerVideoModel`` maps every key; the image model's modules are a
+    subset of the video model's, under the same names. ``ValueError`` when weights are still missing."""
+    import transformers
+
+    video = getattr(transformers, family.video_model).from_pretrained(str(name_or_path))
+    missing = model.load_state_dict(video.state_dict(), strict=False).missing_keys
+    if missing:
+        raise ValueError(
+            f"{name_or_path}: {len(missing)} weights of {family.model} are not in the checkpoint ({missing[0]}, ...)"
+        )
+    return model
+
+
 class TransformersSamSegmenter(ProcessorSegmenter):
     """A transformers SAM 2-family model and its processor: ``predict`` / ``predict_many`` as SAM's."""
 
@@ -198,6 +223,7 @@ class TransformersSamSegmenter(ProcessorSegmenter):
         self.name = self.family.name
         self.source = source  # hub id or folder (``from_pretrained``): where ``tracker`` loads from
         self._tracker: Any = None
+        self._concept: Any = None
 
     @classmethod
     def from_pretrained(
@@ -207,7 +233,9 @@ class TransformersSamSegmenter(ProcessorSegmenter):
         import transformers
 
         family = family_of(name_or_path)
-        model = getattr(transformers, family.model).from_pretrained(str(name_or_path))
+        model, info = getattr(transformers, family.model).from_pretrained(str(name_or_path), output_loading_info=True)
+        if info["missing_keys"]:
+            model = _from_video_weights(model, family, name_or_path)
         processor = getattr(transformers, family.processor).from_pretrained(str(name_or_path))
         return cls(model, processor, device, dtype, source=str(name_or_path), **kw)
 
@@ -223,6 +251,21 @@ class TransformersSamSegmenter(ProcessorSegmenter):
 
             self._tracker = Tracker.from_pretrained(self.source, self.device, self.dtype, share_encoder=self.model)
         return self._tracker
+
+    def concept_proposer(self) -> Any:
+        """SAM 3's detector from the same checkpoint (loaded once, the backbone shared with this
+        segmenter's): a ``sam3_concept.ConceptProposer``. ``ValueError`` for other families."""
+        if self._concept is None:
+            if self.family is not SAM3_TRACKER:
+                raise ValueError(f"concept proposals need SAM 3; this segmenter is {self.name}")
+            if self.source is None:
+                raise ValueError("this SAM 3 segmenter was built in memory; load it from a folder or hub id")
+            from .sam3_concept import ConceptProposer
+
+            self._concept = ConceptProposer.from_pretrained(
+                self.source, self.device, self.dtype, share_backbone=self.model
+            )
+        return self._concept
 
     def _encode(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():

@@ -72,6 +72,7 @@ def result_doc(r: GroundingResult, opts: Options, binary: bool = False) -> dict:
         "present": bool(r.present),
         "presence_score": round(float(r.presence_score), 6),
         "best_guess": r.best_guess,
+        "segmenter": r.segmenter,  # where the mask came from: the segmenter, or the proposer ("regions", ...)
         "warnings": list(r.warnings),
         "instances": [instance_doc(i, segmentation(i.mask)) for i in r.instances],
     }

@@ -14,9 +14,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..config import UnsupportedOption
 from ..pipeline.result import GroundingResult, Instance
 from .lifecycle import START
-from .schema import Options, RequestError
+from .schema import Options, RequestError, option_for
 from .settings import Settings
 from .startup import not_started
 
@@ -71,7 +72,13 @@ class Engine:
             "device": str(g.backend.device),
             "dtype": str(g.backend.dtype).replace("torch.", ""),
             "card": cfg.card.to_info(),
-            "defaults": {"threshold": cfg.threshold, "resolution": cfg.resolution, "instances": cfg.instances.mode},
+            "defaults": {
+                "threshold": cfg.threshold,
+                "resolution": cfg.resolution,
+                "instances": cfg.instances.mode,
+                "proposals": cfg.proposals.mode,
+            },
+            "proposals": g.mask_stage.proposal_modes(),  # the ``proposals`` values this model serves
             "grpc_port": self.settings.grpc_port,
             "max_batch_size": self.settings.max_batch_size,
         }
@@ -81,7 +88,7 @@ class Engine:
         out = []
         for r in self.run([Job(**j) for j in jobs]):
             if isinstance(r, RequestError):
-                out.append({"error": str(r), "status": r.status})
+                out.append({"error": str(r), "status": r.status, "field": r.field})
             else:
                 out.append(asdict(r))
         return out
@@ -100,6 +107,10 @@ class Engine:
                     results = run(
                         [(jobs[i].image, jobs[i].expression) for i in idx], use_segmenter=use_seg, **json.loads(key)
                     )
+            except UnsupportedOption as e:  # a valid option this model cannot serve: named
+                for i in idx:
+                    out[i] = RequestError(str(e), field=option_for(e.option))
+                continue
             except ValueError as e:
                 for i in idx:
                     out[i] = RequestError(str(e))
@@ -257,9 +268,9 @@ def raise_first_error(results: list) -> list[GroundingResult]:
     for r in results:
         if isinstance(r, dict):
             if "error" in r:
-                r = RequestError(r["error"], r["status"])
+                r = RequestError(r["error"], r["status"], field=r.get("field"))
             else:
-                found = [Instance(i["mask"], tuple(i["box"]), i["score"]) for i in r.get("instances", [])]
+                found = [Instance(**{**i, "box": tuple(i["box"])}) for i in r.get("instances", [])]
                 r = GroundingResult(**{**r, "instances": found})
         if isinstance(r, RequestError):
             raise r

@@ -92,12 +92,18 @@ class GroundingServicer(pb_grpc.GroundingServicer):
                     present=d["present"],
                     presence_score=d["presence_score"],
                     best_guess=d["best_guess"],
+                    segmenter=d["segmenter"],
                     warnings=d["warnings"],
                     points=[pb.Point(x=p[0], y=p[1], label=lab) for p, lab in zip(d["points"], d["point_labels"])],
                     mask_png=d.get("mask_png", b""),
                     heatmap_png=d.get("heatmap_png", b""),
                     instances=[
-                        pb.Instance(box=i["box"], score=i["score"], segmentation=segmentation_pb(i["segmentation"]))
+                        pb.Instance(
+                            box=i["box"],
+                            score=i["score"],
+                            segmentation=segmentation_pb(i["segmentation"]),
+                            proposal_score=i["proposal_score"],
+                        )
                         for i in d["instances"]
                     ],
                 )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import InstanceMode, SinkMode, VideoMaps, ViewMode, bounds
+from ..config import InstanceMode, ProposalMode, SinkMode, VideoMaps, ViewMode, bounds
 
 MaskFormat = t.Literal["rle", "polygon", "png"]
 INT32_MAX = 2**31 - 1  # grounding.v1.Options.seed is an int32
@@ -72,6 +72,12 @@ class Options(BaseModel):
         description='"one": the referent; "all": every instance the map shows, or none (each in `instances`)',
         json_schema_extra=_config("instances.mode"),
     )
+    proposals: t.Optional[ProposalMode] = Field(
+        None,
+        description='masks from "none": map prompts; "concept": SAM 3 instances of the head phrase (needs a '
+        'SAM 3 segmenter); "regions": image regions — the map chooses among them',
+        json_schema_extra=_config("proposals.mode"),
+    )
     # Video jobs only.
     window: int = Field(2, ge=0, le=16, description="video: temporal aggregation over ±window frames")
     maps: VideoMaps = Field(
@@ -102,12 +108,22 @@ class Options(BaseModel):
 _RESULT = ("return_heatmap", "return_mask_png", "mask_format")
 _REFAM = ("magnets", "sinks", "sinks_mode", "redistribution")
 ENDPOINT_OPTIONS: dict[str, tuple[str, ...]] = {
-    "segment": (*_RESULT, "threshold", *_REFAM, "seed", "views", "instances"),
+    "segment": (*_RESULT, "threshold", *_REFAM, "seed", "views", "instances", "proposals"),
     "ground": ("heatmap_format", *_REFAM, "seed", "views"),
     "answer_ground": (*_RESULT, "threshold", "seed", "views"),
     "render": ("threshold", "seed", "views"),
     "segment_video": ("window", "maps", "propagate", "keyframe_every", "return_overlay", "threshold", "seed"),
 }
+
+
+def option_for(config_key: str) -> str | None:
+    """The request option that overrides the config field ``config_key`` ("proposals.mode" →
+    "proposals"); None when no option does."""
+    for name, f in Options.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        if extra.get("config") == config_key:
+            return name
+    return None
 
 
 class RequestError(ValueError):

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'grounding/serving/proto/grounding.proto\x12\x0cgrounding.v1\"\xed\x02\n\x07Options\x12\x16\n\x0ereturn_heatmap\x18\x01 \x01(\x08\x12\x17\n\x0freturn_mask_png\x18\x02 \x01(\x08\x12\x13\n\x0bmask_format\x18\x03 \x01(\t\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07magnets\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\x05sinks\x18\x06 \x01(\x08H\x02\x88\x01\x01\x12\x17\n\nsinks_mode\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0eredistribution\x18\x08 \x01(\x08H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x12\n\x05views\x18\n \x01(\tH\x06\x88\x01\x01\x12\x16\n\tinstances\x18\x0b \x01(\tH\x07\x88\x01\x01\x42\x0c\n\n_thresholdB\n\n\x08_magnetsB\x08\n\x06_sinksB\r\n\x0b_sinks_modeB\x11\n\x0f_redistributionB\x07\n\x05_seedB\x08\n\x06_viewsB\x0c\n\n_instances\"\\\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65xpressions\x18\x02 \x03(\t\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.grounding.v1.Options\"*\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"\x15\n\x07Polygon\x12\n\n\x02xy\x18\x01 \x03(\x02\"b\n\x0cSegmentation\x12\x0c\n\x04size\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\x12\'\n\x08polygons\x18\x03 \x03(\x0b\x32\x15.grounding.v1.Polygon\x12\x0b\n\x03png\x18\x04 \x01(\x0c\"\xc4\x02\n\x06Result\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x0b\n\x03\x62ox\x18\x02 \x03(\x02\x12\x12\n\nbox_format\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x30\n\x0csegmentation\x18\x05 \x01(\x0b\x32\x1a.grounding.v1.Segmentation\x12#\n\x06points\x18\x06 \x03(\x0b\x32\x13.grounding.v1.Point\x12\x0f\n\x07present\x18\x07 \x01(\x08\x12\x10\n\x08mask_png\x18\x08 \x01(\x0c\x12\x13\n\x0bheatmap_png\x18\t \x01(\x0c\x12\x10\n\x08warnings\x18\n \x03(\t\x12\x16\n\x0epresence_score\x18\x0b \x01(\x02\x12)\n\tinstances\x18\x0c \x03(\x0b\x32\x16.grounding.v1.Instance\x12\x12\n\nbest_guess\x18\r \x01(\x08\"X\n\x08Instance\x12\x0b\n\x03\x62ox\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x30\n\x0csegmentation\x18\x03 \x01(\x0b\x32\x1a.grounding.v1.Segmentation\"\xd4\x01\n\x0fSegmentResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.grounding.v1.ImageInfo\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.grounding.v1.Result\x12@\n\ntimings_ms\x18\x03 \x03(\x0b\x32,.grounding.v1.SegmentResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65xpressions\x18\x02 \x03(\t\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.grounding.v1.Options\"X\n\x07Heatmap\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x03(\x05\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12\x0c\n\x04peak\x18\x04 \x03(\x02\x12\x10\n\x08warnings\x18\x05 \x03(\t\"\xd4\x01\n\x0eGroundResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.grounding.v1.ImageInfo\x12\'\n\x08heatmaps\x18\x02 \x03(\x0b\x32\x15.grounding.v1.Heatmap\x12?\n\ntimings_ms\x18\x03 \x03(\x0b\x32+.grounding.v1.GroundResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x98\x01\n\tGrounding\x12\x46\n\x07Segment\x12\x1c.grounding.v1.SegmentRequest\x1a\x1d.grounding.v1.SegmentResponse\x12\x43\n\x06Ground\x12\x1b.grounding.v1.GroundRequest\x1a\x1c.grounding.v1.GroundResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'grounding/serving/proto/grounding.proto\x12\x0cgrounding.v1\"\x93\x03\n\x07Options\x12\x16\n\x0ereturn_heatmap\x18\x01 \x01(\x08\x12\x17\n\x0freturn_mask_png\x18\x02 \x01(\x08\x12\x13\n\x0bmask_format\x18\x03 \x01(\t\x12\x16\n\tthreshold\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\x14\n\x07magnets\x18\x05 \x01(\x08H\x01\x88\x01\x01\x12\x12\n\x05sinks\x18\x06 \x01(\x08H\x02\x88\x01\x01\x12\x17\n\nsinks_mode\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x1b\n\x0eredistribution\x18\x08 \x01(\x08H\x04\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x12\n\x05views\x18\n \x01(\tH\x06\x88\x01\x01\x12\x16\n\tinstances\x18\x0b \x01(\tH\x07\x88\x01\x01\x12\x16\n\tproposals\x18\x0c \x01(\tH\x08\x88\x01\x01\x42\x0c\n\n_thresholdB\n\n\x08_magnetsB\x08\n\x06_sinksB\r\n\x0b_sinks_modeB\x11\n\x0f_redistributionB\x07\n\x05_seedB\x08\n\x06_viewsB\x0c\n\n_instancesB\x0c\n\n_proposals\"\\\n\x0eSegmentRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65xpressions\x18\x02 \x03(\t\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.grounding.v1.Options\"*\n\tImageInfo\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06height\x18\x02 \x01(\x05\",\n\x05Point\x12\t\n\x01x\x18\x01 \x01(\x02\x12\t\n\x01y\x18\x02 \x01(\x02\x12\r\n\x05label\x18\x03 \x01(\x05\"\x15\n\x07Polygon\x12\n\n\x02xy\x18\x01 \x03(\x02\"b\n\x0cSegmentation\x12\x0c\n\x04size\x18\x01 \x03(\x05\x12\x0e\n\x06\x63ounts\x18\x02 \x01(\t\x12\'\n\x08polygons\x18\x03 \x03(\x0b\x32\x15.grounding.v1.Polygon\x12\x0b\n\x03png\x18\x04 \x01(\x0c\"\xd7\x02\n\x06Result\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x0b\n\x03\x62ox\x18\x02 \x03(\x02\x12\x12\n\nbox_format\x18\x03 \x01(\t\x12\r\n\x05score\x18\x04 \x01(\x02\x12\x30\n\x0csegmentation\x18\x05 \x01(\x0b\x32\x1a.grounding.v1.Segmentation\x12#\n\x06points\x18\x06 \x03(\x0b\x32\x13.grounding.v1.Point\x12\x0f\n\x07present\x18\x07 \x01(\x08\x12\x10\n\x08mask_png\x18\x08 \x01(\x0c\x12\x13\n\x0bheatmap_png\x18\t \x01(\x0c\x12\x10\n\x08warnings\x18\n \x03(\t\x12\x16\n\x0epresence_score\x18\x0b \x01(\x02\x12)\n\tinstances\x18\x0c \x03(\x0b\x32\x16.grounding.v1.Instance\x12\x12\n\nbest_guess\x18\r \x01(\x08\x12\x11\n\tsegmenter\x18\x0e \x01(\t\"\x88\x01\n\x08Instance\x12\x0b\n\x03\x62ox\x18\x01 \x03(\x02\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x30\n\x0csegmentation\x18\x03 \x01(\x0b\x32\x1a.grounding.v1.Segmentation\x12\x1b\n\x0eproposal_score\x18\x04 \x01(\x02H\x00\x88\x01\x01\x42\x11\n\x0f_proposal_score\"\xd4\x01\n\x0fSegmentResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.grounding.v1.ImageInfo\x12%\n\x07results\x18\x02 \x03(\x0b\x32\x14.grounding.v1.Result\x12@\n\ntimings_ms\x18\x03 \x03(\x0b\x32,.grounding.v1.SegmentResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"[\n\rGroundRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x13\n\x0b\x65xpressions\x18\x02 \x03(\t\x12&\n\x07options\x18\x03 \x01(\x0b\x32\x15.grounding.v1.Options\"X\n\x07Heatmap\x12\x12\n\nexpression\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x03(\x05\x12\x0b\n\x03png\x18\x03 \x01(\x0c\x12\x0c\n\x04peak\x18\x04 \x03(\x02\x12\x10\n\x08warnings\x18\x05 \x03(\t\"\xd4\x01\n\x0eGroundResponse\x12&\n\x05image\x18\x01 \x01(\x0b\x32\x17.grounding.v1.ImageInfo\x12\'\n\x08heatmaps\x18\x02 \x03(\x0b\x32\x15.grounding.v1.Heatmap\x12?\n\ntimings_ms\x18\x03 \x03(\x0b\x32+.grounding.v1.GroundResponse.TimingsMsEntry\x1a\x30\n\x0eTimingsMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\x98\x01\n\tGrounding\x12\x46\n\x07Segment\x12\x1c.grounding.v1.SegmentRequest\x1a\x1d.grounding.v1.SegmentResponse\x12\x43\n\x06Ground\x12\x1b.grounding.v1.GroundRequest\x1a\x1c.grounding.v1.GroundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,33 +36,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._loaded_options = None
   _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._serialized_options = b'8\001'
   _globals['_OPTIONS']._serialized_start=58
-  _globals['_OPTIONS']._serialized_end=423
-  _globals['_SEGMENTREQUEST']._serialized_start=425
-  _globals['_SEGMENTREQUEST']._serialized_end=517
-  _globals['_IMAGEINFO']._serialized_start=519
-  _globals['_IMAGEINFO']._serialized_end=561
-  _globals['_POINT']._serialized_start=563
-  _globals['_POINT']._serialized_end=607
-  _globals['_POLYGON']._serialized_start=609
-  _globals['_POLYGON']._serialized_end=630
-  _globals['_SEGMENTATION']._serialized_start=632
-  _globals['_SEGMENTATION']._serialized_end=730
-  _globals['_RESULT']._serialized_start=733
-  _globals['_RESULT']._serialized_end=1057
-  _globals['_INSTANCE']._serialized_start=1059
-  _globals['_INSTANCE']._serialized_end=1147
-  _globals['_SEGMENTRESPONSE']._serialized_start=1150
-  _globals['_SEGMENTRESPONSE']._serialized_end=1362
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1314
-  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1362
-  _globals['_GROUNDREQUEST']._serialized_start=1364
-  _globals['_GROUNDREQUEST']._serialized_end=1455
-  _globals['_HEATMAP']._serialized_start=1457
-  _globals['_HEATMAP']._serialized_end=1545
-  _globals['_GROUNDRESPONSE']._serialized_start=1548
-  _globals['_GROUNDRESPONSE']._serialized_end=1760
-  _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._serialized_start=1314
-  _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._serialized_end=1362
-  _globals['_GROUNDING']._serialized_start=1763
-  _globals['_GROUNDING']._serialized_end=1915
+  _globals['_OPTIONS']._serialized_end=461
+  _globals['_SEGMENTREQUEST']._serialized_start=463
+  _globals['_SEGMENTREQUEST']._serialized_end=555
+  _globals['_IMAGEINFO']._serialized_start=557
+  _globals['_IMAGEINFO']._serialized_end=599
+  _globals['_POINT']._serialized_start=601
+  _globals['_POINT']._serialized_end=645
+  _globals['_POLYGON']._serialized_start=647
+  _globals['_POLYGON']._serialized_end=668
+  _globals['_SEGMENTATION']._serialized_start=670
+  _globals['_SEGMENTATION']._serialized_end=768
+  _globals['_RESULT']._serialized_start=771
+  _globals['_RESULT']._serialized_end=1114
+  _globals['_INSTANCE']._serialized_start=1117
+  _globals['_INSTANCE']._serialized_end=1253
+  _globals['_SEGMENTRESPONSE']._serialized_start=1256
+  _globals['_SEGMENTRESPONSE']._serialized_end=1468
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_start=1420
+  _globals['_SEGMENTRESPONSE_TIMINGSMSENTRY']._serialized_end=1468
+  _globals['_GROUNDREQUEST']._serialized_start=1470
+  _globals['_GROUNDREQUEST']._serialized_end=1561
+  _globals['_HEATMAP']._serialized_start=1563
+  _globals['_HEATMAP']._serialized_end=1651
+  _globals['_GROUNDRESPONSE']._serialized_start=1654
+  _globals['_GROUNDRESPONSE']._serialized_end=1866
+  _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._serialized_start=1420
+  _globals['_GROUNDRESPONSE_TIMINGSMSENTRY']._serialized_end=1468
+  _globals['_GROUNDING']._serialized_start=1869
+  _globals['_GROUNDING']._serialized_end=2021
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Options(_message.Message):
-    __slots__ = ("return_heatmap", "return_mask_png", "mask_format", "threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views", "instances")
+    __slots__ = ("return_heatmap", "return_mask_png", "mask_format", "threshold", "magnets", "sinks", "sinks_mode", "redistribution", "seed", "views", "instances", "proposals")
     RETURN_HEATMAP_FIELD_NUMBER: _ClassVar[int]
     RETURN_MASK_PNG_FIELD_NUMBER: _ClassVar[int]
     MASK_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class Options(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     VIEWS_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    PROPOSALS_FIELD_NUMBER: _ClassVar[int]
     return_heatmap: bool
     return_mask_png: bool
     mask_format: str
@@ -30,7 +31,8 @@ class Options(_message.Message):
     seed: int
     views: str
     instances: str
-    def __init__(self, return_heatmap: _Optional[bool] = ..., return_mask_png: _Optional[bool] = ..., mask_format: _Optional[str] = ..., threshold: _Optional[float] = ..., magnets: _Optional[bool] = ..., sinks: _Optional[bool] = ..., sinks_mode: _Optional[str] = ..., redistribution: _Optional[bool] = ..., seed: _Optional[int] = ..., views: _Optional[str] = ..., instances: _Optional[str] = ...) -> None: ...
+    proposals: str
+    def __init__(self, return_heatmap: _Optional[bool] = ..., return_mask_png: _Optional[bool] = ..., mask_format: _Optional[str] = ..., threshold: _Optional[float] = ..., magnets: _Optional[bool] = ..., sinks: _Optional[bool] = ..., sinks_mode: _Optional[str] = ..., redistribution: _Optional[bool] = ..., seed: _Optional[int] = ..., views: _Optional[str] = ..., instances: _Optional[str] = ..., proposals: _Optional[str] = ...) -> None: ...
 
 class SegmentRequest(_message.Message):
     __slots__ = ("image", "expressions", "options")
@@ -79,7 +81,7 @@ class Segmentation(_message.Message):
     def __init__(self, size: _Optional[_Iterable[int]] = ..., counts: _Optional[str] = ..., polygons: _Optional[_Iterable[_Union[Polygon, _Mapping]]] = ..., png: _Optional[bytes] = ...) -> None: ...
 
 class Result(_message.Message):
-    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score", "instances", "best_guess")
+    __slots__ = ("expression", "box", "box_format", "score", "segmentation", "points", "present", "mask_png", "heatmap_png", "warnings", "presence_score", "instances", "best_guess", "segmenter")
     EXPRESSION_FIELD_NUMBER: _ClassVar[int]
     BOX_FIELD_NUMBER: _ClassVar[int]
     BOX_FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +95,7 @@ class Result(_message.Message):
     PRESENCE_SCORE_FIELD_NUMBER: _ClassVar[int]
     INSTANCES_FIELD_NUMBER: _ClassVar[int]
     BEST_GUESS_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTER_FIELD_NUMBER: _ClassVar[int]
     expression: str
     box: _containers.RepeatedScalarFieldContainer[float]
     box_format: str
@@ -106,17 +109,20 @@ class Result(_message.Message):
     presence_score: float
     instances: _containers.RepeatedCompositeFieldContainer[Instance]
     best_guess: bool
-    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., best_guess: _Optional[bool] = ...) -> None: ...
+    segmenter: str
+    def __init__(self, expression: _Optional[str] = ..., box: _Optional[_Iterable[float]] = ..., box_format: _Optional[str] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., points: _Optional[_Iterable[_Union[Point, _Mapping]]] = ..., present: _Optional[bool] = ..., mask_png: _Optional[bytes] = ..., heatmap_png: _Optional[bytes] = ..., warnings: _Optional[_Iterable[str]] = ..., presence_score: _Optional[float] = ..., instances: _Optional[_Iterable[_Union[Instance, _Mapping]]] = ..., best_guess: _Optional[bool] = ..., segmenter: _Optional[str] = ...) -> None: ...
 
 class Instance(_message.Message):
-    __slots__ = ("box", "score", "segmentation")
+    __slots__ = ("box", "score", "segmentation", "proposal_score")
     BOX_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    PROPOSAL_SCORE_FIELD_NUMBER: _ClassVar[int]
     box: _containers.RepeatedScalarFieldContainer[float]
     score: float
     segmentation: Segmentation
-    def __init__(self, box: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ...) -> None: ...
+    proposal_score: float
+    def __init__(self, box: _Optional[_Iterable[float]] = ..., score: _Optional[float] = ..., segmentation: _Optional[_Union[Segmentation, _Mapping]] = ..., proposal_score: _Optional[float] = ...) -> None: ...
 
 class SegmentResponse(_message.Message):
     __slots__ = ("image", "results", "timings_ms")

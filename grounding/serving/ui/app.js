@@ -217,7 +217,7 @@ async function run(mode) {
     const all = $("#instances").checked;
     const extra = mode === "segment"
       ? { return_heatmap: true, return_mask_png: true, ...(thresholdChanged ? { threshold: $("#threshold").value } : {}),
-          instances: all ? "all" : "one", ...(all ? { mask_format: "png" } : {}) }
+          instances: all ? "all" : "one", proposals: $("#proposals").value, ...(all ? { mask_format: "png" } : {}) }
       : { heatmap_format: "png" };
     const resp = await api(mode, { method: "POST", body: formData(extra) });
     if (!resp.ok) {
@@ -339,6 +339,8 @@ function loadInfo() {
       banner.classList.toggle("uncalibrated", !card.calibrated);
       banner.hidden = false;
       if (i.defaults && !thresholdChanged) $("#threshold").value = i.defaults.threshold;
+      for (const opt of $("#proposals").options) opt.disabled = !(i.proposals || ["none"]).includes(opt.value);
+      if (i.defaults && i.defaults.proposals) $("#proposals").value = i.defaults.proposals;
     })
     .catch((e) => { $("#model-info").textContent = `model info unavailable: ${e.message || e}`; });
 }
