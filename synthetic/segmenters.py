@@ -98,20 +98,17 @@ def build_tiny_sam2(seed: int = 0):
     return model, Sam2VideoProcessor(image_processor=image, video_processor=video)
 
 
-def build_tiny_sam3_tracker(seed: int = 0):
-    """A ``Sam3TrackerVideoModel`` (ViT 32 wide, 2 layers, 14 px patches, FPN 128, a one-layer
-    memory) and its processor at 112 px (``model_type`` ``sam3_tracker_video``)."""
+def _sam3_configs():
+    """SAM 3's vision config (ViT 32 wide, 2 layers, 14 px patches, FPN 128) and its tracker's
+    (a one-layer memory) at 112 px: the tracker alone and full SAM 3 share them."""
     from transformers import (
         Sam3TrackerVideoConfig,
         Sam3TrackerVideoMaskDecoderConfig,
-        Sam3TrackerVideoModel,
-        Sam3TrackerVideoProcessor,
         Sam3TrackerVideoPromptEncoderConfig,
         Sam3VisionConfig,
         Sam3ViTConfig,
     )
 
-    torch.manual_seed(seed)
     vit = Sam3ViTConfig(
         hidden_size=32,
         intermediate_size=64,
@@ -124,14 +121,23 @@ def build_tiny_sam3_tracker(seed: int = 0):
         pretrain_image_size=112,
     )
     vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=WIDTH, backbone_feature_sizes=FEATURES)
-    config = Sam3TrackerVideoConfig(
+    tracker = Sam3TrackerVideoConfig(
         vision_config=vision,
         prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
         mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(**DECODER),
         image_size=112,
         **MEMORY,
     )
-    model = Sam3TrackerVideoModel(config).eval()
+    return vision, tracker
+
+
+def build_tiny_sam3_tracker(seed: int = 0):
+    """A ``Sam3TrackerVideoModel`` (``_sam3_configs``) and its processor at 112 px (``model_type``
+    ``sam3_tracker_video``)."""
+    from transformers import Sam3TrackerVideoModel, Sam3TrackerVideoProcessor
+
+    torch.manual_seed(seed)
+    model = Sam3TrackerVideoModel(_sam3_configs()[1]).eval()
     _present_by_default(model)
     image, video = _processors(112)
     return model, Sam3TrackerVideoProcessor(image_processor=image, video_processor=video)
@@ -197,34 +203,12 @@ def build_tiny_sam3(seed: int = 0):
     ``build_tiny_sam3_tracker``, with a ``Sam3Processor`` (112 px, 32 × 32 masks, the real CLIP
     tokenizer: ``make vocab``). ``Sam3Model`` loads the folder for concept proposals,
     ``Sam3TrackerModel`` for map prompts."""
-    from transformers import (
-        Sam3Config,
-        Sam3ImageProcessor,
-        Sam3Processor,
-        Sam3TrackerVideoConfig,
-        Sam3TrackerVideoMaskDecoderConfig,
-        Sam3TrackerVideoPromptEncoderConfig,
-        Sam3VideoConfig,
-        Sam3VideoModel,
-        Sam3VisionConfig,
-        Sam3ViTConfig,
-    )
+    from transformers import Sam3Config, Sam3ImageProcessor, Sam3Processor, Sam3VideoConfig, Sam3VideoModel
 
     from .vocabularies import clip_tokenizer
 
     torch.manual_seed(seed)
-    vit = Sam3ViTConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=112,
-        patch_size=14,
-        window_size=4,
-        global_attn_indexes=[1],
-        pretrain_image_size=112,
-    )
-    vision = Sam3VisionConfig(backbone_config=vit, fpn_hidden_size=WIDTH, backbone_feature_sizes=FEATURES)
+    vision, tracker = _sam3_configs()
     small = dict(hidden_size=WIDTH, num_attention_heads=2, intermediate_size=128)
     detector = Sam3Config(
         vision_config=vision,
@@ -241,13 +225,6 @@ def build_tiny_sam3(seed: int = 0):
         detr_encoder_config=dict(num_layers=1, **small),
         detr_decoder_config=dict(num_layers=1, num_queries=16, **small),
         mask_decoder_config=dict(hidden_size=WIDTH, num_attention_heads=2),
-    )
-    tracker = Sam3TrackerVideoConfig(
-        vision_config=vision,
-        prompt_encoder_config=Sam3TrackerVideoPromptEncoderConfig(image_size=112, patch_size=14, **PROMPT),
-        mask_decoder_config=Sam3TrackerVideoMaskDecoderConfig(**DECODER),
-        image_size=112,
-        **MEMORY,
     )
     model = Sam3VideoModel(Sam3VideoConfig(detector_config=detector, tracker_config=tracker)).eval()
     _present_by_default(model.tracker_model)

@@ -60,24 +60,29 @@ def test_head_phrase_edges_and_singulars():
     ]
 
 
+def _draw(im: Image.Image, shapes) -> list[np.ndarray]:
+    """Draw ``(kind, xy, colour)`` shapes (``ImageDraw`` method names) on ``im``; their true masks."""
+    masks = []
+    for kind, xy, colour in shapes:
+        getattr(ImageDraw.Draw(im), kind)(xy, fill=colour)
+        m = Image.new("L", im.size)
+        getattr(ImageDraw.Draw(m), kind)(xy, fill=255)
+        masks.append(np.asarray(m) > 0)
+    return masks
+
+
 def _scene(size=(160, 120), seed=0):
     """Three solid shapes on a vertical gradient with sensor noise, and their true masks."""
     w, h = size
     rng = np.random.RandomState(seed)
     bg = np.linspace(200, 245, h)[:, None, None] * np.ones((1, w, 3))
-    bg = np.clip(bg + rng.normal(0, 2.0, bg.shape), 0, 255).astype(np.uint8)
-    im = Image.fromarray(bg)
+    im = Image.fromarray(np.clip(bg + rng.normal(0, 2.0, bg.shape), 0, 255).astype(np.uint8))
     specs = [
         ("ellipse", [10, 10, 50, 50], (210, 40, 40)),
         ("rectangle", [90, 20, 140, 60], (40, 60, 200)),
         ("polygon", [(40, 110), (70, 65), (100, 110)], (40, 160, 60)),
     ]
-    masks = []
-    for kind, xy, colour in specs:
-        getattr(ImageDraw.Draw(im), kind)(xy, fill=colour)
-        m = Image.new("L", (w, h))
-        getattr(ImageDraw.Draw(m), kind)(xy, fill=255)
-        masks.append(np.asarray(m) > 0)
+    masks = _draw(im, specs)
     return np.asarray(im), masks
 
 
@@ -175,13 +180,7 @@ def _demo():
 
 def _drawn(shapes, size=64):
     im = Image.new("RGB", (size, size), (235, 235, 235))
-    masks = []
-    for kind, xy, colour in shapes:
-        getattr(ImageDraw.Draw(im), kind)(xy, fill=colour)
-        m = Image.new("L", (size, size))
-        getattr(ImageDraw.Draw(m), kind)(xy, fill=255)
-        masks.append(np.asarray(m) > 0)
-    return im, masks
+    return im, _draw(im, shapes)
 
 
 def test_demo_model_chooses_region_proposals_and_their_masks_are_the_objects():

@@ -499,7 +499,7 @@ class MaskStage:
             mask = np.logical_or.reduce([i.mask for i in instances]) if present else np.zeros_like(best.mask)
         else:  # as with map prompts: the best proposal stays as the best guess when not present
             mask = best.mask
-        points = np.array([point_in(heatmap, i.mask) for i in instances[: 1 if ic.mode == "one" else None]])
+        points = np.array([point_in(heatmap, i.mask) for i in instances])  # one per instance, best first
         return GroundingResult(
             expression=item.tokens.expression,
             mask=mask,
