@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Serving may download a hub model; the tests never do (every model they use is local or built).
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab
+.PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab labelstudio
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +34,20 @@ test: $(STAMP) browser vocab
 test-fast: $(STAMP) vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not integration"
 
-# The tests marked slow (real Ray, released-shape numerics: kept out of `make test` for its 10-minute
-# budget); .ci/run runs both.
-test-slow: $(STAMP)
+# The labelling tools the integration tests drive, each in its own venv (≈ 1 GB, never a dependency
+# of the service): Label Studio 1.23 with its SDK (whose brush-RLE decoder checks ours).
+TOOLS := .venv-tools
+LABEL_STUDIO := $(TOOLS)/labelstudio/.installed
+$(LABEL_STUDIO):
+	test -x $(TOOLS)/labelstudio/bin/python || $(PYTHON) -m venv $(TOOLS)/labelstudio
+	$(TOOLS)/labelstudio/bin/python -m pip install -q "label-studio==1.23.*"
+	touch $(LABEL_STUDIO)
+
+labelstudio: $(LABEL_STUDIO)
+
+# The tests marked slow (real Ray, released-shape numerics, a real Label Studio: kept out of `make
+# test` for its 10-minute budget); .ci/run runs both.
+test-slow: $(STAMP) $(LABEL_STUDIO)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
 # ruff: lint (pyflakes, pycodestyle errors, line length 120, import order) and formatting; mypy on
@@ -53,7 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/attention_capture.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TOOLS) .pytest_cache
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. grounding/serving/proto/grounding.proto

@@ -18,7 +18,7 @@ import bentoml
 from PIL import Image as PILImage
 from starlette.staticfiles import StaticFiles
 
-from grounding.serving import documents, jobs, requests, schema
+from grounding.serving import documents, jobs, labelstudio, requests, schema
 from grounding.serving.engine import EngineCalls, jobs_for, raise_first_error
 from grounding.serving.guard import RequestGuard, error_response
 from grounding.serving.lifecycle import SHUTDOWN
@@ -100,8 +100,11 @@ GroundingEngine.add_asgi_middleware(RequestGuard, settings=SETTINGS, public=Fals
 UI = StaticFiles(directory=Path(schema.__file__).parent / "ui", html=True)
 # The quick-start images and their expressions (``examples/examples.json``), one click away on the page.
 EXAMPLES = StaticFiles(directory=Path(__file__).parent / "examples", check_dir=False)
+# Label Studio's ML-backend protocol on the same engine (register http://HOST:PORT/labelstudio there).
+LABEL_STUDIO = labelstudio.LabelStudioBackend(SETTINGS)
 
 
+@bentoml.asgi_app(LABEL_STUDIO, path="/labelstudio")
 @bentoml.asgi_app(EXAMPLES, path="/examples")
 @bentoml.asgi_app(UI, path="/ui")
 @bentoml.service(name="grounding", traffic={"timeout": 600, "max_concurrency": 256})
@@ -115,6 +118,7 @@ class Grounding:
     def __init__(self) -> None:
         SHUTDOWN.install(SETTINGS.shutdown_grace_s)
         self.calls = EngineCalls(self.engine, SETTINGS)
+        LABEL_STUDIO.bind(self.calls)
 
     async def __is_ready__(self) -> bool:
         """Ready when the engine is; a failed engine start is learnt here (``/readyz`` says it)."""

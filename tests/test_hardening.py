@@ -345,6 +345,21 @@ def test_api_key_on_rest(guarded):
     assert httpx.get(guarded.url + "/ui/app.js").status_code == 200
 
 
+def test_label_studio_backend_takes_the_key_as_basic_auth(guarded):
+    """Label Studio authenticates to an ML backend with basic auth only: under /labelstudio/ the key
+    is accepted as the password (any user); anywhere else basic auth stays a 401."""
+    import base64
+
+    def basic(password: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{password}".encode()).decode()}
+
+    assert httpx.get(guarded.url + "/labelstudio/health", headers=basic(KEY)).json()["status"] == "UP"
+    assert httpx.get(guarded.url + "/labelstudio/health", headers=AUTH).status_code == 200
+    for headers in ({}, basic("wrong"), {"Authorization": "Basic %%%"}):
+        _error(httpx.get(guarded.url + "/labelstudio/health", headers=headers), 401)
+    _error(_post(guarded, "/info", headers=basic(KEY), json={}), 401)
+
+
 def test_api_key_off_by_default(server):
     assert httpx.get(server["url"] + "/metrics").status_code == 200
     r = httpx.post(server["url"] + "/info", json={}, timeout=30)

@@ -38,6 +38,7 @@ The engine's internal service uses the guard with ``public=False``: only the dra
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -60,6 +61,7 @@ logger = logging.getLogger("bentoml.grounding")
 
 OPEN_PATHS = ("/readyz", "/healthz", "/livez")
 OPEN_PREFIXES = ("/ui/", "/ui", "/examples/")
+BASIC_AUTH_PREFIX = "/labelstudio/"  # the Label Studio ML backend: the API key as a basic-auth password too
 READY_TIMEOUT_S = 1.0
 RETRY_AFTER_S = 5
 _SPOOL = 8 * 2**20  # bodies past this go to a temporary file, not memory
@@ -174,6 +176,13 @@ class RequestGuard:
     def _authorize(self, scope) -> None:
         auth = Headers(scope=scope).get("authorization", "")
         scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "basic" and scope.get("path", "").startswith(BASIC_AUTH_PREFIX):
+            # Label Studio authenticates to an ML backend with basic auth only: the key is the password
+            try:
+                token = base64.b64decode(token.strip(), validate=True).decode().partition(":")[2]
+            except ValueError:
+                token = ""
+            scheme = "bearer"
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.key):
             raise RequestError(
                 "missing or wrong API key: send 'Authorization: Bearer <key>'", 401, field="authorization"

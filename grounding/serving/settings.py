@@ -28,6 +28,8 @@
 | ``GROUNDING_TEXT_ENCODER_DEVICE`` | where the text encoders run, e.g. ``cpu`` (embeddings move to the model's device) | the model's device |
 | ``GROUNDING_TEXT_OFFLOAD`` | 1: text encoders wait on the CPU and visit the GPU per call | 0 |
 | ``GROUNDING_TEXT_CACHE_SIZE`` | prompt embeddings kept (LRU); 0 = no cache | 64 |
+| ``GROUNDING_LABEL_STUDIO_URL`` | the Label Studio server whose task images the ML backend (``/labelstudio``) may read; no other host is ever fetched | unset (only ``data:`` images) |
+| ``GROUNDING_LABEL_STUDIO_TOKEN`` | that server's API token for reading task images | the ``access_token`` Label Studio sends to ``/setup`` |
 | ``GROUNDING_CONFIG`` | YAML file whose keys (same names, lower case, no prefix) override the above | unset |
 """
 
@@ -61,6 +63,8 @@ class Settings:
     shutdown_grace_s: int = 10
     api_key: str = ""
     api_key_file: str = ""
+    label_studio_url: str = ""  # the one Label Studio server the ML backend reads task images from
+    label_studio_token: str = ""
     grpc_host: str = ""  # default: $HOST, else 127.0.0.1
     grpc_tls_cert: str = ""
     grpc_tls_key: str = ""
