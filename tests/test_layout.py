@@ -9,9 +9,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # Stage order: a package may import only those after it (service → serving → pipeline → segment →
 # readout → backends; config, images, jsonl and the CLI are shared).
 ORDER = ["serving", "pipeline", "segment", "readout", "backends"]
-# Training, evaluation, exporters and the synthetic model builders stay outside the inference package
+# Training, evaluation, exporters, the synthetic model builders and the tool adapters stay outside the inference package
 # (the zoo reaches the builders through an entry point, never an import).
-FORBIDDEN = {"eval", "exporters", "training", "synthetic"}
+FORBIDDEN = {"eval", "exporters", "training", "synthetic", "integrations"}
 
 
 def _imports(path: Path) -> list[str]:
