@@ -83,18 +83,29 @@ class RegionProposer:
         if labels.max() > 0 and cfg.merge > 0:
             labels = merge_similar(labels, work, cfg.merge)
         ring = np.ones((5, 5), dtype=bool)
+        pixels = float(wh * ww)
         out = []
-        for k in np.unique(labels):
-            region = ndimage.binary_fill_holes(labels == k)
-            if not cfg.min_area <= float(region.mean()) <= cfg.max_area:
+        # Each segment is filled and ringed inside its own box (2 px margin, clipped to the image):
+        # the same result as on the whole image — what lies outside a region's box is one piece
+        # reaching the border, never a hole — at the cost of the box, not of the image.
+        for k, box in enumerate(ndimage.find_objects(labels + 1)):
+            if box is None or (labels[box] == k).sum() > cfg.max_area * pixels:  # filling only grows
+                continue
+            ys = slice(max(box[0].start - 2, 0), min(box[0].stop + 2, wh))
+            xs = slice(max(box[1].start - 2, 0), min(box[1].stop + 2, ww))
+            region = ndimage.binary_fill_holes(labels[ys, xs] == k)
+            if not cfg.min_area <= region.sum() / pixels <= cfg.max_area:
                 continue
             around = ndimage.binary_dilation(region, ring) & ~region
+            crop = work[ys, xs]
             contrast = (
-                float(np.linalg.norm(work[region].mean(0) - work[around].mean(0)) / (255.0 * np.sqrt(3)))
+                float(np.linalg.norm(crop[region].mean(0) - crop[around].mean(0)) / (255.0 * np.sqrt(3)))
                 if around.any()
                 else 0.0
             )
-            mask = region if (wh, ww) == (h, w) else _resize_mask(region, (w, h))
+            full = np.zeros((wh, ww), dtype=bool)
+            full[ys, xs] = region
+            mask = full if (wh, ww) == (h, w) else _resize_mask(full, (w, h))
             if mask.any():
                 out.append(Proposal(mask, min(1.0, contrast)))
         return out
@@ -122,8 +133,10 @@ def merge_similar(labels: np.ndarray, image: np.ndarray, threshold: float) -> np
         (flat[:-1, :-1], flat[1:, 1:]),
         (flat[:-1, 1:], flat[1:, :-1]),
     ]
-    pairs = np.concatenate([np.stack([a.ravel(), b.ravel()], 1) for a, b in neighbours])
-    pairs = np.unique(pairs[pairs[:, 0] != pairs[:, 1]], axis=0)
+    keys = np.concatenate([(a.ravel().astype(np.int64) * n + b.ravel()) for a, b in neighbours])
+    keys = np.unique(keys)  # each adjacent pair once (as one int64 key: unique on rows is slow)
+    pairs = np.stack([keys // n, keys % n], 1)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
     close = pairs[np.linalg.norm(means[pairs[:, 0]] - means[pairs[:, 1]], axis=1) < threshold]
     graph = coo_matrix((np.ones(len(close)), (close[:, 0], close[:, 1])), shape=(n, n))
     _, joined = connected_components(graph, directed=False)
