@@ -81,6 +81,16 @@ def test_page_segments_and_shows_errors(server, browser, tmp_path):
         "document.querySelectorAll('.result .overlay').length === 0 && "
         "document.querySelectorAll('.result .heat').length === 2"
     )
+    # masks from region proposals: the select sends the option; SAM 3's is off without a SAM 3
+    assert page.eval_on_selector("#proposals option[value=concept]", "o => o.disabled")
+    assert not page.eval_on_selector("#proposals option[value=regions]", "o => o.disabled")
+    page.select_option("#proposals", "regions")
+    with page.expect_response(lambda r: r.url.endswith("/segment")) as answer:
+        page.click("#segment")
+    first = answer.value.json()["results"][0]  # the option arrived: the proposer's mask, or its fallback note
+    assert first["segmenter"] == "regions" or any("proposals='regions'" in w for w in first["warnings"])
+    page.wait_for_function("document.querySelectorAll('.result .overlay').length === 2")
+    page.select_option("#proposals", "none")
     # a corrupt upload: the server's message is shown
     page.set_input_files("#file", str(bad))
     page.click("#segment")
