@@ -10,8 +10,7 @@ TEST_ENV := HF_HUB_OFFLINE=1
 .PHONY: venv test test-fast test-slow lint serve bench clean proto browser vocab labelstudio fiftyone
 
 # Installs go through uv (from PyPI, into the venv): the same pinned versions pip resolves, byte-code
-# compiled as pip does, in a fraction of pip's ≈ 2 min 20 s on 2 cores — the time the labelling
-# tools' real round trips need in `make test`.
+# compiled as pip does, in ≈ 1 min instead of pip's ≈ 2 min 20 s on 2 cores.
 UV := VIRTUAL_ENV=$(VENV) $(BIN)/uv
 
 $(STAMP): pyproject.toml requirements.txt
@@ -22,9 +21,9 @@ $(STAMP): pyproject.toml requirements.txt
 
 venv: $(STAMP)
 
-# The labelling tools `make test` drives for real, each in its own venv (≈ 1 GB, never a dependency
-# of the service; ≈ 5 s each with uv): Label Studio 1.23 with its SDK (whose brush-RLE decoder
-# checks ours), FiftyOne.
+# The labelling tools the slow tests drive for real, each in its own venv (≈ 1 GB, never a
+# dependency of the service; seconds with uv): Label Studio 1.23 with its SDK (whose brush-RLE
+# decoder checks ours), FiftyOne.
 TOOLS := .venv-tools
 LABEL_STUDIO := $(TOOLS)/labelstudio/.installed
 $(LABEL_STUDIO): $(STAMP)
@@ -54,7 +53,7 @@ browser:
 vocab: $(STAMP)
 	@$(BIN)/python -m synthetic.vocabularies
 
-test: $(STAMP) browser vocab $(LABEL_STUDIO) $(FIFTYONE)
+test: $(STAMP) browser vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q
 
 # The inner loop: everything that runs in process (no servers, browsers or subprocess CLIs), ~3 min.
@@ -62,9 +61,9 @@ test-fast: $(STAMP) vocab
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m "not slow and not integration"
 
 
-# The tests marked slow (real Ray, released-shape numerics: kept out of `make test` for its
-# 10-minute budget); .ci/run runs both.
-test-slow: $(STAMP)
+# The tests marked slow (real Ray, released-shape numerics, the real Label Studio and FiftyOne round
+# trips: kept out of `make test` for its 10-minute budget); .ci/run runs both.
+test-slow: $(STAMP) $(LABEL_STUDIO) $(FIFTYONE)
 	$(TEST_ENV) $(BIN)/python -m pytest -q -m slow
 
 # ruff: lint (pyflakes, pycodestyle errors, line length 120, import order) and formatting; mypy on

@@ -49,9 +49,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_fiftyone_apply_model_round_trip(tmp_path):
     if not FO_PYTHON.is_file():
-        pytest.fail("FiftyOne is not installed: run `make fiftyone` (make test does)")
+        pytest.fail("FiftyOne is not installed: run `make fiftyone` (make test-slow does)")
     mongod = next(FO_PYTHON.parents[1].glob("lib/python*/site-packages/fiftyone/db/bin/mongod"))
     port = _free_port()
     (tmp_path / "db").mkdir()

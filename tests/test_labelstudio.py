@@ -150,9 +150,10 @@ def _ls_decode(rle: list[int], height: int, width: int) -> np.ndarray:
     return np.array(json.loads(out.stdout), dtype=np.uint8).reshape(height, width, 4)[:, :, 3] > 0
 
 
+@pytest.mark.slow
 def test_label_studio_round_trip(tmp_path):
     if not LS_PYTHON.is_file():
-        pytest.fail("Label Studio is not installed: run `make labelstudio` (make test does)")
+        pytest.fail("Label Studio is not installed: run `make labelstudio` (make test-slow does)")
     studio = LabelStudio(tmp_path / "ls")
     try:
         ours = Server(
