@@ -70,6 +70,19 @@ class ReferentMap:
     def replace(self, **changes) -> "ReferentMap":
         return dataclasses.replace(self, **changes)
 
+    def agreement_image(self) -> np.ndarray | None:
+        """``word_agreement`` at the image's size ``[H, W]`` (None when there is none)."""
+        if self.word_agreement is None:
+            return None
+        return maps.upsample(self.word_agreement, self.grid, self.image.size).numpy()
+
+
+def instance_limit(expression: str, cfg: GroundingConfig) -> int:
+    """How many instances ``instances="all"`` keeps: the count the expression asks for, at most
+    ``instances.max_instances``."""
+    ic = cfg.instances
+    return min(requested_count(expression) or ic.max_instances, ic.max_instances)
+
 
 def captured_blocks(cfg: GroundingConfig) -> list[str] | None:
     """Blocks a forward captures: the map's ``blocks`` and, for the agreement presence rule, the
@@ -364,16 +377,16 @@ class MaskStage:
         s0 = time.perf_counter()
         ref = item.map if token_map is None else token_map
         heatmap = refine.heatmap(ref, item.grid, item.image, cfg.refine)
-        prompts = prompts_from_map(
-            heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points, prev_mask, identity_weight
-        )
-        s1 = time.perf_counter()
         notes: list[str] = []
         if cfg.proposals.mode != "none" and use_segmenter and prev_mask is None and mask_prompt is None:
-            timings = dict(item.timings_ms, maps=item.timings_ms["maps"] + (s1 - s0) * 1000)
+            timings = dict(item.timings_ms, maps=item.timings_ms["maps"] + (time.perf_counter() - s0) * 1000)
             chosen = self.from_proposals(item, heatmap, cfg, notes, timings)
             if chosen is not None:
                 return chosen, Segmentation(chosen.mask, None)
+        prompts = prompts_from_map(  # map prompts (also when no proposal was found)
+            heatmap, cfg.threshold, cfg.positive_points, cfg.negative_points, prev_mask, identity_weight
+        )
+        s1 = time.perf_counter()
         segmenter = self.segmenter if use_segmenter else _MAP_SEGMENTER
         if prev_mask is None and mask_prompt is None:
             seg = segmenter(np.asarray(item.image), heatmap, prompts)
@@ -405,9 +418,7 @@ class MaskStage:
                 segmenter,
                 cfg,
                 Instance(seg.mask, box, float(heatmap.max())),
-                None
-                if item.word_agreement is None
-                else maps.upsample(item.word_agreement, item.grid, item.image.size).numpy(),
+                item.agreement_image(),
             )
             timings["segmenter"] = (time.perf_counter() - s1) * 1000
             if not present:  # "nothing matches" is an answer: no instance, an empty mask
@@ -472,16 +483,8 @@ class MaskStage:
         image = np.asarray(item.image)
         found = proposer(image, phrase, cfg.proposals)
         ic = cfg.instances
-        limit = (
-            1
-            if ic.mode == "one"
-            else min(requested_count(item.tokens.expression) or ic.max_instances, ic.max_instances)
-        )
-        agree = (
-            None
-            if item.word_agreement is None or ic.mode == "one"
-            else maps.upsample(item.word_agreement, item.grid, item.image.size).numpy()
-        )
+        limit = 1 if ic.mode == "one" else instance_limit(item.tokens.expression, cfg)
+        agree = None if ic.mode == "one" else item.agreement_image()
         picks = choose(heatmap, found, limit, ic.min_relative_peak, ic.nms_iou, agree, cfg.presence.agreement_threshold)
         timings = dict(timings, proposals=(time.perf_counter() - t0) * 1000)
         if not picks:
@@ -535,7 +538,7 @@ class MaskStage:
         (peak ≥ ``presence.agreement_threshold``): "the red shapes" are the red ones of the
         shapes the map lights."""
         ic = cfg.instances
-        limit = min(requested_count(expression) or ic.max_instances, ic.max_instances)
+        limit = instance_limit(expression, cfg)
         if not best.mask.any():
             return []
         if limit == 1:
